@@ -1,0 +1,178 @@
+"""Typed specs (pydantic, unknown keys rejected) and the `--set` override machinery.
+
+`RunSpec` describes one trial: a dataset, a threat model, one method with its settings, the
+training recipe of model-producing methods and the evaluation protocol. A sweep spec (see
+`harness.sweep`) resolves to one `RunSpec` per trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.errors import HarnessInputError
+from harness.train import TrainConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSpec(BaseModel):
+    """Which data, where it lives, and how it is split. Extra keys are the dataset's own
+    parameters (e.g. `d`, `p` of synthetic-robust) and are checked by the dataset."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    root: str | None = None  # default $HARNESS_DATA or ~/.cache/harness/data
+    download: bool = False  # allow torchvision to fetch missing files
+    subset: int | None = Field(None, ge=1)  # training examples per class (quick runs)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    split_seed: int = 0  # fixed across trials so every method sees the same validation set
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ThreatSpec(Strict):
+    """The attack every model is scored against (and that adversarial methods train for)."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float | None = Field(None, gt=0.0)  # None: the dataset's literature default
+    steps: int = Field(20, ge=1, le=10_000)  # evaluation PGD steps
+    alpha: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps (Madry et al.)
+    restarts: int = Field(1, ge=1, le=100)
+    autoattack: bool = False  # AutoAttack (standard) on the test split; slow
+
+
+class TrainSpec(Strict):
+    """Training recipe of model-producing methods (erm, pgd_at, trades, fast_at)."""
+
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "cyclic", "constant"] = "cosine"
+
+    def config(self, **overrides: Any) -> TrainConfig:
+        return TrainConfig(**{**self.model_dump(), **overrides})
+
+
+class EvalSpec(Strict):
+    """The harness's evaluation protocol, identical for every method."""
+
+    archs: list[str] | None = None  # None: the dataset's default architectures
+    models_per_arch: int = Field(2, ge=1, le=100)  # fresh seeds per architecture
+    # Natural training of fresh models on a learned dataset (DC protocol: SGD lr 0.01,
+    # momentum 0.9, lr x0.1 at half). None: as many optimiser steps as `train.epochs` epochs
+    # on the full training set, between train.epochs and 300 epochs over the learned set.
+    epochs: int | None = Field(None, ge=1, le=100_000)
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    batch_size: int = Field(256, ge=1)
+    max_test: int | None = Field(None, ge=1)  # attack at most this many test examples
+    max_val: int | None = Field(1000, ge=1)  # validation examples for the objective
+
+
+class MethodSpec(BaseModel):
+    """A method name plus its own settings (checked against the method's typed config)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunSpec(Strict):
+    dataset: DatasetSpec
+    method: MethodSpec
+    threat: ThreatSpec = ThreatSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when present, else cpu
+
+
+# ----------------------------------------------------------------------- errors and overrides
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> HarnessInputError:
+    """The first pydantic error as one paragraph naming the field path, value and rule."""
+    err = exc.errors()[0]
+    path = ".".join(str(p) for p in err["loc"])
+    path = f"{prefix}.{path}" if prefix and path else prefix or path
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    if err["type"] == "extra_forbidden":
+        msg = "is not a known key; remove it or check its spelling against the README"
+    else:
+        msg = err["msg"]
+    return HarnessInputError(f"{msg}{shown}.", field=path or "spec")
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: 0.5, true, null, [a, b] and 'text' all work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(tree: dict[str, Any], assignments: list[str] | tuple[str, ...]) -> dict:
+    """Apply `key.sub=value` assignments to a nested dict (a copy is returned)."""
+    out = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HarnessInputError(
+                f"--set expects key=value with a dotted key such as threat.eps=0.5, got {item!r}.",
+                field="--set",
+            )
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise HarnessInputError(
+                    f"cannot set {key!r}: {part!r} holds a value, not a section.", field="--set"
+                )
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise HarnessInputError(f"spec file {str(p)!r} does not exist.", field="SPEC") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise HarnessInputError(
+            f"{p} is not valid YAML{at}: {getattr(exc, 'problem', exc)}. Fix the syntax "
+            "(indentation, a missing colon or quote) and try again.",
+            field="SPEC",
+        ) from None
+    if not isinstance(data, dict):
+        raise HarnessInputError(
+            f"{p} must hold a mapping of sections (name, dataset, methods, ...), "
+            f"got {type(data).__name__}.",
+            field="SPEC",
+        )
+    return data
+
+
+def build_run_spec(tree: dict[str, Any]) -> RunSpec:
+    try:
+        return RunSpec.model_validate(tree)
+    except ValidationError as exc:
+        raise describe_validation_error(exc) from None

@@ -1,0 +1,138 @@
+"""What a method is, and what the harness hands it.
+
+Two kinds:
+- `ModelMethod` produces trained models. It gives the harness a per-batch `loss_step`; the
+  harness's one training loop (`harness.train.train_model`) does the rest.
+- `DatasetMethod` produces a labelled dataset (`learn`). The harness scores it by *naturally*
+  training fresh models of several architectures and seeds on it.
+
+Each method declares a typed `Config` (pydantic, unknown keys rejected) whose defaults are
+commented with units and the paper's values, and `smoke` overrides that shrink its budget
+to seconds for `--smoke` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from harness.attacks import Threat
+from harness.data import DatasetSplits
+from harness.errors import HarnessInputError
+from harness.models import build_model
+from harness.registry import Registry
+from harness.train import LossStep, TrainConfig, WorkMeter
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+class MethodConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use. Randomness comes only from `generator` and `seed`."""
+
+    data: DatasetSplits
+    threat: Threat  # the spec's threat model (adversarial methods train against it)
+    train: TrainConfig  # the spec's training recipe
+    device: torch.device
+    generator: torch.Generator
+    seed: int
+    archs: list[str]  # the evaluation architectures; dataset methods learn with these
+    meter: WorkMeter  # attach every network used while learning: it is the learning cost
+    log: LogFn = lambda metrics, step: None  # progress metrics (tracker, progress bar)
+    smoke: bool = False
+
+    def build(self, arch: str, seed: int | None = None) -> nn.Module:
+        """A fresh network of `arch` for this data, initialised from `seed` (or the generator)."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        mean, std = self.data.channel_stats()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std)
+        return net.to(self.device)
+
+
+@dataclass
+class LearnedDataset:
+    """A dataset-producing method's output: inputs, labels (class ids, or class
+    probabilities of shape (N, C) for soft labels) and facts worth logging."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Method:
+    kind: ClassVar[Literal["model", "dataset"]]
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    smoke: ClassVar[dict[str, Any]] = {}  # config overrides for --smoke
+
+    def __init__(self, config: MethodConfig | None = None):
+        self.cfg = config if config is not None else self.Config()
+
+
+class ModelMethod(Method):
+    kind = "model"
+
+    def loss_step(self, ctx: MethodContext) -> LossStep:
+        raise NotImplementedError
+
+    def train_config(self, base: TrainConfig) -> TrainConfig:
+        """The training recipe this method uses; most keep the spec's."""
+        return base
+
+
+class DatasetMethod(Method):
+    kind = "dataset"
+
+    def learn(self, ctx: MethodContext) -> LearnedDataset:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    def add(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    cls = METHODS.get(name, field="method.name")
+    try:
+        cfg = cls.Config(**(params or {}))
+    except ValidationError as exc:
+        from harness.config import describe_validation_error
+
+        err = describe_validation_error(exc, prefix="method")
+        keys = ", ".join(cls.Config.model_fields) or "none"
+        raise HarnessInputError(f"{err} Settings of method {name!r}: {keys}.") from None
+    return cls(cfg)
+
+
+__all__ = [
+    "HarnessInputError",
+    "METHODS",
+    "DatasetMethod",
+    "LearnedDataset",
+    "MethodConfig",
+    "MethodContext",
+    "ModelMethod",
+    "make_method",
+    "register_method",
+]
