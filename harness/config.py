@@ -135,17 +135,22 @@ def apply_overrides(tree: dict[str, Any], assignments: list[str] | tuple[str, ..
                 f"--set expects key=value with a dotted key such as threat.eps=0.5, got {item!r}.",
                 field="--set",
             )
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise HarnessInputError(
-                    f"cannot set {key!r}: {part!r} holds a value, not a section.", field="--set"
-                )
-            node = child
-        node[parts[-1]] = parse_value(value)
+        set_path(out, key.strip(), parse_value(value), field="--set")
     return out
+
+
+def set_path(tree: dict[str, Any], path: str, value: Any, *, field: str) -> None:
+    """tree[a][b][c] = value for path 'a.b.c', creating sections as needed (in place)."""
+    node = tree
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise HarnessInputError(
+                f"cannot set {path!r}: {part!r} holds a value, not a section.", field=field
+            )
+        node = child
+    node[parts[-1]] = value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -174,5 +179,103 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def build_run_spec(tree: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(tree)
+    except ValidationError as exc:
+        raise describe_validation_error(exc) from None
+
+
+# ------------------------------------------------------------------------------ sweep spec
+
+DISTRIBUTIONS = ("grid", "uniform", "loguniform", "int", "choice")
+
+
+class Dimension(BaseModel):
+    """One searched setting: `{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`,
+    `{int: [lo, hi]}` or `{choice: [a, b, ...]}` (Optuna picks), or `{grid: [a, b]}` (every value
+    becomes its own leaderboard row, e.g. ipc 1 / 10 / 50)."""
+
+    kind: Literal["grid", "uniform", "loguniform", "int", "choice"]
+    values: list[Any]
+
+    def example(self) -> Any:
+        """A representative value, used to check the setting is accepted by the method."""
+        return self.values[0]
+
+
+def parse_dimension(path: str, value: Any) -> Dimension | None:
+    """None for a fixed value; a Dimension for `{kind: [...]}`; exit 2 for anything malformed."""
+    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
+        if isinstance(value, dict) and len(value) == 1:
+            raise HarnessInputError(
+                f"unknown search distribution {next(iter(value))!r}; use one of "
+                f"{', '.join(DISTRIBUTIONS)} (e.g. {{loguniform: [0.001, 0.1]}}), or a plain value "
+                "to fix the setting.",
+                field=path,
+            )
+        return None
+    kind, vals = next(iter(value.items()))
+    if not isinstance(vals, list) or not vals:
+        raise HarnessInputError(f"{kind} needs a non-empty list, got {vals!r}.", field=path)
+    if kind in ("uniform", "loguniform", "int"):
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if len(vals) != 2 or not numeric or not vals[0] < vals[1]:
+            raise HarnessInputError(
+                f"{kind} needs [low, high] with low < high, got {vals!r}.", field=path
+            )
+        if kind == "loguniform" and vals[0] <= 0:
+            raise HarnessInputError(f"loguniform needs low > 0, got {vals!r}.", field=path)
+        if kind == "int" and not all(isinstance(v, int) for v in vals):
+            raise HarnessInputError(f"int needs two integers, got {vals!r}.", field=path)
+    return Dimension(kind=kind, values=vals)
+
+
+class MethodSweep(Strict):
+    """How one method is searched: its space and (optionally) its own trial budget."""
+
+    trials: int | None = Field(None, ge=1, le=100_000)  # None: the sweep's `trials`
+    # Keys without a dot are the method's own settings (method.<key>); dotted keys reach
+    # any other spec field, e.g. `train.lr`.
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveSpec(Strict):
+    metric: Literal["val_robust_acc", "val_clean_acc"] = "val_robust_acc"
+    mode: Literal["max", "min"] = "max"
+
+
+class SearchSpec(Strict):
+    seed: int = 0  # seeds Optuna's TPE sampler (one study per method variant)
+    asha: bool = True  # stop weak trials early on their per-epoch validation metric
+    grace_period: int = Field(2, ge=1)  # reports before ASHA may stop a trial
+    max_concurrent: int = Field(2, ge=1, le=10_000)
+
+
+class ResourcesSpec(Strict):
+    cpu: float = Field(1.0, gt=0.0)  # per trial; fractions allowed
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    dataset: DatasetSpec | list[DatasetSpec]
+    methods: dict[str, MethodSweep] = Field(min_length=1)
+    threat: ThreatSpec = ThreatSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    trials: int = Field(4, ge=1, le=100_000)  # per method variant: equal budgets, a fair comparison
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    repeats: int = Field(0, ge=0, le=100)  # extra seeds of each variant's best configuration
+    max_failures: int = Field(2, ge=0, le=100)  # retries of a failing trial
+    seed: int = 0
+    device: str = "auto"
+
+    def datasets(self) -> list[DatasetSpec]:
+        return self.dataset if isinstance(self.dataset, list) else [self.dataset]
+
+
+def build_sweep_spec(tree: dict[str, Any]) -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(tree)
     except ValidationError as exc:
         raise describe_validation_error(exc) from None

@@ -1,0 +1,344 @@
+"""`harness`: the command-line entry point.
+
+Exit codes: 0 ok; 2 bad input (a one-paragraph message, no traceback); 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessInputError
+
+err_console = Console(stderr=True)
+
+
+class HarnessGroup(click.Group):
+    """Turns `HarnessInputError` into exit code 2 with its message and no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HarnessInputError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+
+@click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robust-dataset-harness")
+def main() -> None:
+    """Benchmark robust dataset learning against adversarial training and dataset
+    distillation: sweeps on Ray Tune + Optuna, tracked in MLflow, summarised as leaderboards."""
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+class ProgressLog:
+    """Compact progress on stderr: at most one line every `every` seconds, plus each model."""
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        now = time.monotonic()
+        per_model = any(k.startswith("arch.") for k in metrics)
+        if not per_model and now - self.last < self.every:
+            return
+        self.last = now
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        err_console.print(f"[dim]step {step}[/]  {shown}", highlight=False)
+
+
+@main.command()
+@click.option("--dataset", required=True, help="Dataset name (see `harness datasets`).")
+@click.option("--method", required=True, help="Method name (see `harness methods`).")
+@click.option("--arch", default=None, help="Evaluate this architecture only.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec field by dotted key, e.g. --set threat.eps=0.5 (repeatable).")
+@click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--data-root", default=None, help="Data directory (default $HARNESS_DATA or ~/.cache/harness/data).")
+def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_root) -> None:
+    """Run one trial: learn or train, then evaluate under the harness's protocol."""
+    from harness.config import apply_overrides, build_run_spec
+    from harness.evaluate import run_trial, smoke_assignments
+
+    tree: dict[str, Any] = {
+        "dataset": {"name": dataset}, "method": {"name": method}, "seed": seed, "device": device,
+    }
+    if data_root:
+        tree["dataset"]["root"] = data_root
+    if arch:
+        tree.setdefault("eval", {})["archs"] = [arch]
+    pre = smoke_assignments(dataset, method) if smoke else []
+    if arch and smoke:
+        pre = [a for a in pre if not a.startswith("eval.archs=")]
+    spec = build_run_spec(apply_overrides(tree, [*pre, *assignments]))
+    check_device(spec.device)
+    result = run_trial(spec, smoke=smoke, log=ProgressLog())
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_result(result)
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessInputError(
+            f"device {device!r} was asked for but CUDA is not available on this machine; "
+            "use --device auto or --device cpu.",
+            field="--device",
+        )
+    if device not in ("auto", "cpu") and not device.startswith(("cuda", "mps")):
+        raise HarnessInputError(
+            f"unknown device {device!r}; use auto, cpu, cuda or cuda:N.", field="--device"
+        )
+
+
+def print_result(result) -> None:
+    table = Table(title=f"{result.method} on {result.dataset} "
+                        f"({result.threat['norm']} eps {result.threat['eps']:.4g})")
+    for col in ("arch", "n", "clean", "PGD", "AutoAttack"):
+        table.add_column(col, justify="right")
+    for a in result.per_arch:
+        aa = "-" if a.autoattack_acc is None else f"{a.autoattack_acc:.3f} ± {a.autoattack_acc_std:.3f}"
+        table.add_row(a.arch, str(a.n), f"{a.clean_acc:.3f} ± {a.clean_acc_std:.3f}",
+                      f"{a.robust_acc:.3f} ± {a.robust_acc_std:.3f}", aa)
+    Console().print(table)
+    click.echo(
+        f"val robust acc {result.val_robust_acc:.3f}; learn {result.learn_seconds:.1f}s, "
+        f"train {result.train_seconds:.1f}s/model; work {result.work_epochs:.1f} epochs"
+    )
+
+
+# ------------------------------------------------------------------------- sweep, validate
+
+
+def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
+    """Read, override, validate and plan a sweep spec (exit 2 on any problem)."""
+    import yaml
+
+    from harness.config import apply_overrides, build_sweep_spec, load_yaml
+    from harness.plan import make_plan
+
+    tree = apply_overrides(load_yaml(path), assignments)
+    spec = build_sweep_spec(tree)
+    return spec, yaml.safe_dump(tree, sort_keys=False), make_plan(spec, smoke=smoke)
+
+
+def print_plan(spec, plan) -> None:
+    from harness.plan import describe
+
+    table = Table(title=f"sweep {spec.name!r}: {len(plan)} variants", title_justify="left")
+    for col in ("dataset", "variant", "trials", "repeats", "searched"):
+        table.add_column(col)
+    rows = describe(plan)
+    for r in rows:
+        searched = ", ".join(f"{k}: {v}" for k, v in r["searched"].items()) or "(nothing: 1 trial)"
+        table.add_row(r["dataset"], r["variant"], str(r["trials"]), str(r["repeats"]), searched)
+    Console().print(table)
+    total = sum((r["trials"] if r["searched"] else 1) + r["repeats"] for r in rows)
+    budgets = {r["trials"] for r in rows if r["searched"]}
+    click.echo(f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "
+               f"gpu {spec.resources.gpu}; objective: {spec.objective.mode} {spec.objective.metric}")
+    if len(budgets) > 1:
+        click.echo("note: methods have unequal trial budgets; the comparison favours the larger ones.")
+
+
+sweep_options = [
+    click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False)),
+    click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                 help="Override a spec field by dotted key (repeatable)."),
+    click.option("--smoke", is_flag=True, help="Shrink every budget: minutes on a laptop CPU."),
+]
+
+
+def with_options(options):
+    def wrap(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+@main.command()
+@with_options(sweep_options)
+def validate(spec_path, assignments, smoke) -> None:
+    """Check a sweep spec and print its resolved trial plan."""
+    spec, _, plan = load_sweep(spec_path, assignments, smoke)
+    print_plan(spec, plan)
+    click.echo(f"{spec_path}: valid")
+
+
+@main.command()
+@with_options(sweep_options)
+@click.option("--tracking-uri", default=None,
+              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option("--address", default=None, help="Join a Ray cluster: auto or ray://host:port.")
+@click.option("--storage", default=None, help="Ray results path or URI (default ./ray_results).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep of the same name.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit without running.")
+def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run) -> None:
+    """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow."""
+    spec, text, plan = load_sweep(spec_path, assignments, smoke)
+    if dry_run:
+        print_plan(spec, plan)
+        return
+    from harness import tracking
+
+    client = tracking.connect(tracking_uri)
+
+    def tracker_factory(resuming: bool):
+        parent = tracking.find_sweep_parent(client, spec.name) if resuming else None
+        return tracking.Tracker(client, spec.name, parent)
+
+    from harness.sweep import run_sweep
+
+    outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
+                        storage=storage, resume=resume, smoke=smoke, console=err_console)
+    uri = tracking.resolve_uri(tracking_uri)
+    click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
+               f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
+    show_leaderboard(uri, outcome.experiment)
+    click.echo(f"browse the runs: harness ui --tracking-uri {uri}")
+
+
+def show_leaderboard(uri: str, experiment: str) -> None:
+    try:
+        from harness import leaderboard
+    except ImportError:
+        return
+    records = leaderboard.load_records(tracking_uri=uri, experiment=experiment)
+    click.echo(leaderboard.render(records, "md"))
+
+
+# ------------------------------------------------------------------------------ listings
+
+
+@main.command()
+@click.option("--data-root", default=None, help="Data directory to check for files.")
+@click.option("--json", "as_json", is_flag=True)
+def datasets(data_root, as_json) -> None:
+    """List datasets, their default threat and whether their files are present."""
+    from harness.data import DATASETS, files_present, resolve_root
+
+    rows = []
+    for name in DATASETS:
+        info = DATASETS.get(name)
+        rows.append({
+            "name": name, "present": files_present(name, data_root), "embedded": info.embedded,
+            "default_eps": info.default_eps, "default_archs": list(info.default_archs),
+            "description": info.description,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"datasets (root: {resolve_root(data_root)})")
+    for col in ("name", "files", "default Linf eps", "archs", "description"):
+        table.add_column(col)
+    for r in rows:
+        state = "embedded" if r["embedded"] else ("present" if r["present"] else "missing")
+        table.add_row(r["name"], state, f"{r['default_eps']:.4g}", ", ".join(r["default_archs"]),
+                      r["description"])
+    Console().print(table)
+
+
+@main.command()
+def archs() -> None:
+    """List the registered architectures."""
+    from harness.models import MODELS
+
+    for name in MODELS:
+        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:10s} {doc[0] if doc else ''}")
+
+
+@main.command()
+def methods() -> None:
+    """List the registered methods with their kind and paper."""
+    from methods import METHODS
+
+    for name in METHODS:
+        cls = METHODS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        click.echo(f"{name:16s} {cls.kind:8s} {doc[0] if doc else ''}")
+
+
+# ------------------------------------------------------------------------- leaderboard, ui
+
+
+@main.command()
+@click.option("--experiment", default=None, help="The sweep's experiment (its name).")
+@click.option("--sweep", "sweep_run_id", default=None, metavar="RUN_ID",
+              help="The sweep's parent run id (instead of --experiment).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option("--format", "fmt", default="md", show_default=True,
+              type=click.Choice(["md", "csv", "html", "json"]), help="Output format.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Write to this file instead of stdout.")
+def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output) -> None:
+    """Rank each method variant's best configuration (chosen on validation) per dataset and
+    threat, by AutoAttack (else PGD) robust accuracy on the test split."""
+    from pathlib import Path
+
+    from harness import leaderboard as board
+
+    records = board.load_records(tracking_uri, experiment, sweep_run_id)
+    title = f"Leaderboard: {experiment or sweep_run_id or 'sweep'}"
+    text = board.render(records, fmt, title)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise HarnessInputError(f"cannot write {output!r}: {exc.strerror}.", field="--output") from None
+    err_console.print(f"wrote {len(records)} rows to {output}", highlight=False)
+
+
+@main.command()
+@click.option("--tracking-uri", default=None,
+              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+def ui(tracking_uri, port) -> None:
+    """Serve the MLflow UI on 127.0.0.1 for the store (Ctrl-C stops it)."""
+    import os
+    import socket
+    from pathlib import Path
+
+    from harness.tracking import require_existing_store
+
+    uri = require_existing_store(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise HarnessInputError(f"{uri} is already a tracking server: open it in a browser.",
+                                field="--tracking-uri")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise HarnessInputError(f"port {port} on 127.0.0.1 is in use; pick another with "
+                                    "--port.", field="--port")
+    exe = Path(sys.executable).parent / "mlflow"
+    if not exe.exists():
+        raise click.ClickException(f"{exe} is missing; reinstall the harness (make install).")
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    sys.stdout.flush()
+    # exec: the server takes over this process, so Ctrl-C and kill reach it directly.
+    os.execv(str(exe), [str(exe), "server", "--backend-store-uri", uri,
+                        "--host", "127.0.0.1", "--port", str(port)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""Loaders for datasets stored as files: MNIST, Fashion-MNIST, CIFAR-10/100, SVHN, Tiny ImageNet.
+
+Each loader reads the layout torchvision (or the dataset's own archive) leaves on disk, so a
+data folder shared with other projects works as is. Files are parsed here rather than through
+torchvision's dataset classes: that keeps the validation ours (a truncated download must give a
+one-paragraph `HarnessInputError` naming the file, not a traceback) and avoids unpickling CIFAR
+with plain `pickle`. torchvision is used only to download, when `dataset.download` is true.
+
+Default radii are the literature's: MNIST 0.3 (Madry et al. 2018), CIFAR and SVHN 8/255
+(RobustBench), Tiny ImageNet 4/255 (common in robust distillation work), Fashion-MNIST 0.1.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import os
+import pickle
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.data import NoParams, RawData, register_dataset
+from harness.errors import HarnessInputError
+
+DOWNLOAD_FLAG = "--set dataset.download=true"
+
+
+def corrupt(path: Path, why: str, remove: Path | None = None) -> HarnessInputError:
+    """`remove`: what to delete so that a download replaces it, when not the file itself."""
+    return HarnessInputError(
+        f"the data file {path} is unreadable ({why}); it is probably truncated or corrupt. "
+        f"Delete {remove or 'it'} and fetch it again (rerun with {DOWNLOAD_FLAG}).",
+        field="dataset",
+    )
+
+
+def missing(
+    name: str, root: Path, searched: list[Path], expected: str, fix: str
+) -> HarnessInputError:
+    where = ", ".join(str(p) for p in searched)
+    return HarnessInputError(
+        f"the {name} files ({expected}) were not found; searched {where}. To get them, "
+        f"{fix.replace('<root>', str(root))} (the data root {root} is dataset.root, else "
+        "$HARNESS_DATA, else ~/.cache/harness/data).",
+        field="dataset",
+    )
+
+
+def to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 NCHW array -> float32 tensor in [0, 1] (one float copy; the input may be read-only)."""
+    unit = np.ascontiguousarray(images, dtype=np.float32)
+    unit /= 255.0
+    return torch.from_numpy(unit)
+
+
+def to_labels(labels: np.ndarray, num_classes: int, path: Path) -> torch.Tensor:
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise corrupt(path, f"labels outside 0..{num_classes - 1}")
+    return torch.from_numpy(labels)
+
+
+# --------------------------------------------------------------------------- MNIST (IDX)
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_EXPECTED = ", ".join(stem for pair in IDX_FILES.values() for stem in pair) + ", each maybe .gz"
+# Places outside the data root that a system package fills; a module constant so tests can
+# point it elsewhere. Debian's dataset-fashion-mnist ships the four .gz files here.
+SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
+    "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
+}
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes: magic 0x0000 08 <ndim>, big-endian uint32 dims, data."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+            blob = fh.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
+    header = 4 + 4 * ndim
+    if len(blob) < header or blob[:4] != bytes([0, 0, 0x08, ndim]):
+        raise corrupt(path, f"not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
+    dims = tuple(int(d) for d in np.frombuffer(blob, dtype=">u4", count=ndim, offset=4))
+    if len(blob) - header != int(np.prod(dims)):
+        raise corrupt(path, f"header says {dims} but holds {len(blob) - header} bytes of data")
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def idx_file(folder: Path, stem: str) -> Path | None:
+    # Prefer the uncompressed file: torchvision keeps both and it reads faster.
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def idx_folder(candidates: list[Path]) -> Path | None:
+    for folder in candidates:
+        if all(idx_file(folder, stem) for pair in IDX_FILES.values() for stem in pair):
+            return folder
+    return None
+
+
+def idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_path, labels_path = (idx_file(folder, stem) for stem in IDX_FILES[split])
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if len(images) != len(labels):
+        raise corrupt(labels_path, f"{len(labels)} labels, {len(images)} images in {images_path}")
+    return to_unit(images[:, None]), to_labels(labels, 10, labels_path)
+
+
+def mnist_family(name: str, tv_class: str, fix: str):
+    """`present` and loader of an IDX dataset that torchvision keeps in root/<tv_class>/raw."""
+
+    def candidates(root: Path) -> list[Path]:
+        return [root / tv_class / "raw", root / name, *SYSTEM_DIRS.get(name, ())]
+
+    def present(root: Path) -> bool:
+        return idx_folder(candidates(root)) is not None
+
+    def load(root: Path, download: bool, params: NoParams) -> RawData:
+        folder = idx_folder(candidates(root))
+        if folder is None and download:
+            tv_download(tv_class, root)
+            folder = idx_folder(candidates(root))
+        if folder is None:
+            raise missing(name, root, candidates(root), IDX_EXPECTED, fix)
+        x_tr, y_tr = idx_split(folder, "train")
+        x_te, y_te = idx_split(folder, "test")
+        return RawData(x_tr, y_tr, x_te, y_te, num_classes=10)
+
+    return present, load
+
+
+def tv_download(tv_class: str, root: Path, **kwargs) -> None:
+    """Let torchvision fetch (and checksum) the official archive into its usual layout."""
+    import torchvision.datasets as tvd
+
+    try:
+        getattr(tvd, tv_class)(str(root), download=True, **kwargs)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; bad checksums are RuntimeError
+        raise HarnessInputError(
+            f"downloading {tv_class} into {root} failed ({exc}). Check the network, or copy the "
+            "files into that folder by hand and rerun without dataset.download.",
+            field="dataset.download",
+        ) from None
+
+
+for _name, _tv, _eps, _extra in (
+    ("mnist", "MNIST", 0.3, ""),  # Madry et al. 2018
+    # 0.1: the radius common in Fashion-MNIST robustness work, milder than MNIST's 0.3.
+    ("fashion-mnist", "FashionMNIST", 0.1, "run `sudo apt-get install dataset-fashion-mnist`, or "),
+):
+    _fix = (
+        f"{_extra}rerun with {DOWNLOAD_FLAG} (torchvision fetches them into <root>/{_tv}/raw), "
+        "or copy the four IDX files there by hand"
+    )
+    _present, _load = mnist_family(_name, _tv, _fix)
+    register_dataset(_name, default_eps=_eps, default_archs=("lenet", "convnet"), present=_present,
+                     fetch_hint=_fix, description=f"{_tv}, 28x28 grey, 60k train / 10k test")(_load)
+
+
+# --------------------------------------------------------------------------- CIFAR (pickles)
+
+
+def _numpy_reconstruct():
+    # The function numpy itself names in its array pickles, whichever module it lives in.
+    return np.arange(1).__reduce__()[0]
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickle only what a CIFAR batch holds: a dict of bytes, lists of ints, one uint8 array.
+
+    A plain `pickle.load` would run any callable a tampered file names; here every global
+    outside this list is refused.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 1 (the originals)
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 2
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
+
+
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR = {
+    # name: (folder, train files, test files, label key, classes, torchvision class)
+    "cifar10": ("cifar-10-batches-py", CIFAR10_TRAIN, ["test_batch"], b"labels", 10, "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100, "CIFAR100"),
+}
+# What unpickling a truncated or foreign file raises, and indexing a result that is no batch.
+BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError)
+
+
+def read_cifar_batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, torch.Tensor]:
+    try:
+        with open(path, "rb") as fh:
+            # encoding="bytes" as torchvision: the batches were written by Python 2.
+            batch = CifarUnpickler(fh, encoding="bytes").load()
+        data, labels = batch[b"data"], np.asarray(batch[label_key], dtype=np.int64)
+    except BAD_PICKLE as exc:
+        raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+        raise corrupt(path, "data is not an N x 3072 uint8 array")
+    if len(labels) != len(data):
+        raise corrupt(path, f"{len(labels)} labels for {len(data)} images")
+    # Each row is 1024 red, 1024 green, 1024 blue values, row-major: already CHW.
+    return data.reshape(-1, 3, 32, 32), to_labels(labels, classes, path)
+
+
+def cifar_family(name: str):
+    folder_name, train_files, test_files, label_key, num_classes, tv_class = CIFAR[name]
+    expected = f"{folder_name}/{{{', '.join(train_files + test_files)}}}"
+    fix = (f"rerun with {DOWNLOAD_FLAG}, or extract https://www.cs.toronto.edu/~kriz/"
+           f"{name.replace('cifar', 'cifar-')}-python.tar.gz into <root>")
+
+    def present(root: Path) -> bool:
+        return all((root / folder_name / f).is_file() for f in train_files + test_files)
+
+    def read(files: list[str], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [read_cifar_batch(folder / f, label_key, num_classes) for f in files]
+        return to_unit(np.concatenate([p[0] for p in parts])), torch.cat([p[1] for p in parts])
+
+    def load(root: Path, download: bool, params: NoParams) -> RawData:
+        if not present(root) and download:
+            tv_download(tv_class, root, train=True)  # one archive holds both splits
+        if not present(root):
+            raise missing(name, root, [root / folder_name], expected, fix)
+        x_tr, y_tr = read(train_files, root / folder_name)
+        x_te, y_te = read(test_files, root / folder_name)
+        return RawData(x_tr, y_tr, x_te, y_te, num_classes=num_classes)
+
+    return present, load, fix
+
+
+for _name, _desc in (("cifar10", "10 classes"), ("cifar100", "100 fine classes")):
+    _present, _load, _fix = cifar_family(_name)
+    _desc = f"{_name.upper()}, 32x32 colour, {_desc}, 50k train / 10k test"
+    # 8/255: RobustBench's Linf threat for CIFAR.
+    register_dataset(_name, default_eps=8 / 255, default_archs=("convnet", "resnet18"),
+                     present=_present, fetch_hint=_fix, description=_desc)(_load)
+
+
+# --------------------------------------------------------------------------- SVHN (.mat)
+
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+SVHN_FIX = (
+    f"rerun with {DOWNLOAD_FLAG}, or download train_32x32.mat and test_32x32.mat from "
+    "http://ufldl.stanford.edu/housenumbers/ into <root>/svhn"
+)
+
+
+def svhn_folder(root: Path) -> Path | None:
+    for folder in (root / "svhn", root):
+        if all((folder / f).is_file() for f in SVHN_FILES.values()):
+            return folder
+    return None
+
+
+def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        mat = loadmat(path, variable_names=["X", "y"])
+        x, y = mat["X"], mat["y"]
+    except (MatReadError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
+        raise corrupt(path, f"want X 32x32x3xN uint8, y N; got X {x.shape} {x.dtype}, y {y.shape}")
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0  # SVHN writes the digit 0 as class 10
+    return to_unit(x.transpose(3, 2, 0, 1)), to_labels(labels, 10, path)  # HWCN -> NCHW
+
+
+@register_dataset(
+    "svhn",
+    default_eps=8 / 255,  # as CIFAR-10 in RobustBench-style evaluations
+    default_archs=("convnet", "resnet18"),
+    present=lambda root: svhn_folder(root) is not None,
+    fetch_hint=SVHN_FIX,
+    description="Street View House Numbers (cropped digits), 32x32 colour, 73k train / 26k test",
+)
+def load_svhn(root: Path, download: bool, params: NoParams) -> RawData:
+    if svhn_folder(root) is None and download:
+        for split in SVHN_FILES:
+            tv_download("SVHN", root / "svhn", split=split)
+    folder = svhn_folder(root)
+    if folder is None:
+        expected = ", ".join(SVHN_FILES.values())
+        raise missing("svhn", root, [root / "svhn", root], expected, SVHN_FIX)
+    x_tr, y_tr = read_svhn(folder / SVHN_FILES["train"])
+    x_te, y_te = read_svhn(folder / SVHN_FILES["test"])
+    return RawData(x_tr, y_tr, x_te, y_te, num_classes=10)
+
+
+# --------------------------------------------------------------------------- Tiny ImageNet (JPEG)
+
+TINY_FOLDER = "tiny-imagenet-200"
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+TINY_CACHE = ".harness-cache.pt"
+TINY_CACHE_FORMAT = 1  # bump when the cached dict changes
+TINY_FIX = f"rerun with {DOWNLOAD_FLAG}, or download {TINY_URL} and unzip it into <root>"
+
+
+def tiny_present(root: Path) -> bool:
+    base = root / TINY_FOLDER
+    return all(p.exists() for p in (base / "wnids.txt", base / "train", base / "val" / "images"))
+
+
+def tiny_required(path: Path, base: Path) -> Path:
+    if not path.exists():
+        raise HarnessInputError(
+            f"{path} is missing, so the Tiny ImageNet folder is incomplete. Delete {base} and "
+            f"fetch it again ({TINY_FIX}).",
+            field="dataset",
+        )
+    return path
+
+
+Pairs = list[tuple[Path, int]]
+
+
+def tiny_index(base: Path) -> tuple[int, Pairs, Pairs]:
+    """Class count and (file, label) pairs of both splits; labels follow the sorted wnids."""
+    wnids = sorted(tiny_required(base / "wnids.txt", base).read_text().split())
+    label_of = {w: i for i, w in enumerate(wnids)}
+    train = [
+        (path, label_of[wnid])
+        for wnid in wnids
+        for path in sorted(tiny_required(base / "train" / wnid / "images", base).glob("*.JPEG"))
+    ]
+    # The official test split has no labels, so the labelled val split serves as the test split.
+    annotations = tiny_required(base / "val" / "val_annotations.txt", base)
+    test = []
+    for line_no, line in enumerate(annotations.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in label_of:
+            raise corrupt(annotations, f"line {line_no} names no image and known wnid", base)
+        test.append((tiny_required(base / "val" / "images" / fields[0], base), label_of[fields[1]]))
+    return len(wnids), train, test
+
+
+def decode_jpegs(pairs: Pairs, base: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW images and int64 labels."""
+    from PIL import Image
+
+    out = np.empty((len(pairs), 64, 64, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(pairs):
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")  # a few Tiny ImageNet images are greyscale
+        except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
+            raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
+        if rgb.size != (64, 64):
+            raise corrupt(path, f"image is {rgb.size[0]}x{rgb.size[1]}, not 64x64", base)
+        out[i] = np.asarray(rgb)
+    labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def tiny_file_count(base: Path) -> int:
+    folders = [*(base / "train").glob("*/images"), base / "val" / "images"]
+    return sum(1 for folder in folders for _ in folder.glob("*.JPEG"))
+
+
+def tiny_cached(cache: Path, count: int) -> dict | None:
+    """The cached tensors if they were built, in this format, from as many files as there are."""
+    if not cache.is_file():
+        return None
+    try:
+        saved = torch.load(cache, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        warnings.warn(f"ignoring unreadable cache {cache} ({exc}); decoding the JPEGs again")
+        return None
+    fresh = isinstance(saved, dict) and saved.get("key") == [TINY_CACHE_FORMAT, count]
+    return saved if fresh else None
+
+
+def tiny_build(base: Path, count: int) -> dict:
+    num_classes, train, test = tiny_index(base)
+    x_train, y_train = decode_jpegs(train, base)
+    x_test, y_test = decode_jpegs(test, base)
+    built = dict(key=[TINY_CACHE_FORMAT, count], num_classes=num_classes, x_train=x_train,
+                 y_train=y_train, x_test=x_test, y_test=y_test)
+    cache = base / TINY_CACHE
+    partial = cache.with_suffix(".tmp")
+    try:  # write then rename, so an interrupted save never leaves a half cache behind
+        torch.save(built, partial)
+        os.replace(partial, cache)
+    except OSError as exc:  # a read-only data folder still loads, only slower next time
+        warnings.warn(f"could not write the Tiny ImageNet cache {cache} ({exc})")
+    return built
+
+
+@register_dataset(
+    "tinyimagenet",
+    default_eps=4 / 255,  # half CIFAR's 8/255, the radius usual for Tiny ImageNet
+    default_archs=("convnet", "resnet18"),
+    present=tiny_present,
+    fetch_hint=TINY_FIX,
+    description="Tiny ImageNet, 64x64 colour, 200 classes, 100k train / 10k val (used as test)",
+)
+def load_tinyimagenet(root: Path, download: bool, params: NoParams) -> RawData:
+    base = root / TINY_FOLDER
+    if not tiny_present(root) and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5)
+        except (OSError, RuntimeError) as exc:
+            raise HarnessInputError(
+                f"downloading {TINY_URL} into {root} failed ({exc}).", field="dataset.download"
+            ) from None
+    if not tiny_present(root):
+        expected = "wnids.txt, train/<wnid>/images, val/images, val/val_annotations.txt"
+        raise missing("tinyimagenet", root, [base], expected, TINY_FIX)
+    count = tiny_file_count(base)
+    data = tiny_cached(base / TINY_CACHE, count) or tiny_build(base, count)
+    x_train, x_test = (data[k].float().div_(255.0) for k in ("x_train", "x_test"))
+    return RawData(x_train, data["y_train"], x_test, data["y_test"], data["num_classes"])

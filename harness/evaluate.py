@@ -1,0 +1,298 @@
+"""The evaluation protocol: the harness's, never the method's.
+
+- a model-producing method is scored by its own trained models, one per architecture and seed;
+- a dataset-producing method learns its dataset once, then fresh models of every evaluation
+  architecture are *naturally* trained on it, several seeds each, and scored;
+- scores: clean, PGD and (optionally) AutoAttack accuracy on the held-out test split; the
+  objective `val_robust_acc` is PGD accuracy on the validation split carved from training data;
+- cost: one-time learning cost and per-model training cost, in wall seconds and in work
+  epochs (forward passes over examples / size of the full training split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.attacks import Threat, accuracy, autoattack, pgd, robust_accuracy
+from harness.config import RunSpec
+from harness.data import DATASETS, DatasetSplits, load_dataset
+from harness.models import MODELS
+from harness.train import TrainConfig, WorkMeter, natural_loss, pick_device, train_model
+from methods import METHODS, DatasetMethod, LearnedDataset, MethodContext, ModelMethod, make_method
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class ModelScore:
+    """Scores of one trained model."""
+
+    arch: str
+    seed: int
+    clean_acc: float
+    robust_acc: float
+    autoattack_acc: float | None
+    val_clean_acc: float
+    val_robust_acc: float
+    train_seconds: float
+    train_work_epochs: float
+
+
+@dataclass
+class ArchSummary:
+    arch: str
+    n: int
+    clean_acc: float
+    clean_acc_std: float
+    robust_acc: float
+    robust_acc_std: float
+    autoattack_acc: float | None
+    autoattack_acc_std: float | None
+
+
+@dataclass
+class TrialResult:
+    """One trial's outcome; `to_json()` is the `harness run --json` contract."""
+
+    method: str
+    kind: str
+    dataset: str
+    seed: int
+    threat: dict[str, Any]
+    clean_acc: float
+    robust_acc: float
+    autoattack_acc: float | None
+    val_clean_acc: float
+    val_robust_acc: float
+    learn_seconds: float  # one-time dataset learning (0 for model-producing methods)
+    train_seconds: float  # mean per trained model
+    learn_work_epochs: float
+    train_work_epochs: float  # mean per trained model
+    work_epochs: float  # learn + one model: the cost of the first robust model
+    dataset_size: int  # examples the models were trained on
+    per_arch: list[ArchSummary]
+    models: list[ModelScore]
+    learned: LearnedDataset | None = field(default=None, repr=False)
+    weights: dict[str, dict] = field(default_factory=dict, repr=False)  # arch -> first model's state
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
+        return out
+
+
+SMOKE_DEFAULTS = [
+    # Tiny budgets: every method on any dataset in seconds on a laptop CPU.
+    "train.epochs=3",
+    "eval.models_per_arch=1",
+    "eval.epochs=20",
+    "eval.max_test=200",
+    "eval.max_val=200",
+    "threat.steps=5",
+]
+
+
+def smoke_assignments(dataset: str, method: str) -> list[str]:
+    out = list(SMOKE_DEFAULTS)
+    out.append(f"eval.archs=[{DATASETS.get(dataset, field='dataset.name').default_archs[0]}]")
+    if dataset == "synthetic-robust":
+        out += ["dataset.n_train=1000", "dataset.n_test=400"]
+    else:
+        out.append("dataset.subset=20")
+    cls = METHODS.get(method, field="method.name")
+    out += [f"method.{k}={json.dumps(v)}" for k, v in cls.smoke.items()]
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
+    t = spec.threat
+    return Threat(norm=t.norm, eps=t.eps or data.default_eps, steps=t.steps, alpha=t.alpha, restarts=t.restarts)
+
+
+def resolve_archs(spec: RunSpec) -> list[str]:
+    archs = spec.eval.archs or list(DATASETS.get(spec.dataset.name).default_archs)
+    for a in archs:
+        MODELS.get(a, field="eval.archs")
+    return archs
+
+
+def eval_epochs(spec: RunSpec, n_learned: int, n_full: int) -> int:
+    """Downstream epochs on a learned set: the spec's, else as many optimiser steps as
+    `train.epochs` over the full training set, kept between train.epochs and 300 epochs
+    (300 is DC's evaluation budget, Zhao et al. 2021)."""
+    if spec.eval.epochs is not None:
+        return spec.eval.epochs
+    matched = math.ceil(spec.train.epochs * n_full / max(1, n_learned))
+    return max(spec.train.epochs, min(300, matched))
+
+
+def score_model(
+    model: nn.Module,
+    data: DatasetSplits,
+    threat: Threat,
+    spec: RunSpec,
+    *,
+    seed: int,
+    device: torch.device,
+) -> dict[str, float | None]:
+    """Clean / PGD / AutoAttack accuracy on test and clean / PGD accuracy on validation."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def attack(m, x, y):
+        return pgd(
+            m, x, y, norm=threat.norm, eps=threat.eps, alpha=threat.step_size, steps=threat.steps,
+            restarts=threat.restarts, bounds=data.bounds, generator=gen,
+        )
+
+    n_test, n_val = spec.eval.max_test, spec.eval.max_val
+    xt, yt = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
+    xv, yv = data.x_val[:n_val].to(device), data.y_val[:n_val].to(device)
+    scores: dict[str, float | None] = {
+        "clean_acc": accuracy(model, xt, yt),
+        "robust_acc": robust_accuracy(model, xt, yt, attack),
+        "val_clean_acc": accuracy(model, xv, yv),
+        "val_robust_acc": robust_accuracy(model, xv, yv, attack),
+        "autoattack_acc": None,
+    }
+    if spec.threat.autoattack:
+        scores["autoattack_acc"] = autoattack(
+            model, xt, yt, norm=threat.norm, eps=threat.eps, num_classes=data.num_classes,
+            seed=seed, bounds=data.bounds,
+        )
+    return scores
+
+
+def downstream_config(spec: RunSpec, n_learned: int, n_full: int) -> TrainConfig:
+    return spec.train.config(
+        epochs=eval_epochs(spec, n_learned, n_full),
+        lr=spec.eval.lr,
+        batch_size=min(spec.eval.batch_size, n_learned),
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="step",
+    )
+
+
+PROBE_EXAMPLES = 256  # validation examples attacked by the per-epoch probe
+PROBE_STEPS = 10  # PGD steps of the probe: cheap, and only compared between trials
+
+
+def epoch_probe(data: DatasetSplits, threat: Threat, device: torch.device, log: LogFn):
+    """A per-epoch validation robust-accuracy probe (what ASHA compares trials on)."""
+    x, y = data.x_val[:PROBE_EXAMPLES].to(device), data.y_val[:PROBE_EXAMPLES].to(device)
+    steps = min(threat.steps, PROBE_STEPS)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def probe(epoch: int, model: nn.Module) -> None:
+        def attack(m, xb, yb):
+            return pgd(m, xb, yb, norm=threat.norm, eps=threat.eps, alpha=2.5 * threat.eps / steps,
+                       steps=steps, bounds=data.bounds, generator=gen)
+
+        log({"val_robust_acc": robust_accuracy(model, x, y, attack), "epoch": epoch}, epoch)
+
+    return probe
+
+
+def run_trial(
+    spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False
+) -> TrialResult:
+    """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
+
+    `probe_epochs`: while the first model of a model-producing method trains, log a cheap
+    validation robust accuracy after every epoch (early stopping of weak sweep trials)."""
+    log = log or (lambda metrics, step: None)
+    device = pick_device(spec.device)
+    method = make_method(spec.method.name, spec.method.params())
+    archs = resolve_archs(spec)
+    ds = spec.dataset
+    data = load_dataset(
+        ds.name, root=ds.root, download=ds.download, subset=ds.subset,
+        val_fraction=ds.val_fraction, split_seed=ds.split_seed, params=ds.params(),
+    )
+    threat = resolve_threat(spec, data)
+    generator = torch.Generator().manual_seed(spec.seed)
+    learn_meter = WorkMeter()
+    ctx = MethodContext(
+        data=data, threat=threat, train=spec.train.config(), device=device, generator=generator,
+        seed=spec.seed, archs=archs, meter=learn_meter, log=log, smoke=smoke,
+    )
+
+    learned: LearnedDataset | None = None
+    learn_seconds = 0.0
+    if isinstance(method, DatasetMethod):
+        start = time.perf_counter()
+        learned = method.learn(ctx)
+        learn_seconds = time.perf_counter() - start
+        train_x, train_y = learned.x.detach().cpu(), learned.y.detach().cpu()
+        cfg, loss_step = downstream_config(spec, len(learned), data.n_train_full), natural_loss
+    else:
+        assert isinstance(method, ModelMethod)
+        train_x, train_y = data.x_train, data.y_train
+        cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
+
+    models: list[ModelScore] = []
+    weights: dict[str, dict] = {}
+    probe = epoch_probe(data, threat, device, log) if probe_epochs and learned is None else None
+    for arch in archs:
+        for k in range(spec.eval.models_per_arch):
+            model_seed = spec.seed * 1000 + k
+            meter = WorkMeter()
+            model = ctx.build(arch, seed=model_seed)
+            stats = train_model(
+                model, train_x, train_y, cfg, generator=torch.Generator().manual_seed(model_seed),
+                device=device, loss_step=loss_step, meter=meter,
+                on_epoch=probe if not models else None,
+            )
+            scores = score_model(model, data, threat, spec, seed=model_seed, device=device)
+            models.append(ModelScore(
+                arch=arch, seed=model_seed, train_seconds=stats.seconds,
+                train_work_epochs=meter.epochs(data.n_train_full), **scores,
+            ))
+            weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            log({f"arch.{arch}.{key}": v for key, v in scores.items() if v is not None}, len(models))
+    result = summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter,
+                       len(train_x))
+    result.weights = weights
+    return result
+
+
+def summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter, size) -> TrialResult:
+    def avg(key: str) -> float | None:
+        vals = [getattr(m, key) for m in models]
+        return None if any(v is None for v in vals) else mean_std(vals)[0]
+
+    per_arch = []
+    for arch in dict.fromkeys(m.arch for m in models):
+        ms = [m for m in models if m.arch == arch]
+        clean = mean_std([m.clean_acc for m in ms])
+        robust = mean_std([m.robust_acc for m in ms])
+        aa_vals = [m.autoattack_acc for m in ms]
+        aa = mean_std(aa_vals) if None not in aa_vals else (None, None)
+        per_arch.append(ArchSummary(arch, len(ms), *clean, *robust, *aa))
+    learn_work = learn_meter.epochs(data.n_train_full)
+    train_work = avg("train_work_epochs")
+    return TrialResult(
+        method=method.name, kind=method.kind, dataset=data.name, seed=spec.seed,
+        threat={"norm": threat.norm, "eps": threat.eps, "steps": threat.steps},
+        clean_acc=avg("clean_acc"), robust_acc=avg("robust_acc"),
+        autoattack_acc=avg("autoattack_acc"), val_clean_acc=avg("val_clean_acc"),
+        val_robust_acc=avg("val_robust_acc"), learn_seconds=learn_seconds,
+        train_seconds=avg("train_seconds"), learn_work_epochs=learn_work,
+        train_work_epochs=train_work, work_epochs=learn_work + train_work, dataset_size=size,
+        per_arch=per_arch, models=models, learned=learned,
+    )

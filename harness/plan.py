@@ -1,0 +1,133 @@
+"""A sweep spec resolved into its trial plan (no Ray here: `harness validate` uses it too).
+
+The unit of comparison is a *variant*: one dataset x one method x one point of the grid
+settings (e.g. `rdl[ipc=10]`). Each variant gets its own Optuna study with the same trial
+budget, then `repeats` extra seeds of its best configuration.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.config import (
+    Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, parse_dimension, set_path,
+)
+from harness.data import DATASETS, validate_params
+from harness.evaluate import resolve_archs, smoke_assignments
+from methods import make_method
+
+SMOKE_MAX_TRIALS = 2
+SMOKE_MAX_REPEATS = 1
+
+
+@dataclass
+class Variant:
+    dataset: str
+    method: str
+    grid: dict[str, Any]  # spec path -> value, fixed for this variant
+    base: dict[str, Any]  # the RunSpec tree with every fixed and grid value applied
+    dims: dict[str, Dimension]  # spec path -> searched distribution (Optuna)
+    trials: int
+    repeats: int
+    label: str = ""
+    key: str = ""  # file-system-safe identifier (Ray experiment directory name)
+    phase_keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shown = ",".join(f"{k.removeprefix('method.')}={v}" for k, v in self.grid.items())
+        self.label = f"{self.method}[{shown}]" if shown else self.method
+        self.key = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.dataset}.{self.label}").strip("-")
+
+
+def spec_path(key: str) -> str:
+    """Space keys without a dot are the method's own settings."""
+    return key if "." in key else f"method.{key}"
+
+
+def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
+    plan = []
+    for ds in spec.datasets():
+        DATASETS.get(ds.name, field="dataset.name")
+        for method, msweep in spec.methods.items():
+            where = f"methods.{method}"
+            fixed, grids, dims = {}, {}, {}
+            for key, raw in msweep.space.items():
+                path = spec_path(key)
+                dim = parse_dimension(f"{where}.space.{key}", raw)
+                if dim is None:
+                    fixed[path] = raw
+                elif dim.kind == "grid":
+                    grids[path] = dim.values
+                else:
+                    dims[path] = dim
+            for combo in itertools.product(*grids.values()):
+                grid = dict(zip(grids, combo))
+                base = base_tree(spec, ds.model_dump(exclude_none=True), method, {**fixed, **grid})
+                if smoke:
+                    base = apply_overrides(base, smoke_assignments(ds.name, method))
+                trials = msweep.trials or spec.trials
+                repeats = spec.repeats
+                if smoke:
+                    trials, repeats = min(trials, SMOKE_MAX_TRIALS), min(repeats, SMOKE_MAX_REPEATS)
+                variant = Variant(ds.name, method, grid, base, dims, trials, repeats)
+                check_variant(variant, where)
+                plan.append(variant)
+    return plan
+
+
+def base_tree(spec: SweepSpec, dataset: dict, method: str, values: dict[str, Any]) -> dict[str, Any]:
+    tree = {
+        "dataset": dataset,
+        "method": {"name": method},
+        "threat": spec.threat.model_dump(),
+        "train": spec.train.model_dump(),
+        "eval": spec.eval.model_dump(),
+        "seed": spec.seed,
+        "device": spec.device,
+    }
+    for path, value in values.items():
+        if path in ("method.name", "dataset.name"):
+            raise HarnessInputError(
+                "the method and dataset are chosen by the spec's structure, not searched; "
+                "list another method under `methods` or another dataset under `dataset` instead.",
+                field=path,
+            )
+        set_path(tree, path, value, field=path)
+    return tree
+
+
+def sample_tree(variant: Variant, values: dict[str, Any]) -> dict[str, Any]:
+    """The variant's RunSpec tree with the searched values filled in."""
+    tree = apply_overrides(variant.base, [])
+    for path, value in values.items():
+        set_path(tree, path, value, field=path)
+    return tree
+
+
+def check_variant(variant: Variant, where: str) -> None:
+    """Build the RunSpec and method config a trial would build, so a bad spec fails now."""
+    tree = sample_tree(variant, {p: d.example() for p, d in variant.dims.items()})
+    try:
+        run = build_run_spec(tree)
+        make_method(run.method.name, run.method.params())
+        resolve_archs(run)
+        validate_params(DATASETS.get(run.dataset.name), run.dataset.params())
+    except HarnessInputError as exc:
+        raise HarnessInputError(f"in {where} ({variant.label} on {variant.dataset}): {exc}") from None
+
+
+def describe(plan: list[Variant]) -> list[dict[str, Any]]:
+    """Rows of the trial plan for `harness validate` and `--dry-run`."""
+    return [
+        {
+            "dataset": v.dataset,
+            "variant": v.label,
+            "trials": v.trials,
+            "repeats": v.repeats,
+            "searched": {p: f"{d.kind}{d.values}" for p, d in v.dims.items()},
+        }
+        for v in plan
+    ]

@@ -1,0 +1,388 @@
+"""`harness sweep`: the only module that imports Ray.
+
+Each variant (dataset x method x grid point, see `harness.plan`) is one Ray Tune experiment
+with its own seeded OptunaSearch and the same trial budget; ASHA stops weak trials on the
+per-epoch / per-probe validation metric; then `repeats` extra seeds of the variant's best
+configuration run as a second experiment. Trials run in Ray workers; only this driver
+writes to MLflow (through `harness.tracking`), from Tune callbacks.
+
+Resume: Tune saves every experiment's state under `<storage>/<sweep>/<variant>`; `--resume`
+restores each with `Tuner.restore`, so finished trials are kept and unfinished ones rerun,
+and the tracker finds each trial's MLflow run by its `trial_id` tag instead of making another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import SweepSpec, build_run_spec
+from harness.data import default_eps_for
+from harness.errors import HarnessInputError
+from harness.plan import Variant, sample_tree
+from harness.tracking import Tracker, flatten
+
+# Save experiment state often: a killed driver loses at most this many seconds of bookkeeping.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+FINAL_KEYS = (
+    "clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc",
+    "learn_seconds", "train_seconds", "learn_work_epochs", "train_work_epochs", "work_epochs",
+    "dataset_size",
+)
+
+
+# ------------------------------------------------------------------------ inside a worker
+
+
+def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool) -> None:
+    """One trial in a Ray worker: resolve the spec, run it, report progress and results."""
+    import torch
+
+    from harness.evaluate import run_trial
+
+    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
+    searched = {k: v for k, v in config.items() if k != "seed"}
+    tree = sample_tree(variant, searched)
+    if "seed" in config:
+        tree["seed"] = config["seed"]
+    spec = build_run_spec(tree)
+
+    def progress(metrics: dict[str, float], step: int) -> None:
+        probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
+        if probe is not None and objective == "val_robust_acc":
+            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            tune.report({**numeric, objective: float(probe), "progress_step": step})
+
+    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
+    final = final_metrics(result)
+    final["device"] = str(spec.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifacts(Path(tmp), tree, result)
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def final_metrics(result) -> dict[str, Any]:
+    out = {k: getattr(result, k) for k in FINAL_KEYS if getattr(result, k) is not None}
+    for a in result.per_arch:
+        for key in ("clean_acc", "robust_acc", "autoattack_acc", "n"):
+            value = getattr(a, key)
+            if value is not None:
+                out[f"arch.{a.arch}.{key}"] = value
+    out["final"] = 1
+    return out
+
+
+def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
+    """spec.yaml, the learned dataset (tensor file + image grid) and final model weights."""
+    import torch
+
+    (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    if result.learned is not None:
+        (root / "dataset").mkdir()
+        learned = result.learned
+        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu()}, root / "dataset" / "learned.pt")
+        if learned.x.dim() == 4:
+            from harness.images import save_grid
+
+            save_grid(learned.x, learned.y, root / "dataset" / "grid.png")
+    if result.weights:
+        (root / "model").mkdir()
+        for arch, state in result.weights.items():
+            torch.save(state, root / "model" / f"{arch}.pt")
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class VariantProgress:
+    label: str
+    dataset: str
+    planned: int
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    best: float | None = None
+
+
+@dataclass
+class SweepProgress:
+    """What the live view shows: trials done / running / failed and best objective."""
+
+    mode: str
+    variants: dict[str, VariantProgress] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def better(self, a: float | None, b: float) -> bool:
+        return a is None or (b > a if self.mode == "max" else b < a)
+
+    def table(self):
+        from rich.table import Table
+
+        elapsed = time.monotonic() - self.started
+        t = Table(title=f"sweep progress  ({elapsed:.0f} s)", title_justify="left")
+        for col in ("dataset", "variant", "done", "running", "failed", "planned", "best objective"):
+            t.add_column(col, justify="right" if col not in ("dataset", "variant") else "left")
+        for v in self.variants.values():
+            best = "-" if v.best is None else f"{v.best:.4f}"
+            t.add_row(v.dataset, v.label, str(v.done), str(v.running), str(v.failed),
+                      str(v.planned), best)
+        return t
+
+
+# Live driver objects (tracker, progress view) by phase key. Tune pickles its callbacks into
+# the experiment state and restores *those* on --resume, so a callback holds only its key
+# and finds the current run's live objects here.
+_DRIVER: dict[str, dict[str, Any]] = {}
+
+
+class DriverCallback(tune.Callback):
+    """Mirrors trials into MLflow (driver only) and keeps the progress view current."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _DRIVER[self.__dict__["key"]][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def state(self) -> VariantProgress:
+        return self.progress.variants[self.variant.key]
+
+    def _run(self, trial) -> str:
+        searched = {k: v for k, v in trial.config.items() if k != "seed"}
+        tree = sample_tree(self.variant, searched)
+        if "seed" in trial.config:
+            tree["seed"] = trial.config["seed"]
+        if tree["threat"].get("eps") is None:  # record the radius actually used
+            tree["threat"]["eps"] = default_eps_for(self.variant.dataset, tree["dataset"])
+        params = {**flatten(tree), "method": self.variant.method, "dataset": self.variant.dataset,
+                  "variant": self.variant.label}
+        tags = {"method": self.variant.method, "dataset": self.variant.dataset,
+                "variant": self.variant.label, "phase": self.phase}
+        return self.tracker.trial_run(trial.trial_id, params, tags)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+        self.state.running += 1
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run(trial)
+        numeric = {k: v for k, v in result.items() if k in FINAL_KEYS or "." in k or
+                   k in ("outer_loss", "probe_robust_acc", "epoch")}
+        self.tracker.log_metrics(run_id, numeric, step=int(result.get("training_iteration", 0)))
+        if result.get("final") and self.objective in result:
+            if "device" in result:
+                self.tracker.set_tags(run_id, {"device": result["device"]})
+            if self.progress.better(self.state.best, result[self.objective]):
+                self.state.best = result[self.objective]
+        self._refresh()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        with checkpoint.as_directory() as local:
+            self.tracker.log_artifacts(self._run(trial), local)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.finish(self._run(trial), ok=True)
+        self.state.running -= 1
+        self.state.done += 1
+        self._refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self._run(trial)
+        self.tracker.set_tags(run_id, {"error": str(trial.error_file or "see Ray logs")[:500]})
+        self.tracker.finish(run_id, ok=False)
+        self.state.running -= 1
+        self.state.failed += 1
+        self._refresh()
+
+    def _refresh(self):
+        if self.live is not None:
+            self.live.update(self.progress.table())
+
+
+def start_ray(address: str | None, cpus: float | None = None) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise HarnessInputError(
+            f"cannot join the Ray cluster at {address!r} ({exc}). Check that `ray status` works "
+            "on this machine, or leave --address out to run locally.",
+            field="--address",
+        ) from None
+
+
+def storage_root(storage: str | None) -> str:
+    if storage and "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage or "ray_results").expanduser().resolve())
+
+
+def experiment_path(root: str, sweep: str, name: str) -> str:
+    return f"{root}/{sweep}/{name}"
+
+
+def search_space(variant: Variant) -> dict[str, Any]:
+    space = {}
+    for path, dim in variant.dims.items():
+        lo, hi = (dim.values + [None, None])[:2]
+        space[path] = {
+            "uniform": lambda: tune.uniform(lo, hi),
+            "loguniform": lambda: tune.loguniform(lo, hi),
+            "int": lambda: tune.randint(lo, hi + 1),  # inclusive upper bound, as the spec reads
+            "choice": lambda: tune.choice(dim.values),
+        }[dim.kind]()
+    return space
+
+
+@dataclass
+class Phase:
+    """One Tune experiment of a variant: its Optuna search, or its repeats."""
+
+    variant: Variant
+    name: str  # "search" or "repeat"
+    path: str
+
+
+def make_tuner(phase: Phase, spec: SweepSpec, param_space: dict, num_samples: int,
+               callback: DriverCallback, smoke: bool, resume: bool):
+    variant = phase.variant
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, variant=variant, objective=spec.objective.metric, smoke=smoke),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    if resume and tune.Tuner.can_restore(phase.path):
+        return tune.Tuner.restore(phase.path, trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False,
+                                  param_space=param_space)
+    searching = phase.name == "search" and bool(param_space)
+    if searching:
+        search_alg = OptunaSearch(seed=spec.search.seed)
+    else:
+        search_alg = None
+    scheduler = FIFOScheduler()
+    if phase.name == "search" and spec.search.asha:
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=100_000,
+                                  grace_period=spec.search.grace_period, reduction_factor=3)
+    root, _, name = phase.path.rpartition("/")
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=search_alg,
+            scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=root, verbose=0, callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
+        ),
+    )
+
+
+def best_config(grid, metric: str, mode: str) -> dict[str, Any] | None:
+    try:
+        best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        return None  # every trial failed
+    return None if best is None or best.config is None else dict(best.config)
+
+
+@dataclass
+class SweepOutcome:
+    parent_run_id: str
+    experiment: str
+    storage: str
+    failed: int
+    variants: list[str]
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_factory,
+              address: str | None, storage: str | None, resume: bool, smoke: bool,
+              console=None) -> SweepOutcome:
+    """Run every variant's search then repeats; returns where the results are."""
+    from rich.live import Live
+
+    root = storage_root(storage)
+    phases = [(v, Phase(v, "search", experiment_path(root, spec.name, v.key))) for v in plan]
+    existing = [p.path for _, p in phases if tune.Tuner.can_restore(p.path)]
+    if existing and not resume:
+        raise HarnessInputError(
+            f"sweep {spec.name!r} already has results under {root}/{spec.name} "
+            f"({len(existing)} of {len(phases)} variants started). Pass --resume to continue it, "
+            "or change `name` in the spec (or --storage) to start a new one; nothing was changed.",
+            field="name",
+        )
+    tracker: Tracker = tracker_factory(resume)
+    tracker.set_tags(tracker.parent_run_id, {"ray_storage": f"{root}/{spec.name}",
+                                             "smoke": str(smoke).lower()})
+    if not resume or not existing:
+        tracker.log_spec(spec_text)
+    start_ray(address, cpus=None)
+    progress = SweepProgress(mode=spec.objective.mode)
+    for v in plan:
+        progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
+    failed = 0
+    with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
+        for variant, search in phases:
+            failed += run_variant(spec, variant, search, tracker, progress, live, smoke, resume)
+            live.update(progress.table())
+    tracker.finish_sweep(ok=True)
+    return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
+                        [v.label for v in plan])
+
+
+def driver_callback(phase: Phase, tracker, progress, objective, live) -> DriverCallback:
+    key = f"{phase.variant.key}:{phase.name}"
+    _DRIVER[key] = dict(tracker=tracker, variant=phase.variant, phase=phase.name,
+                        progress=progress, objective=objective, live=live)
+    return DriverCallback(key)
+
+
+def run_variant(spec, variant, search: Phase, tracker, progress, live, smoke, resume) -> int:
+    space = search_space(variant)
+    samples = variant.trials if space else 1  # nothing to search: one trial says it all
+    progress.variants[variant.key].planned = samples + variant.repeats
+    cb = driver_callback(search, tracker, progress, spec.objective.metric, live)
+    grid = make_tuner(search, spec, space, samples, cb, smoke, resume).fit()
+    failed = sum(1 for r in grid if r.error is not None)
+    if variant.repeats:
+        best = best_config(grid, spec.objective.metric, spec.objective.mode)
+        if best is not None:
+            seeds = [spec.seed + 1 + i for i in range(variant.repeats)]
+            repeat = Phase(variant, "repeat", search.path + "__repeats")
+            cb = driver_callback(repeat, tracker, progress, spec.objective.metric, live)
+            rgrid = make_tuner(repeat, spec, {**best, "seed": tune.grid_search(seeds)}, 1, cb,
+                               smoke, resume).fit()
+            failed += sum(1 for r in rgrid if r.error is not None)
+    return failed

@@ -1,0 +1,317 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
+- one experiment per sweep (named after the sweep);
+- one parent run per sweep (tag `harness.role=sweep`), one child run per trial (tags
+  `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id`, `phase`
+  (`search` or `repeat`), `git_sha`, `device`, versions of torch/ray/mlflow);
+- params: the resolved trial spec flattened to dotted keys, plus `method` and `dataset`, so
+  the same names mean the same thing for every method in the UI's compare view;
+- metrics: the `harness run --json` keys (clean_acc, robust_acc, autoattack_acc when on,
+  val_robust_acc, learn_seconds, train_seconds, work_epochs, ...), per-epoch progress with
+  steps, and per-architecture `arch.<name>.<metric>`;
+- artifacts: `spec.yaml` (resolved), `dataset/` (learned tensor file and image grid) and
+  `model/` (final weights) of each trial.
+
+Only the sweep driver writes, so concurrent trials never contend for an sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.errors import HarnessInputError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+# Fail fast on an unreachable server instead of retrying for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+MAX_PARAM_LEN = 500  # older MLflow servers reject longer param values
+
+
+def resolve_uri(uri: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def connect(uri: str | None = None) -> MlflowClient:
+    """A client for the store, checked reachable (exit 2 with the fix when it is not)."""
+    uri = resolve_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # any transport or store error means we cannot record anything
+        raise HarnessInputError(
+            f"cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}). Start the server "
+            "(`mlflow server --host 127.0.0.1 --port 5000`), fix the URI, or leave "
+            "--tracking-uri out to use sqlite:///mlflow.db in this directory.",
+            field="--tracking-uri",
+        ) from None
+    return client
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def version_tags() -> dict[str, str]:
+    import torch
+
+    tags = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__}
+    try:
+        import ray
+
+        tags["ray_version"] = ray.__version__
+    except ImportError:
+        pass
+    return tags
+
+
+class Tracker:
+    """Writes one sweep's parent run and its trial runs."""
+
+    def __init__(self, client: MlflowClient, sweep: str, parent_run_id: str | None = None):
+        self.client = client
+        self.sweep = sweep
+        exp = client.get_experiment_by_name(sweep)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(sweep)
+        self.parent_run_id = parent_run_id or self._new_parent()
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._common = {"sweep": sweep, "git_sha": git_sha(), **version_tags()}
+
+    def _new_parent(self) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.sweep, tags={"harness.role": "sweep", "sweep": self.sweep}
+        )
+        return run.info.run_id
+
+    def log_spec(self, spec_text: str) -> None:
+        self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+
+    def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The run of `trial_id`, created once: a resumed sweep finds the run it made before."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {**self._common, **tags, "trial_id": trial_id,
+                        "mlflow.parentRunId": self.parent_run_id}
+            run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=all_tags)
+            run_id = run.info.run_id
+            items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
+            for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+                self.client.log_batch(run_id, params=items[i : i + 100])
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def log_artifacts(self, run_id: str, directory: str | Path) -> None:
+        directory = Path(directory)
+        for sub in sorted(p for p in directory.iterdir()):
+            if sub.is_dir():
+                self.client.log_artifacts(run_id, str(sub), artifact_path=sub.name)
+            else:
+                self.client.log_artifact(run_id, str(sub))
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+    def finish_sweep(self, ok: bool = True) -> None:
+        self.finish(self.parent_run_id, ok)
+
+    def trial_runs(self) -> Iterable[Any]:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=10_000,
+        )
+
+
+def find_sweep_parent(client: MlflowClient, sweep: str) -> str | None:
+    """The newest parent run of sweep `sweep` (the one `--resume` continues)."""
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`harness.role` = 'sweep'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+# ------------------------------------------------------------------ reading (leaderboard, ui)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run as plain data, what `harness.leaderboard` works on (it never sees mlflow)."""
+
+    run_id: str
+    experiment_id: str
+    status: str  # FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
+    start_time: int  # ms since the epoch
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # latest value of each metric
+
+
+def require_existing_store(uri: str | None) -> str:
+    """The resolved URI; a local store (sqlite file, file:// or plain directory) must exist,
+    so that a mistyped path is reported instead of silently creating an empty store."""
+    uri = resolve_uri(uri)
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise HarnessInputError(
+            f"the MLflow store {uri!r} does not exist ({path} is missing). Run a sweep first, "
+            "or point --tracking-uri (or $MLFLOW_TRACKING_URI) at an existing store.",
+            field="--tracking-uri",
+        )
+    return uri
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or directory behind a local store URI; None for servers and databases."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if "://" not in uri and uri:
+        return Path(uri)
+    return None
+
+
+def load_trial_runs(
+    uri: str | None = None, *, experiment: str | None = None, sweep_run_id: str | None = None
+) -> list[RunData]:
+    """The trial runs of one sweep: by experiment name, by the sweep's parent run id, or
+    (neither given) of the only experiment in the store that holds a sweep."""
+    if experiment and sweep_run_id:
+        raise HarnessInputError("give --experiment or --sweep, not both.", field="--sweep")
+    client = connect(require_existing_store(uri))
+    if sweep_run_id:
+        return _children(client, _sweep_parent(client, sweep_run_id))
+    exp_id = _experiment_id(client, experiment) if experiment else _only_sweep_experiment(client)
+    return [r for r in _search(client, [exp_id], "") if _is_trial(r)]
+
+
+def _to_data(run: Any) -> RunData:
+    return RunData(
+        run_id=run.info.run_id, experiment_id=run.info.experiment_id, status=run.info.status,
+        start_time=run.info.start_time or 0,
+        tags=dict(run.data.tags), params=dict(run.data.params), metrics=dict(run.data.metrics),
+    )
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[RunData]:
+    out: list[RunData] = []
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        out.extend(_to_data(r) for r in page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _is_trial(run: RunData) -> bool:
+    return run.tags.get("harness.role") != "sweep" and "mlflow.parentRunId" in run.tags
+
+
+def _sweep_parent(client: MlflowClient, run_id: str) -> RunData:
+    try:
+        run = _to_data(client.get_run(run_id))
+    except MlflowException:
+        raise HarnessInputError(
+            f"no run {run_id!r} in the store; give the run id of a sweep's parent run "
+            "(its row named after the sweep in `harness ui`).", field="--sweep",
+        ) from None
+    if run.tags.get("harness.role") != "sweep":
+        raise HarnessInputError(
+            f"run {run_id!r} is not a sweep's parent run (tag harness.role=sweep); "
+            "give the parent run id, or use --experiment NAME.", field="--sweep",
+        )
+    return run
+
+
+def _children(client: MlflowClient, parent: RunData) -> list[RunData]:
+    return _search(client, [parent.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        known = ", ".join(sorted(_sweep_experiments(client))) or "none"
+        raise HarnessInputError(
+            f"no experiment named {name!r} in the store; experiments holding sweeps: {known}.",
+            field="--experiment",
+        )
+    return exp.experiment_id
+
+
+def _sweep_experiments(client: MlflowClient) -> dict[str, str]:
+    """Experiment name -> id, for experiments that hold at least one sweep parent run."""
+    ids = [e.experiment_id for e in client.search_experiments(max_results=None)]
+    parents = _search(client, ids, "tags.`harness.role` = 'sweep'") if ids else []
+    held = {p.experiment_id for p in parents}
+    return {client.get_experiment(i).name: i for i in held}
+
+
+def _only_sweep_experiment(client: MlflowClient) -> str:
+    found = _sweep_experiments(client)
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise HarnessInputError("the store holds no sweep; run `harness sweep SPEC` first.",
+                                field="--experiment")
+    raise HarnessInputError(
+        f"the store holds several sweeps ({', '.join(sorted(found))}); pick one with "
+        "--experiment NAME or --sweep RUN_ID.", field="--experiment",
+    )
