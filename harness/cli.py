@@ -246,14 +246,12 @@ def datasets(data_root, as_json) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"datasets (root: {resolve_root(data_root)})")
-    for col in ("name", "files", "default Linf eps", "archs", "description"):
-        table.add_column(col)
+    click.echo(f"data root: {resolve_root(data_root)}")
+    click.echo(f"{'name':18s} {'files':9s} {'Linf eps':>9s}  {'archs':18s} description")
     for r in rows:
         state = "embedded" if r["embedded"] else ("present" if r["present"] else "missing")
-        table.add_row(r["name"], state, f"{r['default_eps']:.4g}", ", ".join(r["default_archs"]),
-                      r["description"])
-    Console().print(table)
+        click.echo(f"{r['name']:18s} {state:9s} {r['default_eps']:9.4g}  "
+                   f"{', '.join(r['default_archs']):18s} {r['description']}")
 
 
 @main.command()
@@ -335,9 +333,10 @@ def ui(tracking_uri, port) -> None:
         raise click.ClickException(f"{exe} is missing; reinstall the harness (make install).")
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     sys.stdout.flush()
-    # exec: the server takes over this process, so Ctrl-C and kill reach it directly.
-    os.execv(str(exe), [str(exe), "server", "--backend-store-uri", uri,
-                        "--host", "127.0.0.1", "--port", str(port)])
+    # exec: the server takes over this process, so Ctrl-C and kill reach it directly. One
+    # worker: a single local user, and each of mlflow's default 4 imports the whole app.
+    os.execv(str(exe), [str(exe), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                        "--port", str(port), "--workers", "1"])
 
 
 if __name__ == "__main__":

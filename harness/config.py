@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import HarnessInputError
 from harness.train import TrainConfig
@@ -47,6 +47,18 @@ class ThreatSpec(Strict):
     alpha: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps (Madry et al.)
     restarts: int = Field(1, ge=1, le=100)
     autoattack: bool = False  # AutoAttack (standard) on the test split; slow
+
+    @field_validator("eps", "alpha", mode="before")
+    @classmethod
+    def fraction(cls, value: Any) -> Any:
+        """Radii are usually quoted as fractions of the pixel range: accept "8/255"."""
+        if isinstance(value, str) and value.count("/") == 1:
+            num, den = value.split("/")
+            try:
+                return float(num) / float(den)
+            except (ValueError, ZeroDivisionError):
+                return value
+        return value
 
 
 class TrainSpec(Strict):
@@ -258,7 +270,7 @@ class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     dataset: DatasetSpec | list[DatasetSpec]
     methods: dict[str, MethodSweep] = Field(min_length=1)
-    threat: ThreatSpec = ThreatSpec()
+    threat: ThreatSpec | list[ThreatSpec] = ThreatSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -272,6 +284,9 @@ class SweepSpec(Strict):
 
     def datasets(self) -> list[DatasetSpec]:
         return self.dataset if isinstance(self.dataset, list) else [self.dataset]
+
+    def threats(self) -> list[ThreatSpec]:
+        return self.threat if isinstance(self.threat, list) else [self.threat]
 
 
 def build_sweep_spec(tree: dict[str, Any]) -> SweepSpec:

@@ -26,6 +26,7 @@ SMOKE_MAX_REPEATS = 1
 @dataclass
 class Variant:
     dataset: str
+    threat: str  # "" when the sweep has one threat; else e.g. "linf-0.03137"
     method: str
     grid: dict[str, Any]  # spec path -> value, fixed for this variant
     base: dict[str, Any]  # the RunSpec tree with every fixed and grid value applied
@@ -39,7 +40,8 @@ class Variant:
     def __post_init__(self) -> None:
         shown = ",".join(f"{k.removeprefix('method.')}={v}" for k, v in self.grid.items())
         self.label = f"{self.method}[{shown}]" if shown else self.method
-        self.key = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.dataset}.{self.label}").strip("-")
+        where = f"{self.dataset}.{self.threat}" if self.threat else self.dataset
+        self.key = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{where}.{self.label}").strip("-")
 
 
 def spec_path(key: str) -> str:
@@ -49,8 +51,12 @@ def spec_path(key: str) -> str:
 
 def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
     plan = []
-    for ds in spec.datasets():
+    threats = spec.threats()
+    for ds, threat in itertools.product(spec.datasets(), threats):
         DATASETS.get(ds.name, field="dataset.name")
+        tname = f"{threat.norm}-{threat.eps:.4g}" if len(threats) > 1 and threat.eps else ""
+        if len(threats) > 1 and not threat.eps:
+            tname = f"{threat.norm}-default"
         for method, msweep in spec.methods.items():
             where = f"methods.{method}"
             fixed, grids, dims = {}, {}, {}
@@ -65,24 +71,25 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
                     dims[path] = dim
             for combo in itertools.product(*grids.values()):
                 grid = dict(zip(grids, combo))
-                base = base_tree(spec, ds.model_dump(exclude_none=True), method, {**fixed, **grid})
+                base = base_tree(spec, ds.model_dump(exclude_none=True), threat, method,
+                                 {**fixed, **grid})
                 if smoke:
                     base = apply_overrides(base, smoke_assignments(ds.name, method))
                 trials = msweep.trials or spec.trials
                 repeats = spec.repeats
                 if smoke:
                     trials, repeats = min(trials, SMOKE_MAX_TRIALS), min(repeats, SMOKE_MAX_REPEATS)
-                variant = Variant(ds.name, method, grid, base, dims, trials, repeats)
+                variant = Variant(ds.name, tname, method, grid, base, dims, trials, repeats)
                 check_variant(variant, where)
                 plan.append(variant)
     return plan
 
 
-def base_tree(spec: SweepSpec, dataset: dict, method: str, values: dict[str, Any]) -> dict[str, Any]:
+def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[str, Any]) -> dict[str, Any]:
     tree = {
         "dataset": dataset,
         "method": {"name": method},
-        "threat": spec.threat.model_dump(),
+        "threat": threat.model_dump(),
         "train": spec.train.model_dump(),
         "eval": spec.eval.model_dump(),
         "seed": spec.seed,

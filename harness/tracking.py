@@ -18,6 +18,7 @@ Only the sweep driver writes, so concurrent trials never contend for an sqlite s
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -34,6 +35,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 import mlflow  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about store migrations
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -298,10 +301,21 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 
 def _sweep_experiments(client: MlflowClient) -> dict[str, str]:
     """Experiment name -> id, for experiments that hold at least one sweep parent run."""
-    ids = [e.experiment_id for e in client.search_experiments(max_results=None)]
-    parents = _search(client, ids, "tags.`harness.role` = 'sweep'") if ids else []
-    held = {p.experiment_id for p in parents}
-    return {client.get_experiment(i).name: i for i in held}
+    names = _experiment_names(client)
+    parents = _search(client, list(names), "tags.`harness.role` = 'sweep'") if names else []
+    return {names[p.experiment_id]: p.experiment_id for p in parents}
+
+
+def _experiment_names(client: MlflowClient) -> dict[str, str]:
+    """Experiment id -> name, every active experiment."""
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        out.update((e.experiment_id, e.name) for e in page)
+        token = page.token
+        if not token:
+            return out
 
 
 def _only_sweep_experiment(client: MlflowClient) -> str:

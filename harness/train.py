@@ -47,10 +47,20 @@ class WorkMeter:
 
     def __init__(self) -> None:
         self.examples = 0
+        self.counting = True
 
     def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
-        if args and isinstance(args[0], torch.Tensor):
+        if self.counting and args and isinstance(args[0], torch.Tensor):
             self.examples += int(args[0].shape[0])
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes in here (validation probes) are not part of the training cost."""
+        was, self.counting = self.counting, False
+        try:
+            yield
+        finally:
+            self.counting = was
 
     @contextmanager
     def attach(self, model: nn.Module) -> Iterator[None]:
@@ -174,6 +184,7 @@ def train_model(
                 )
             if on_epoch is not None:
                 model.eval()
-                on_epoch(epoch + 1, model)
+                with meter.paused() if meter else nullcontext():
+                    on_epoch(epoch + 1, model)
     model.eval()
     return TrainStats(seconds=time.perf_counter() - start, steps=total, final_loss=last)

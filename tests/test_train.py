@@ -68,3 +68,20 @@ def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="diverged"):
         train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=1, batch_size=400),
                     generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+
+
+def test_epoch_hook_is_not_counted_as_training_work():
+    x, y = blobs()
+    meter = WorkMeter()
+    seen = []
+
+    def probe(epoch, model):
+        assert not model.training
+        model(x)  # a validation pass: must not count
+        seen.append(epoch)
+
+    train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=2, batch_size=100),
+                generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                meter=meter, on_epoch=probe)
+    assert seen == [1, 2]
+    assert meter.epochs(len(x)) == pytest.approx(2.0)

@@ -1,0 +1,152 @@
+"""The CLI's contracts: `harness run --json`, listings, and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_run_json_contract_on_synthetic():
+    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    for key in ("method", "dataset", "seed", "clean_acc", "robust_acc", "autoattack_acc",
+                "val_robust_acc", "learn_seconds", "train_seconds", "work_epochs", "threat",
+                "per_arch"):
+        assert key in out, key
+    assert out["method"] == "erm" and out["dataset"] == "synthetic-robust"
+    assert out["autoattack_acc"] is None
+    assert set(out["threat"]) >= {"norm", "eps"}
+    assert all({"arch", "clean_acc", "robust_acc"} <= set(a) for a in out["per_arch"])
+    assert 0.0 <= out["robust_acc"] <= 1.0 and 0.0 <= out["clean_acc"] <= 1.0
+
+
+def test_set_overrides_reach_the_dataset_and_threat():
+    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json",
+                 "--set", "dataset.d=50", "--set", "threat.eps=0.25")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["threat"]["eps"] == pytest.approx(0.25)
+
+
+def test_erm_is_vulnerable_on_synthetic_robust():
+    """The vulnerability the project exists to fix: natural training is accurate but not robust."""
+    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--json",
+                 "--set", "eval.models_per_arch=1", "--set", "dataset.n_train=3000")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["clean_acc"] >= 0.95
+    assert out["robust_acc"] <= 0.1
+
+
+@pytest.mark.parametrize("command", ["datasets", "archs", "methods"])
+def test_listings(command):
+    res = invoke(command)
+    assert res.exit_code == 0, res.output
+    expected = {"datasets": ["synthetic-robust", "digits", "cifar10", "tinyimagenet"],
+                "archs": ["convnet", "resnet18", "vgg11", "lenet", "mlp"],
+                "methods": ["erm"]}[command]
+    for name in expected:
+        assert name in res.output
+
+
+BAD_RUNS = [
+    (["--dataset", "cifar11", "--method", "erm"], "cifar10"),
+    (["--dataset", "digits", "--method", "magic"], "method"),
+    (["--dataset", "digits", "--method", "erm", "--arch", "resnet99"], "resnet18"),
+    (["--dataset", "digits", "--method", "erm", "--set", "train.lr=-1"], "train.lr"),
+    (["--dataset", "digits", "--method", "erm", "--set", "threat.norm=l3"], "threat.norm"),
+    (["--dataset", "digits", "--method", "erm", "--set", "train.bogus=1"], "train.bogus"),
+    (["--dataset", "synthetic-robust", "--method", "erm", "--set", "dataset.p=2"], "dataset.p"),
+    (["--dataset", "digits", "--method", "erm", "--set", "nonsense"], "--set"),
+    (["--dataset", "mnist", "--method", "erm"], "download"),
+    (["--dataset", "synthetic-robust", "--method", "erm", "--arch", "convnet"], "(C, H, W)"),
+    (["--dataset", "digits", "--method", "erm", "--device", "cuda:7"], "--device"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_RUNS, ids=[" ".join(a[-2:]) for a, _ in BAD_RUNS])
+def test_bad_run_input_exits_2_with_a_clear_message(args, needle):
+    import torch
+
+    if "cuda:7" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA machine may have that device")
+    res = invoke("run", *args, "--smoke")
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+GOOD_SPEC = """
+name: ok
+dataset: {name: digits, subset: 5}
+methods:
+  erm: {space: {train.lr: {loguniform: [0.01, 0.1]}}}
+  random: {space: {ipc: {grid: [1, 10]}}}
+"""
+
+BAD_SPECS = [
+    ("name: x\ndataset: {name: digits\n", "not valid YAML"),
+    ("- a\n- b\n", "mapping"),
+    ("name: x\ndataset: {name: digits}\nmethods: {magic: {}}\n", "magic"),
+    ("name: x\ndataset: {name: nope}\nmethods: {erm: {}}\n", "nope"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ntrials: 0\n", "trials"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ncolour: red\n", "colour"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {uniform: [1, 0.1]}}}}\n",
+     "methods.erm.space.train.lr"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {gaussian: [0, 1]}}}}\n",
+     "gaussian"),
+    ("name: x\ndataset: {name: digits}\nmethods: {random: {space: {ipcs: 3}}}\n", "ipcs"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\nresources: {gpu: -1}\n", "resources.gpu"),
+    ("name: bad name\ndataset: {name: digits}\nmethods: {erm: {}}\n", "name"),
+]
+
+
+def test_validate_prints_the_plan(tmp_path):
+    res = invoke("validate", write(tmp_path, GOOD_SPEC))
+    assert res.exit_code == 0, res.output
+    assert "random[ipc=1]" in res.output and "random[ipc=10]" in res.output
+    assert "valid" in res.output
+
+
+@pytest.mark.parametrize("text,needle", BAD_SPECS, ids=[n for _, n in BAD_SPECS])
+def test_bad_specs_exit_2_naming_the_field(tmp_path, text, needle):
+    res = invoke("validate", write(tmp_path, text))
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_spec_file_exits_2(tmp_path):
+    res = invoke("validate", str(tmp_path / "absent.yaml"))
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_unreachable_tracking_server_exits_2_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("sweep", write(tmp_path, GOOD_SPEC), "--tracking-uri", "http://127.0.0.1:9")
+    assert res.exit_code == 2, res.output
+    assert "--tracking-uri" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "ray_results").exists()
+
+
+def test_dry_run_prints_plan_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("sweep", write(tmp_path, GOOD_SPEC), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "random[ipc=10]" in res.output
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()

@@ -1,0 +1,159 @@
+"""`harness sweep` for real: Ray Tune + Optuna trials, tracked in MLflow, resumed after SIGKILL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from harness.cli import main
+from sweep_helpers import kill_group, run_sweep, start_sweep, wait_for, write_spec
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+
+TINY_RUN = {
+    "threat": {"steps": 3},
+    "train": {"epochs": 2},
+    "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
+    "search": {"max_concurrent": 2, "grace_period": 1},
+}
+
+
+def trial_runs(client: MlflowClient, sweep: str):
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "trial_id" in r.data.tags], [
+        r for r in runs if r.data.tags.get("harness.role") == "sweep"
+    ]
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory):
+    """One real sweep: a model-producing and a dataset-producing method on digits."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    spec = write_spec(cwd, {
+        "name": "small",
+        "dataset": {"name": "digits", "subset": 15},
+        **TINY_RUN,
+        "trials": 2,
+        "repeats": 1,
+        "methods": {
+            "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
+            "random": {"space": {"ipc": {"grid": [3]}}},
+        },
+    })
+    proc = run_sweep(spec, cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return cwd, proc
+
+
+def test_sweep_records_every_trial_in_mlflow(small_sweep):
+    cwd, proc = small_sweep
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    trials, parents = trial_runs(client, "small")
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    # erm: 2 Optuna trials + 1 repeat; random[ipc=3]: nothing searched -> 1 trial + 1 repeat
+    counts = Counter((r.data.tags["variant"], r.data.tags["phase"]) for r in trials)
+    assert counts == {("erm", "search"): 2, ("erm", "repeat"): 1,
+                      ("random[ipc=3]", "search"): 1, ("random[ipc=3]", "repeat"): 1}
+    for r in trials:
+        tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
+        assert r.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent
+        assert tags["sweep"] == "small" and tags["dataset"] == "digits"
+        assert tags["method"] == params["method"] == params["method.name"]
+        assert {"git_sha", "torch_version", "ray_version", "mlflow_version", "device"} <= set(tags)
+        assert float(params["threat.eps"]) == pytest.approx(0.2)  # resolved default, not None
+        for key in ("clean_acc", "robust_acc", "val_robust_acc", "learn_seconds",
+                    "train_seconds", "work_epochs", "arch.mlp.robust_acc"):
+            assert key in metrics, key
+            assert metrics[key] >= 0
+        assert 0 <= metrics["robust_acc"] <= metrics["clean_acc"] + 1e-9 <= 1 + 1e-9
+        assert "autoattack_acc" not in metrics  # AutoAttack off: absent, not zero
+        files = {f.path for f in client.list_artifacts(r.info.run_id)}
+        assert {"spec.yaml", "model"} <= files
+        if tags["method"] == "random":
+            data_files = {f.path for f in client.list_artifacts(r.info.run_id, "dataset")}
+            assert data_files == {"dataset/learned.pt", "dataset/grid.png"}
+            assert params["method.ipc"] == "3"
+    # searched values differ between the two Optuna trials and the repeat reuses the best
+    erm = [r for r in trials if r.data.tags["variant"] == "erm"]
+    search = [r for r in erm if r.data.tags["phase"] == "search"]
+    repeat = [r for r in erm if r.data.tags["phase"] == "repeat"][0]
+    assert len({r.data.params["train.lr"] for r in search}) == 2
+    best = max(search, key=lambda r: r.data.metrics["val_robust_acc"])
+    assert repeat.data.params["train.lr"] == best.data.params["train.lr"]
+    assert repeat.data.params["seed"] != best.data.params["seed"]
+    # the per-epoch probe of model-producing methods is logged as a history
+    hist = client.get_metric_history(search[0].info.run_id, "val_robust_acc")
+    assert len(hist) >= 2
+
+
+def test_sweep_prints_leaderboard_and_refuses_to_overwrite(small_sweep):
+    cwd, proc = small_sweep
+    assert "erm" in proc.stdout and "random" in proc.stdout
+    again = run_sweep(cwd / "small.yaml", cwd)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
+    spec = write_spec(tmp_path, {
+        "name": "killed",
+        "dataset": {"name": "synthetic-robust", "n_train": 600, "n_test": 200, "d": 20},
+        **TINY_RUN,
+        "eval": {**TINY_RUN["eval"], "archs": ["linear"]},
+        "train": {"epochs": 3},
+        "trials": 5,
+        "search": {"max_concurrent": 1, "asha": False},
+        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.3]}}}},
+    })
+    db = tmp_path / "mlflow.db"
+
+    def finished_trials() -> int:
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(db, timeout=1) as con:
+                rows = con.execute(
+                    "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
+                    "where t.key = 'trial_id' and r.status = 'FINISHED'").fetchone()
+            return rows[0]
+        except sqlite3.Error:
+            return 0
+
+    proc = start_sweep(spec, tmp_path)
+    try:
+        assert wait_for(lambda: finished_trials() >= 2, timeout=300), "no trial finished"
+    finally:
+        kill_group(proc)
+    done_before = finished_trials()
+    assert done_before < 5, "the sweep finished before it could be killed"
+
+    resumed = run_sweep(spec, tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    client = MlflowClient(f"sqlite:///{db}")
+    trials, parents = trial_runs(client, "killed")
+    assert len(parents) == 1  # the resumed sweep continued the same parent run
+    per_trial = Counter(r.data.tags["trial_id"] for r in trials)
+    assert len(per_trial) == 5 and set(per_trial.values()) == {1}
+    assert all(r.info.status == "FINISHED" for r in trials)
+    assert all("robust_acc" in r.data.metrics for r in trials)
+
+
+@pytest.mark.parametrize("spec_file", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_shipped_spec_validates(spec_file):
+    result = CliRunner().invoke(main, ["validate", str(spec_file)])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+
+
+def test_shipped_specs_exist():
+    names = {p.name for p in SWEEPS}
+    assert {"quick.yaml", "fashion-mnist.yaml", "mnist.yaml", "cifar10.yaml",
+            "tinyimagenet.yaml"} <= names
