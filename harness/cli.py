@@ -197,6 +197,8 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     if dry_run:
         print_plan(spec, plan)
         return
+    if address is None:  # local run: the data must be here (on a cluster, on the workers)
+        check_local_data(spec)
     from harness import tracking
 
     client = tracking.connect(tracking_uri)
@@ -214,6 +216,21 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
     show_leaderboard(uri, outcome.experiment)
     click.echo(f"browse the runs: harness ui --tracking-uri {uri}")
+
+
+def check_local_data(spec) -> None:
+    from harness.data import DATASETS, files_present, resolve_root
+
+    for ds in spec.datasets():
+        if not ds.download and not files_present(ds.name, ds.root):
+            root = resolve_root(ds.root)
+            hint = DATASETS.get(ds.name).fetch_hint.replace("<root>", str(root))
+            raise HarnessInputError(
+                f"the files of dataset {ds.name!r} are not under {root} and the spec does not "
+                f"allow a download. To get them: {hint}; or set `download: true` in the spec's "
+                "dataset section, or point its `root` (or $HARNESS_DATA) at a copy.",
+                field="dataset.root",
+            )
 
 
 def show_leaderboard(uri: str, experiment: str) -> None:
@@ -296,7 +313,8 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output) -> None:
     from harness import leaderboard as board
 
     records = board.load_records(tracking_uri, experiment, sweep_run_id)
-    title = f"Leaderboard: {experiment or sweep_run_id or 'sweep'}"
+    sweeps = ", ".join(sorted({r.sweep for r in records if r.sweep}))
+    title = f"Leaderboard: {sweeps}" if sweeps else "Leaderboard"
     text = board.render(records, fmt, title)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
@@ -304,7 +322,8 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output) -> None:
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise HarnessInputError(f"cannot write {output!r}: {exc.strerror}.", field="--output") from None
+        raise HarnessInputError(f"cannot write {output!r}: {exc.strerror}.",
+                                field="--output") from None
     err_console.print(f"wrote {len(records)} rows to {output}", highlight=False)
 
 
@@ -334,9 +353,11 @@ def ui(tracking_uri, port) -> None:
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     sys.stdout.flush()
     # exec: the server takes over this process, so Ctrl-C and kill reach it directly. One
-    # worker: a single local user, and each of mlflow's default 4 imports the whole app.
-    os.execv(str(exe), [str(exe), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                        "--port", str(port), "--workers", "1"])
+    # worker and no GenAI job runner: a single local user browsing runs, and every extra
+    # process imports all of mlflow (tens of seconds on a busy laptop).
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    os.execve(str(exe), [str(exe), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                         "--port", str(port), "--workers", "1"], env)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,17 @@ def write_spec(directory: Path, tree: dict) -> Path:
     return path
 
 
-def sweep_env() -> dict[str, str]:
-    env = dict(os.environ)
+def sweep_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     env.pop("RAY_ADDRESS", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def run_sweep(spec: Path, cwd: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_sweep(spec: Path, cwd: Path, *extra: str, timeout: float = 600,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=sweep_env(), capture_output=True,
+        [*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=sweep_env(env), capture_output=True,
         text=True, timeout=timeout,
     )
 

@@ -150,3 +150,12 @@ def test_dry_run_prints_plan_without_running(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "random[ipc=10]" in res.output
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sweep_on_missing_data_exits_2_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write(tmp_path, "name: m\ndataset: {name: mnist}\nmethods: {erm: {}}\n")
+    res = invoke("sweep", spec)
+    assert res.exit_code == 2, res.output
+    assert "mnist" in res.output and "download" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()

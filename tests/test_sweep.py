@@ -157,3 +157,58 @@ def test_shipped_specs_exist():
     names = {p.name for p in SWEEPS}
     assert {"quick.yaml", "fashion-mnist.yaml", "mnist.yaml", "cifar10.yaml",
             "tinyimagenet.yaml"} <= names
+
+
+PLUGIN = '''
+"""Test-only methods: one fails its first attempt, one always fails."""
+from pathlib import Path
+
+from harness.train import natural_loss
+from methods.base import ModelMethod, MethodConfig, register_method
+
+MARKER = Path(__file__).with_name("attempted")
+
+
+@register_method("flaky")
+class Flaky(ModelMethod):
+    """Fails the first time any trial of it starts, then trains naturally."""
+
+    def loss_step(self, ctx):
+        if not MARKER.exists():
+            MARKER.write_text("1")
+            raise RuntimeError("simulated worker failure")
+        return natural_loss
+
+
+@register_method("broken")
+class Broken(ModelMethod):
+    """Always fails."""
+
+    def loss_step(self, ctx):
+        raise RuntimeError("simulated bug")
+'''
+
+
+def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "harness_test_plugin.py").write_text(PLUGIN)
+    spec = write_spec(tmp_path, {
+        "name": "failing",
+        "dataset": {"name": "digits", "subset": 10},
+        **TINY_RUN,
+        "trials": 1,
+        "max_failures": 1,
+        "methods": {"broken": {}, "flaky": {}, "erm": {}},
+    })
+    env = {"HARNESS_PLUGINS": "harness_test_plugin",
+           "PYTHONPATH": str(tmp_path / "plugins")}
+    res = run_sweep(spec, tmp_path, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trials, _ = trial_runs(client, "failing")
+    status = {r.data.tags["method"]: r.info.status for r in trials}
+    assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED"}
+    assert len(trials) == 3  # a retried trial keeps its one run
+    assert (tmp_path / "plugins" / "attempted").exists()
+    broken = next(r for r in trials if r.data.tags["method"] == "broken")
+    assert "error" in broken.data.tags
