@@ -141,14 +141,15 @@ def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
 def print_plan(spec, plan) -> None:
     from harness.plan import describe
 
-    table = Table(title=f"sweep {spec.name!r}: {len(plan)} variants", title_justify="left")
-    for col in ("dataset", "variant", "trials", "repeats", "searched"):
-        table.add_column(col)
     rows = describe(plan)
+    click.echo(f"sweep {spec.name!r}: {len(plan)} variants")
+    width = max(len(r["variant"]) for r in rows)
+    dwidth = max(len(r["dataset"]) for r in rows)
     for r in rows:
-        searched = ", ".join(f"{k}: {v}" for k, v in r["searched"].items()) or "(nothing: 1 trial)"
-        table.add_row(r["dataset"], r["variant"], str(r["trials"]), str(r["repeats"]), searched)
-    Console().print(table)
+        searched = ", ".join(f"{k}: {v}" for k, v in r["searched"].items()) or "nothing searched"
+        trials = r["trials"] if r["searched"] else 1
+        click.echo(f"  {r['dataset']:{dwidth}s}  {r['variant']:{width}s}  {trials:3d} trials "
+                   f"+ {r['repeats']} repeats  ({searched})")
     total = sum((r["trials"] if r["searched"] else 1) + r["repeats"] for r in rows)
     budgets = {r["trials"] for r in rows if r["searched"]}
     click.echo(f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "

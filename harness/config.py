@@ -7,6 +7,7 @@ training recipe of model-producing methods and the evaluation protocol. A sweep 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,7 +140,7 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(tree: dict[str, Any], assignments: list[str] | tuple[str, ...]) -> dict:
     """Apply `key.sub=value` assignments to a nested dict (a copy is returned)."""
-    out = yaml.safe_load(yaml.safe_dump(tree))  # deep copy of plain data
+    out = copy.deepcopy(tree)
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():

@@ -130,7 +130,7 @@ def describe(plan: list[Variant]) -> list[dict[str, Any]]:
     """Rows of the trial plan for `harness validate` and `--dry-run`."""
     return [
         {
-            "dataset": v.dataset,
+            "dataset": f"{v.dataset} {v.threat}".strip(),
             "variant": v.label,
             "trials": v.trials,
             "repeats": v.repeats,
