@@ -6,6 +6,7 @@ Exit codes: 0 ok; 2 bad input (a one-paragraph message, no traceback); 1 interna
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -210,8 +211,13 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
 
     from harness.sweep import run_sweep
 
-    outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
-                        storage=storage, resume=resume, smoke=smoke, console=err_console)
+    try:
+        outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
+                            storage=storage, resume=resume, smoke=smoke, console=err_console)
+    except KeyboardInterrupt:
+        # Tune saves each experiment's state every few seconds; finished trials are safe.
+        err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
+        os._exit(130)  # the variant threads hold no state worth waiting for
     uri = tracking.resolve_uri(tracking_uri)
     click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")

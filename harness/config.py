@@ -259,7 +259,8 @@ class SearchSpec(Strict):
     seed: int = 0  # seeds Optuna's TPE sampler (one study per method variant)
     asha: bool = True  # stop weak trials early on their per-epoch validation metric
     grace_period: int = Field(2, ge=1)  # reports before ASHA may stop a trial
-    max_concurrent: int = Field(2, ge=1, le=10_000)
+    max_concurrent: int = Field(2, ge=1, le=10_000)  # trials of one variant at a time
+    parallel_variants: int | None = Field(None, ge=1, le=256)  # None: enough to fill the cluster
 
 
 class ResourcesSpec(Strict):

@@ -14,9 +14,13 @@ and the tracker finds each trial's MLflow run by its `trial_id` tag instead of m
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,31 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune import registry as _tune_registry  # noqa: E402
+
+
+def _guard_tune_registry() -> None:
+    """Serialise Tune's global trainable registry.
+
+    Tune registers each experiment's trainable in a module-level dict and flushes it while
+    iterating; two variant threads starting experiments at once can break that iteration
+    ("dictionary changed size during iteration"). A lock around `register` makes the
+    driver's threads take turns there, and nowhere else.
+    """
+    cls = _tune_registry._Registry
+    if getattr(cls.register, "_harness_locked", False):
+        return
+    original, lock = cls.register, threading.Lock()
+
+    def register(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    register._harness_locked = True
+    cls.register = register
+
+
+_guard_tune_registry()
 
 FINAL_KEYS = (
     "clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc",
@@ -74,6 +103,20 @@ def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke:
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tree, result)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def variant_trainable(variant: Variant, objective: str, smoke: bool):
+    """The trial function of one variant, under a name of its own.
+
+    Tune registers trainables by name in one global registry; variants running side by side
+    must not share a name, or one variant's trials would run another's settings.
+    """
+
+    def trainable(config: dict[str, Any]) -> None:
+        trial_fn(config, variant=variant, objective=objective, smoke=smoke)
+
+    trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
+    return trainable
 
 
 def final_metrics(result) -> dict[str, Any]:
@@ -202,7 +245,10 @@ class DriverCallback(tune.Callback):
             self.tracker.log_artifacts(self._run(trial), local)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.finish(self._run(trial), ok=True)
+        run_id = self._run(trial)
+        if not (trial.last_result or {}).get("final"):
+            self.tracker.set_tags(run_id, {"stopped_early": "asha"})  # no final scores
+        self.tracker.finish(run_id, ok=True)
         self.state.running -= 1
         self.state.done += 1
         self._refresh()
@@ -276,9 +322,8 @@ class Phase:
 
 def make_tuner(phase: Phase, spec: SweepSpec, param_space: dict, num_samples: int,
                callback: DriverCallback, smoke: bool, resume: bool):
-    variant = phase.variant
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, variant=variant, objective=spec.objective.metric, smoke=smoke),
+        variant_trainable(phase.variant, spec.objective.metric, smoke),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if resume and tune.Tuner.can_restore(phase.path):
@@ -353,13 +398,30 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
     for v in plan:
         progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
     failed = 0
-    with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
-        for variant, search in phases:
-            failed += run_variant(spec, variant, search, tracker, progress, live, smoke, resume)
+    # Variants run side by side, each its own Tune experiment in a driver thread (Tune skips
+    # its signal handlers off the main thread); Ray's scheduler shares the CPUs/GPUs out.
+    workers = spec.search.parallel_variants or default_parallel_variants(spec)
+    with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant") as pool:
+        jobs = [pool.submit(run_variant, spec, v, p, tracker, progress, live, smoke, resume)
+                for v, p in phases]
+        for job in as_completed(jobs):
+            failed += job.result()
             live.update(progress.table())
     tracker.finish_sweep(ok=True)
     return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
                         [v.label for v in plan])
+
+
+def default_parallel_variants(spec: SweepSpec) -> int:
+    """Enough variants in flight to fill the cluster with trials, and no more."""
+    total = ray.cluster_resources()
+    if spec.resources.gpu > 0:
+        slots = total.get("GPU", 0) / spec.resources.gpu
+    else:
+        slots = total.get("CPU", 1) / spec.resources.cpu
+    per_variant = max(1, spec.search.max_concurrent)
+    return max(1, min(16, math.ceil(slots / per_variant) + 1))
 
 
 def driver_callback(phase: Phase, tracker, progress, objective, live) -> DriverCallback:

@@ -18,9 +18,11 @@ Only the sweep driver writes, so concurrent trials never contend for an sqlite s
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,10 +102,23 @@ def version_tags() -> dict[str, str]:
     return tags
 
 
+def serialised(method):
+    """Run a Tracker method under the tracker's lock: the driver's variant threads share one
+    store, and sqlite allows one writer at a time."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Tracker:
-    """Writes one sweep's parent run and its trial runs."""
+    """Writes one sweep's parent run and its trial runs (thread-safe)."""
 
     def __init__(self, client: MlflowClient, sweep: str, parent_run_id: str | None = None):
+        self._lock = threading.RLock()
         self.client = client
         self.sweep = sweep
         exp = client.get_experiment_by_name(sweep)
@@ -118,9 +133,11 @@ class Tracker:
         )
         return run.info.run_id
 
+    @serialised
     def log_spec(self, spec_text: str) -> None:
         self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
 
+    @serialised
     def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         """The run of `trial_id`, created once: a resumed sweep finds the run it made before."""
         if trial_id in self._runs:
@@ -144,6 +161,7 @@ class Tracker:
         self._runs[trial_id] = run_id
         return run_id
 
+    @serialised
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
         items = [
@@ -154,6 +172,7 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
+    @serialised
     def log_artifacts(self, run_id: str, directory: str | Path) -> None:
         directory = Path(directory)
         for sub in sorted(p for p in directory.iterdir()):
@@ -162,15 +181,19 @@ class Tracker:
             else:
                 self.client.log_artifact(run_id, str(sub))
 
+    @serialised
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @serialised
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
+    @serialised
     def finish_sweep(self, ok: bool = True) -> None:
         self.finish(self.parent_run_id, ok)
 
+    @serialised
     def trial_runs(self) -> Iterable[Any]:
         return self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",

@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-# Two cores on CI: keep torch from oversubscribing them when pytest runs.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: CI has 2 cores, and sweep tests run Ray trials beside pytest; on a
+# busy 2-core machine two threads per process measured 10-25x slower than one.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
