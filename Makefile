@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/harness run --dataset synthetic-robust --method erm
+	@# --resume makes a second `make demo` show the finished sweep instead of refusing to overwrite it
+	$(BIN)/harness sweep sweeps/quick.yaml --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,7 @@
-"""Shared pieces of methods that learn a synthetic training set (rdl, rdl_gm; dc and dm may
-reuse them): initialising the set from real examples or noise, keeping it inside the data
-bounds, a row-wise outer optimiser, and a cheap robust-accuracy probe.
+"""Shared pieces of methods that produce a training set: initialising it from real examples
+or noise (`init_synthetic_set`, used by random, dc, dm, robust_features, rdl and rdl_gm: keep
+its signature and its class-major row order), keeping it inside the data bounds, a row-wise
+outer optimiser, and a cheap robust-accuracy probe.
 
 Not a method: the leading underscore keeps `methods/__init__` from importing it as one.
 """

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from harness.attacks import Threat, accuracy, pgd, robust_accuracy
+from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.cli import main
 from harness.data import load_dataset
 from harness.train import TrainConfig, WorkMeter, train_model
