@@ -177,6 +177,9 @@ class RobustDatasetLearning(DatasetMethod):
         # or built by hand made a naturally trained `mlp` robust here (PGD accuracy 0.0 in
         # every run), and an mlp unroll costs ~8x a linear one (the run took over 5 minutes).
         "synthetic-robust": {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"]},
+        # The embedded quick dataset: 1.3k small images; ipc 10 on an MLP pool measured
+        # 0.90 clean / 0.07 PGD (random ipc-10 subset: 0.92 / 0.01) in under a minute.
+        "digits": {"ipc": 10, "outer_steps": 400, "archs": ["mlp"]},
     }
 
     smoke: ClassVar[dict] = {
