@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.attacks import Threat, accuracy, autoattack, pgd, robust_accuracy
+from harness.attacks import Threat, accuracy, autoattack, robust_accuracy
 from harness.config import RunSpec
 from harness.data import DATASETS, DatasetSplits, load_dataset
 from harness.models import MODELS
@@ -84,8 +84,7 @@ class TrialResult:
     weights: dict[str, dict] = field(default_factory=dict, repr=False)  # arch -> first model's state
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
-        return out
+        return {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
 
 
 SMOKE_DEFAULTS = [
@@ -150,13 +149,7 @@ def score_model(
 ) -> dict[str, float | None]:
     """Clean / PGD / AutoAttack accuracy on test and clean / PGD accuracy on validation."""
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def attack(m, x, y):
-        return pgd(
-            m, x, y, norm=threat.norm, eps=threat.eps, alpha=threat.step_size, steps=threat.steps,
-            restarts=threat.restarts, bounds=data.bounds, generator=gen,
-        )
+    attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed))
 
     n_test, n_val = spec.eval.max_test, spec.eval.max_val
     xt, yt = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
@@ -195,14 +188,10 @@ PROBE_STEPS = 10  # PGD steps of the probe: cheap, and only compared between tri
 def epoch_probe(data: DatasetSplits, threat: Threat, device: torch.device, log: LogFn):
     """A per-epoch validation robust-accuracy probe (what ASHA compares trials on)."""
     x, y = data.x_val[:PROBE_EXAMPLES].to(device), data.y_val[:PROBE_EXAMPLES].to(device)
-    steps = min(threat.steps, PROBE_STEPS)
-    gen = torch.Generator(device=device).manual_seed(0)
+    cheap = Threat(threat.norm, threat.eps, steps=min(threat.steps, PROBE_STEPS))
+    attack = cheap.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
 
     def probe(epoch: int, model: nn.Module) -> None:
-        def attack(m, xb, yb):
-            return pgd(m, xb, yb, norm=threat.norm, eps=threat.eps, alpha=2.5 * threat.eps / steps,
-                       steps=steps, bounds=data.bounds, generator=gen)
-
         log({"val_robust_acc": robust_accuracy(model, x, y, attack), "epoch": epoch}, epoch)
 
     return probe

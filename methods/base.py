@@ -126,7 +126,6 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
 
 
 __all__ = [
-    "HarnessInputError",
     "METHODS",
     "DatasetMethod",
     "LearnedDataset",
