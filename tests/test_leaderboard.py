@@ -461,3 +461,17 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize(("norm", "eps", "text"), [
+    ("linf", 8 / 255, "Linf eps 8/255"),  # a long decimal: shown as written in specs
+    ("linf", 0.2, "Linf eps 0.2"),  # 51/255, but the decimal is what the spec said
+    ("linf", 0.8, "Linf eps 0.8"),
+    ("l2", 0.5, "L2 eps 0.5"),
+    ("linf", 0.0123456, "Linf eps 0.01235"),
+    ("linf", None, "Linf eps ?"),
+])
+def test_threat_titles(norm, eps, text):
+    from harness.report import threat_text
+
+    assert threat_text(norm, eps) == text
