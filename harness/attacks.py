@@ -186,6 +186,16 @@ def _step(x_adv: torch.Tensor, grad: torch.Tensor, norm: str, alpha: float) -> t
     return x_adv + alpha * grad / _view(_l2_norm(grad) + 1e-12, grad)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of (largest wrong logit - true logit): the Carlini-Wagner margin (arXiv 1608.04644).
+
+    Unlike cross-entropy it does not saturate on confident predictions and is not shrunk by
+    soft, low-confidence outputs, so PGD on it is harder to mislead by rescaled logits."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return (wrong - true).mean()
+
+
 def _pgd_once(model, x, y, norm, eps, alpha, steps, start, bounds, generator, loss_fn):
     """One PGD run from `start`: a given point, a random point (True) or `x` itself (False)."""
     if isinstance(start, torch.Tensor):  # a caller's starting point (TRADES), kept feasible

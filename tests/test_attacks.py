@@ -244,3 +244,14 @@ def test_masking_flags():
     assert any("FGSM" in f for f in masking_flags(0.9, 0.3, 0.5))
     assert any("above clean" in f for f in masking_flags(0.5, 0.6, 0.4))
     assert any("AutoAttack" in f for f in masking_flags(0.9, 0.6, 0.5, autoattack_acc=0.2))
+
+
+def test_margin_loss_is_largest_wrong_minus_true_logit():
+    from harness.attacks import margin_loss
+
+    logits = torch.tensor([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]])
+    y = torch.tensor([0, 2])
+    # row 0: best wrong 5 - true 2 = 3; row 1: best wrong 0.5 - true 3 = -2.5
+    assert margin_loss(logits, y).item() == pytest.approx((3.0 - 2.5) / 2)
+    # the true class is excluded from the max even when it is the largest logit
+    assert margin_loss(torch.tensor([[9.0, 1.0, 4.0]]), torch.tensor([0])).item() == pytest.approx(-5.0)
