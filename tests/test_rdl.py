@@ -89,7 +89,7 @@ def test_full_size_mode_updates_minibatches_and_stays_in_bounds_on_digits():
     data = load_dataset("digits", subset=8)
     method = make_method("rdl", {
         "ipc": None, "outer_steps": 1, "syn_batch": 16, "unroll_max": 2, "attack_steps": 2,
-        "real_batch": 16, "outer_lr": 0.5, "probe_every": 0,
+        "real_batch": 16, "outer_lr": 0.5, "probe_every": 0, "soft_labels": False,
     })
     ctx = make_ctx(data, ["mlp"])
     out = method.learn(ctx)
@@ -255,3 +255,16 @@ def test_smoke_run_gives_finite_scores(method, dataset):
     for key in ("clean_acc", "robust_acc", "val_robust_acc", "learn_seconds", "learn_work_epochs"):
         assert 0 <= out[key] < float("inf"), key
     assert out["robust_acc"] <= out["clean_acc"] + 0.05
+
+
+def test_dataset_defaults_fill_only_unset_fields_and_keep_ranges_whole():
+    tuned = make_method("rdl", {}).config_for("digits")
+    assert (tuned.unroll_min, tuned.unroll_max, tuned.soft_labels) == (100, 100, True)
+    # an explicit setting wins over the tuned one
+    assert make_method("rdl", {"ipc": 3}).config_for("digits").ipc == 3
+    # setting one end of the unroll range drops the tuned other end instead of mixing them
+    # into an empty range (digits tunes unroll_min 100; unroll_max 3 alone stays valid)
+    short = make_method("rdl", {"unroll_max": 3}).config_for("digits")
+    assert (short.unroll_min, short.unroll_max) == (1, 3)
+    # a dataset without tuned values keeps the class defaults
+    assert make_method("rdl", {}).config_for("mnist") == make_method("rdl", {}).cfg
