@@ -104,7 +104,9 @@ class RobustDatasetLearning(DatasetMethod):
                 network's cross-entropy on them, is backpropagated through the K steps into S.
 
     Threat model: the spec's (norm, eps); the inner attack takes `attack_steps` PGD steps of
-    2.5 * eps / steps from a random start. `ipc: null` is the full-size mode: S starts as the
+    2.5 * eps / steps from a random start, on cross-entropy or (`attack_loss: margin`) on the
+    Carlini-Wagner margin: a set learned against cross-entropy PGD alone can learn that
+    attack's blind spots, which AutoAttack then finds (measured on digits). `ipc: null` is the full-size mode: S starts as the
     whole training set and each outer step unrolls on, and updates only, a random minibatch of
     `syn_batch` rows (row-wise lazy Adam, so untouched rows do not drift on old momentum).
 
