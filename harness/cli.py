@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 
 
 class HarnessGroup(click.Group):
-    """Turns `HarnessInputError` into exit code 2 with its message and no traceback."""
+    """Turns `HarnessInputError` into exit code 2 with its message and no traceback, and a
+    diverged run (a method's `FloatingPointError`, whose message names the setting to change)
+    into exit code 1 the same way."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -29,6 +31,9 @@ class HarnessGroup(click.Group):
         except HarnessInputError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except FloatingPointError as exc:
+            err_console.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(1)
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -78,6 +78,18 @@ def unroll_sgd(
     return params, velocity
 
 
+# A hypergradient through a long unroll can grow past 1e30 (GroupNorm on 2x2 maps, ConvNet-3
+# on 8x8 digits: measured 9e32 after one 100-step unroll). Adam only needs its direction, but
+# its second moment overflows float32 past ~1e19, so the norm is capped well below that.
+HYPERGRAD_MAX_NORM = 1e6
+MAX_BAD_IN_ROW = 20  # consecutive non-finite hypergradients before the run is called diverged
+
+
+def clip_norm(g: torch.Tensor, max_norm: float) -> torch.Tensor:
+    norm = g.norm()
+    return g * (max_norm / norm) if norm > max_norm else g
+
+
 def detached(tensors: Tensors) -> Tensors:
     return {k: t.detach() for k, t in tensors.items()}
 
@@ -244,6 +256,7 @@ class _Learner:
         self.n_inits = 0
         self.meters = ExitStack()
         self.last_probe: dict[str, float] = {}
+        self.bad_steps = self.bad_in_row = 0  # outer steps skipped for a non-finite hypergradient
 
     # ------------------------------------------------------------------ pieces
 
@@ -298,15 +311,35 @@ class _Learner:
         loss = F.cross_entropy(state.model(params, train=False)(x_adv), yr)
         grads = torch.autograd.grad(loss, leaves)
 
-        factor = lr_factor(cfg.outer_schedule, step, cfg.outer_steps)
-        self.x_opt.step(self.x, rows, grads[0], lr=cfg.outer_lr * factor)
-        clamp_to_bounds_(self.x, self.ctx.data.bounds)
-        if self.label_logits is not None:
-            self.label_opt.step(self.label_logits, rows, grads[1], lr=cfg.label_lr * factor)
+        if self._usable(grads, step):
+            grads = [clip_norm(g, HYPERGRAD_MAX_NORM) for g in grads]
+            factor = lr_factor(cfg.outer_schedule, step, cfg.outer_steps)
+            self.x_opt.step(self.x, rows, grads[0], lr=cfg.outer_lr * factor)
+            clamp_to_bounds_(self.x, self.ctx.data.bounds)
+            if self.label_logits is not None:
+                self.label_opt.step(self.label_logits, rows, grads[1], lr=cfg.label_lr * factor)
         # The network keeps its natural training (on S before this update) for the next unroll.
         state.params, state.velocity = detached(params), detached(velocity)
         state.steps += k
         return float(loss.detach())
+
+    def _usable(self, grads: list[torch.Tensor] | tuple[torch.Tensor, ...], step: int) -> bool:
+        """False (skip this update) when the hypergradient is not finite, so one exploding
+        unroll cannot write NaN into S; many in a row mean the setting itself diverges."""
+        if all(bool(torch.isfinite(g).all()) for g in grads):
+            self.bad_in_row = 0
+            return True
+        self.bad_steps += 1
+        self.bad_in_row += 1
+        self.ctx.log({"skipped_steps": float(self.bad_steps)}, step)
+        if self.bad_in_row >= MAX_BAD_IN_ROW:
+            raise FloatingPointError(
+                f"rdl: the hypergradient was not finite in {self.bad_in_row} outer steps in a row "
+                f"(up to step {step}; arch pool {self.archs}): the unrolled natural training explodes. "
+                "Shorten the unroll (method.unroll_max), lower method.inner_lr, or take the "
+                "architecture out of method.archs."
+            )
+        return False
 
     def probe(self, step: int) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -333,11 +366,13 @@ class _Learner:
             for step in range(cfg.outer_steps):
                 loss = self.outer_step(step)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"rdl outer loss is {loss} at step {step}; lower outer_lr or inner_lr")
+                    raise FloatingPointError(
+                        f"rdl outer loss is {loss} at step {step}; lower method.outer_lr or method.inner_lr"
+                    )
                 self.ctx.log({"outer_loss": loss, "net_steps": float(self.state.steps)}, step)
                 if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
                     self.probe(step + 1)
         info = {"ipc": cfg.ipc, "size": int(self.x.shape[0]), "outer_steps": cfg.outer_steps,
                 "outer_lr": cfg.outer_lr, "soft_labels": cfg.soft_labels, "archs": self.archs,
-                **self.last_probe}
+                "skipped_steps": self.bad_steps, **self.last_probe}
         return LearnedDataset(self.x.detach().cpu(), self.labels().detach().cpu(), info)

@@ -268,3 +268,40 @@ def test_dataset_defaults_fill_only_unset_fields_and_keep_ranges_whole():
     assert (short.unroll_min, short.unroll_max) == (1, 3)
     # a dataset without tuned values keeps the class defaults
     assert make_method("rdl", {}).config_for("mnist") == make_method("rdl", {}).cfg
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_clip_norm_caps_the_norm_and_keeps_the_direction():
+    from methods.rdl import clip_norm
+
+    g = torch.tensor([3e8, -4e8])
+    clipped = clip_norm(g, 1e6)
+    assert clipped.norm().item() == pytest.approx(1e6)
+    assert torch.allclose(clipped / clipped.norm(), g / g.norm())
+    small = torch.tensor([0.3, -0.4])
+    assert torch.equal(clip_norm(small, 1e6), small)
+
+
+def test_a_non_finite_hypergradient_leaves_the_set_untouched():
+    from methods.rdl import _Learner
+
+    data = load_dataset("digits", subset=4)
+    method = make_method("rdl", {"ipc": 1, "unroll_min": 3, "unroll_max": 3, "attack_steps": 1,
+                                 "real_batch": 8, "probe_every": 0, "inner_lr": 1e30,
+                                 "archs": ["linear"]})
+    learner = _Learner(method.config_for(data.name), make_ctx(data, ["linear"]))
+    before = learner.x.clone()
+    with learner.meters:
+        learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
+    assert learner.bad_steps == 1
+    assert torch.equal(learner.x, before) and torch.isfinite(learner.x).all()
+
+
+def test_a_diverging_run_is_a_clear_exit_1_not_a_traceback():
+    res = CliRunner().invoke(main, ["run", "--dataset", "digits", "--method", "rdl", "--smoke",
+                                    "--set", "method.inner_lr=1e30", "--json"])
+    assert res.exit_code == 1, res.output
+    assert "diverged" in res.output and "method.inner_lr" in res.output
+    assert "Traceback" not in res.output
