@@ -118,9 +118,11 @@ class RobustDatasetLearning(DatasetMethod):
     Threat model: the spec's (norm, eps); the inner attack takes `attack_steps` PGD steps of
     2.5 * eps / steps from a random start, on cross-entropy or (`attack_loss: margin`) on the
     Carlini-Wagner margin: a set learned against cross-entropy PGD alone can learn that
-    attack's blind spots, which AutoAttack then finds (measured on digits). `ipc: null` is the full-size mode: S starts as the
-    whole training set and each outer step unrolls on, and updates only, a random minibatch of
-    `syn_batch` rows (row-wise lazy Adam, so untouched rows do not drift on old momentum).
+    attack's blind spots, which AutoAttack then finds (measured on digits). `ipc: null` is the
+    full-size mode: S starts as the whole training set and each outer step unrolls on, and
+    updates only, a random minibatch of `syn_batch` rows (row-wise lazy Adam, so untouched rows
+    do not drift on old momentum). A non-finite hypergradient skips its update of S and
+    restarts the network; `MAX_BAD_IN_ROW` of them in a row stop the run as diverged.
 
     The middle level uses the harness's downstream recipe (SGD lr 0.01, momentum 0.9, weight
     decay 5e-4: DC's evaluation protocol, Zhao et al. 2021), so S is learned for the training
@@ -146,10 +148,11 @@ class RobustDatasetLearning(DatasetMethod):
     128 real examples per step (the attack only has to find the current weakness; the harness
     evaluates with PGD-20). `DATASET_DEFAULTS` holds tuned values for synthetic-robust (ipc
     250, lr 0.1, pool `linear`) and for digits (a full 100-step unroll from a fresh `linear`
-    network every outer step, PGD-10 on the CW margin inside, soft labels). The unroll keeps K graphs of a `syn_batch` forward pass: on
-    32x32 images with ConvNet-3 at 256 rows that is gigabytes per step, so lower `unroll_max`
-    or `syn_batch` there. Departures from the paper: the network pool, random K, long-lived
-    networks and the lr decay are this harness's; soft labels are optional (off by default).
+    network every outer step, PGD-10 on the CW margin inside, soft labels). The unroll keeps K
+    graphs of a `syn_batch` forward pass: on 32x32 images with ConvNet-3 at 256 rows that is
+    gigabytes per step, so lower `unroll_max` or `syn_batch` there. Departures from the paper:
+    the network pool, random K, long-lived networks, the lr decay, the margin attack and the
+    full-run unroll on digits are this harness's; soft labels are optional (off by default).
     """
 
     class Config(MethodConfig):
@@ -311,13 +314,15 @@ class _Learner:
         loss = F.cross_entropy(state.model(params, train=False)(x_adv), yr)
         grads = torch.autograd.grad(loss, leaves)
 
-        if self._usable(grads, step):
-            grads = [clip_norm(g, HYPERGRAD_MAX_NORM) for g in grads]
-            factor = lr_factor(cfg.outer_schedule, step, cfg.outer_steps)
-            self.x_opt.step(self.x, rows, grads[0], lr=cfg.outer_lr * factor)
-            clamp_to_bounds_(self.x, self.ctx.data.bounds)
-            if self.label_logits is not None:
-                self.label_opt.step(self.label_logits, rows, grads[1], lr=cfg.label_lr * factor)
+        if not self._usable(grads, step):
+            self.state = None  # S stays as it was; the exploded network is not continued
+            return float(loss.detach())
+        grads = [clip_norm(g, HYPERGRAD_MAX_NORM) for g in grads]
+        factor = lr_factor(cfg.outer_schedule, step, cfg.outer_steps)
+        self.x_opt.step(self.x, rows, grads[0], lr=cfg.outer_lr * factor)
+        clamp_to_bounds_(self.x, self.ctx.data.bounds)
+        if self.label_logits is not None:
+            self.label_opt.step(self.label_logits, rows, grads[1], lr=cfg.label_lr * factor)
         # The network keeps its natural training (on S before this update) for the next unroll.
         state.params, state.velocity = detached(params), detached(velocity)
         state.steps += k
@@ -335,7 +340,8 @@ class _Learner:
         if self.bad_in_row >= MAX_BAD_IN_ROW:
             raise FloatingPointError(
                 f"rdl: the hypergradient was not finite in {self.bad_in_row} outer steps in a row "
-                f"(up to step {step}; arch pool {self.archs}): the unrolled natural training explodes. "
+                f"(up to step {step}; arch pool {self.archs}): the unrolled natural training "
+                "explodes. "
                 "Shorten the unroll (method.unroll_max), lower method.inner_lr, or take the "
                 "architecture out of method.archs."
             )
@@ -369,7 +375,8 @@ class _Learner:
                     raise FloatingPointError(
                         f"rdl outer loss is {loss} at step {step}; lower method.outer_lr or method.inner_lr"
                     )
-                self.ctx.log({"outer_loss": loss, "net_steps": float(self.state.steps)}, step)
+                net_steps = float(self.state.steps) if self.state is not None else 0.0
+                self.ctx.log({"outer_loss": loss, "net_steps": net_steps}, step)
                 if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
                     self.probe(step + 1)
         info = {"ipc": cfg.ipc, "size": int(self.x.shape[0]), "outer_steps": cfg.outer_steps,

@@ -297,6 +297,7 @@ def test_a_non_finite_hypergradient_leaves_the_set_untouched():
         learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
     assert learner.bad_steps == 1
     assert torch.equal(learner.x, before) and torch.isfinite(learner.x).all()
+    assert learner.state is None  # the exploded network is dropped, the next step starts afresh
 
 
 def test_a_diverging_run_is_a_clear_exit_1_not_a_traceback():
