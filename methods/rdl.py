@@ -199,7 +199,7 @@ class RobustDatasetLearning(DatasetMethod):
         "synthetic-robust": {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"]},
         # The embedded 8x8 digits (Linf 0.2), scored by 100-1000 steps of natural training from
         # a fresh network. The long-lived networks that synthetic-robust needs left the outer
-        # loss flat here (PGD accuracy 0.08-0.09 whatever the ipc, lr, or lifetime, the same
+        # loss flat here (PGD accuracy 0.075-0.09 whatever the ipc, lr, or lifetime, the same
         # band as dc/dm). What worked: unroll the whole downstream run, 100 steps from a fresh
         # network every outer step (the exact hypergradient of what is scored; cheap on a
         # `linear` pool), PGD-10 inside, and learned soft labels. It transfers to the MLP.
@@ -341,9 +341,8 @@ class _Learner:
             raise FloatingPointError(
                 f"rdl: the hypergradient was not finite in {self.bad_in_row} outer steps in a row "
                 f"(up to step {step}; arch pool {self.archs}): the unrolled natural training "
-                "explodes. "
-                "Shorten the unroll (method.unroll_max), lower method.inner_lr, or take the "
-                "architecture out of method.archs."
+                "explodes. Shorten the unroll (method.unroll_max), lower method.inner_lr, or take "
+                "the architecture out of method.archs."
             )
         return False
 
