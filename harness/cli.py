@@ -220,9 +220,10 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
         outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
                             storage=storage, resume=resume, smoke=smoke, console=err_console)
     except KeyboardInterrupt:
-        # Tune saves each experiment's state every few seconds; finished trials are safe.
+        # Ray is already shut down (run_sweep's finally). Tune saves each experiment's state
+        # every few seconds, so finished trials are safe.
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
-        os._exit(130)  # the variant threads hold no state worth waiting for
+        os._exit(130)  # the abandoned variant threads hold no state worth waiting for
     uri = tracking.resolve_uri(tracking_uri)
     click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")

@@ -266,26 +266,85 @@ class DriverCallback(tune.Callback):
             self.live.update(self.progress.table())
 
 
-def start_ray(address: str | None, cpus: float | None = None) -> None:
+# Ray's switch for a single-machine node (its default on macOS and Windows): the node takes the
+# loopback address, so the GCS, raylet, object manager, workers and agents all listen on
+# 127.0.0.1 only. Ray has no per-server bind option; without this every gRPC server of a
+# local sweep listens on all interfaces, where anyone who reaches the machine can submit code.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def start_ray(address: str | None, cpus: float | None = None) -> bool:
+    """Join the cluster at `address`, or start a loopback-only local Ray; True if we started it.
+
+    A local Ray is checked after start: if its node is not on a loopback address it is shut
+    down again and the sweep refuses to run (an internal error: Ray changed underneath us)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     if ray.is_initialized():
-        return
+        return False
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
+            with _single_machine_mode():
+                ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise HarnessInputError(
             f"cannot join the Ray cluster at {address!r} ({exc}). Check that `ray status` works "
             "on this machine, or leave --address out to run locally.",
             field="--address",
         ) from None
+    if not address:
+        node_ip = ray.util.get_node_ip_address()
+        if node_ip not in _LOOPBACK:
+            stop_ray()
+            raise RuntimeError(
+                f"the local Ray node came up on {node_ip}, not on the loopback address, so it "
+                "would be reachable from the network; refusing to run. Start a cluster yourself "
+                "(`ray start --head`) and pass --address if that is what you want."
+            )
+    return True
+
+
+class _single_machine_mode:
+    """Ray's single-machine switch, on for the processes `ray.init` starts, then put back.
+
+    The variable reaches the GCS, raylet and agents (their environment is copied at start);
+    the constant is what this already-imported driver reads."""
+
+    def __enter__(self):
+        from ray._private import ray_constants
+
+        self.constants = ray_constants
+        self.saved = (os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER)
+        os.environ[_SINGLE_MACHINE_ENV] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        return self
+
+    def __exit__(self, *exc):
+        env, flag = self.saved
+        if env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = env
+        self.constants.ENABLE_RAY_CLUSTER = flag
+        return False
+
+
+def stop_ray(timeout: float = 60.0) -> None:
+    """Shut Ray down (a local one with all its processes, agents included), bounded in time.
+
+    Runs in a helper thread so a wedged shutdown cannot keep a Ctrl-C'd sweep alive."""
+    if not ray.is_initialized():
+        return
+    done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
 
 
 def storage_root(storage: str | None) -> str:
@@ -375,9 +434,9 @@ class SweepOutcome:
 def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_factory,
               address: str | None, storage: str | None, resume: bool, smoke: bool,
               console=None) -> SweepOutcome:
-    """Run every variant's search then repeats; returns where the results are."""
-    from rich.live import Live
+    """Run every variant's search then repeats; returns where the results are.
 
+    A local Ray is started here and shut down on every way out: done, an error, Ctrl-C."""
     root = storage_root(storage)
     phases = [(v, Phase(v, "search", experiment_path(root, spec.name, v.key))) for v in plan]
     existing = [p.path for _, p in phases if tune.Tuner.can_restore(p.path)]
@@ -393,24 +452,44 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
                                              "smoke": str(smoke).lower()})
     if not resume or not existing:
         tracker.log_spec(spec_text)
-    start_ray(address, cpus=None)
-    progress = SweepProgress(mode=spec.objective.mode)
-    for v in plan:
-        progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
-    failed = 0
-    # Variants run side by side, each its own Tune experiment in a driver thread (Tune skips
-    # its signal handlers off the main thread); Ray's scheduler shares the CPUs/GPUs out.
-    workers = spec.search.parallel_variants or default_parallel_variants(spec)
-    with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant") as pool:
-        jobs = [pool.submit(run_variant, spec, v, p, tracker, progress, live, smoke, resume)
-                for v, p in phases]
-        for job in as_completed(jobs):
-            failed += job.result()
-            live.update(progress.table())
+    started = start_ray(address, cpus=None)
+    try:
+        failed = run_variants(spec, phases, tracker, smoke=smoke, resume=resume, console=console)
+    finally:
+        if started:
+            stop_ray()
     tracker.finish_sweep(ok=True)
     return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
                         [v.label for v in plan])
+
+
+def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool, resume: bool,
+                 console=None) -> int:
+    """Every variant's experiments, side by side in driver threads; returns failed trials.
+
+    Variants run in threads (Tune skips its signal handlers off the main thread); Ray's
+    scheduler shares the CPUs/GPUs out. On Ctrl-C or an error the pool is abandoned, not
+    joined: its threads block on Tune and end when Ray is shut down."""
+    from rich.live import Live
+
+    progress = SweepProgress(mode=spec.objective.mode)
+    for v, _ in phases:
+        progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
+    failed = 0
+    workers = spec.search.parallel_variants or default_parallel_variants(spec)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
+    try:
+        with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
+            jobs = [pool.submit(run_variant, spec, v, p, tracker, progress, live, smoke, resume)
+                    for v, p in phases]
+            for job in as_completed(jobs):
+                failed += job.result()
+                live.update(progress.table())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return failed
 
 
 def default_parallel_variants(spec: SweepSpec) -> int:

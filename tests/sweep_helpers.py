@@ -35,11 +35,14 @@ def run_sweep(spec: Path, cwd: Path, *extra: str, timeout: float = 600,
     )
 
 
-def start_sweep(spec: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    """The driver in its own process group, so the test can SIGKILL it with its Ray children."""
+def start_sweep(spec: Path, cwd: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
+    """The driver in its own session and process group, so the test can signal it with its Ray
+    children and find them all by session id. `log`: where its stdout and stderr go."""
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
     return subprocess.Popen(
         [*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=sweep_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -58,3 +61,74 @@ def wait_for(predicate, timeout: float, every: float = 1.0) -> bool:
             return True
         time.sleep(every)
     return False
+
+
+# ------------------------------------------------------------------ processes and sockets
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session `sid` (a driver started with start_new_session and every Ray
+    process it spawned), read from /proc; zombies are left out."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _decode(hex_addr: str) -> str:
+    """An address from /proc/net/tcp{,6} (little-endian 32-bit words) as text."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def listening_addresses(pids: list[int]) -> dict[str, list[int]]:
+    """Local addresses on which any of `pids` has a listening TCP socket -> ports."""
+    wanted = set().union(*(_socket_inodes(p) for p in pids)) if pids else set()
+    found: dict[str, list[int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state == "0A" and inode in wanted:  # 0A: LISTEN
+                addr, port = local.split(":")
+                found.setdefault(_decode(addr), []).append(int(port, 16))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback

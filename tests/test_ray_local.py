@@ -1,0 +1,83 @@
+"""A local sweep keeps Ray on the loopback interface and leaves no Ray process behind."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep_helpers import (
+    is_loopback, kill_group, listening_addresses, session_pids, start_sweep, wait_for, write_spec,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def spec_tree(name: str, epochs: int) -> dict:
+    return {
+        "name": name,
+        "dataset": {"name": "digits", "subset": 15},
+        "threat": {"steps": 3},
+        "train": {"epochs": epochs},
+        "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
+        "search": {"max_concurrent": 1, "asha": False},
+        "trials": 2,
+        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}}},
+    }
+
+
+def ray_is_up(pids: list[int]) -> bool:
+    names = set()
+    for pid in pids:
+        try:
+            names.add((Path("/proc") / str(pid) / "comm").read_text().strip())
+        except OSError:
+            pass
+    return "raylet" in names and "gcs_server" in names
+
+
+def watch_sockets(proc, seconds: float) -> dict[str, set[int]]:
+    """Every listening address seen in the sweep's session while it runs (polled)."""
+    seen: dict[str, set[int]] = {}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and proc.poll() is None:
+        for addr, ports in listening_addresses(session_pids(proc.pid)).items():
+            seen.setdefault(addr, set()).update(ports)
+        time.sleep(0.5)
+    return seen
+
+
+def test_local_sweep_listens_on_loopback_only_and_cleans_up(tmp_path):
+    spec = write_spec(tmp_path, spec_tree("loopback", epochs=3))
+    proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
+    try:
+        assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5), \
+            (tmp_path / "out.log").read_text()
+        seen = watch_sockets(proc, seconds=300)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()
+    finally:
+        kill_group(proc)
+    assert seen, "no listening socket was seen: the check looked at the wrong processes"
+    exposed = {a: p for a, p in seen.items() if not is_loopback(a)}
+    assert not exposed, f"Ray listened beyond loopback: {exposed}"
+    # Normal exit: the GCS, raylet, workers and agents are gone with the driver.
+    assert wait_for(lambda: not session_pids(proc.pid), timeout=30), session_pids(proc.pid)
+
+
+def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
+    spec = write_spec(tmp_path, spec_tree("interrupt", epochs=400))
+    proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
+    try:
+        assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5)
+        time.sleep(5)  # a trial is under way
+        proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver ...
+        assert proc.wait(timeout=90) == 130, (tmp_path / "out.log").read_text()
+        # ... and nothing it started survives it: no raylet, GCS, worker or agent.
+        left = session_pids(proc.pid)
+        assert wait_for(lambda: not session_pids(proc.pid), timeout=30), left
+    finally:
+        kill_group(proc)
+    assert "--resume" in (tmp_path / "out.log").read_text()
