@@ -1,4 +1,5 @@
-"""Attacks: FGSM and PGD (Linf, L2), accuracy helpers, the AutoAttack adapter.
+"""Attacks: FGSM and PGD (Linf, L2) and accuracy helpers. AutoAttack: `harness.autoattack`;
+gradient-masking checks: `harness.masking`.
 
 Conventions shared by every function here:
 
@@ -13,8 +14,6 @@ Conventions shared by every function here:
   `.grad` (it uses `torch.autograd.grad` on the perturbed input only); it returns a
   detached tensor;
 - randomness comes from an optional `torch.Generator`, never from reseeding the global RNG.
-
-Only `autoattack` imports torchattacks.
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ class Threat:
     steps: int = 20
     alpha: float | None = None
     restarts: int = 1
+    loss: Literal["ce", "margin"] = "ce"  # cross-entropy, or the CW margin (`margin_loss`)
 
     def __post_init__(self) -> None:
         _check_norm(self.norm)
@@ -61,6 +61,7 @@ class Threat:
             (self.steps >= 1, "steps", "an integer >= 1"),
             (self.restarts >= 1, "restarts", "an integer >= 1"),
             (self.alpha is None or self.alpha > 0, "alpha", "a step size > 0 (or left out)"),
+            (self.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}"),
         ]
         for ok, key, what in checks:
             if not ok:
@@ -80,6 +81,7 @@ class Threat:
         return partial(
             pgd, norm=self.norm, eps=self.eps, alpha=self.step_size, steps=self.steps,
             restarts=self.restarts, bounds=bounds, generator=generator,
+            loss_fn=LOSSES[self.loss],
         )
 
 
@@ -195,6 +197,11 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     wrong = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
     return (wrong - true).mean()
+
+
+# PGD's objectives by name (`threat.loss`): cross-entropy (Madry et al.), or the CW margin,
+# whose gradient does not vanish on confidently classified examples.
+LOSSES: dict[str, LossFn] = {"ce": F.cross_entropy, "margin": margin_loss}
 
 
 def _pgd_once(model, x, y, norm, eps, alpha, steps, start, bounds, generator, loss_fn):
@@ -321,111 +328,3 @@ def robust_accuracy(
         with torch.no_grad():
             correct += int((model(x_adv).argmax(dim=1) == yb).sum())
     return correct / x.shape[0]
-
-
-# --------------------------------------------------------------------------- AutoAttack
-
-
-class _PlainModule(nn.Module):
-    """What torchattacks sees: an eval-mode module without `mean`/`std` attributes.
-
-    torchattacks reads `model.mean`/`model.std` to undo a normalisation it assumes happens
-    outside the model; hiding them keeps normalisation where it belongs. A plain callable
-    gets an empty parameter so torchattacks can read the device from `parameters()`.
-    """
-
-    def __init__(self, model: Model, device: torch.device):
-        super().__init__()
-        if isinstance(model, nn.Module):
-            self.net = model
-        else:
-            self.fn = model
-            self.anchor = nn.Parameter(torch.empty(0, device=device), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) if hasattr(self, "net") else self.fn(x)
-
-
-def autoattack(
-    model: Model,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str,
-    eps: float,
-    num_classes: int,
-    seed: int = 0,
-    batch_size: int = 256,
-    bounds: Bounds = (0.0, 1.0),
-) -> float:
-    """Robust accuracy under standard AutoAttack (Croce & Hein 2020, arXiv 2003.01690).
-
-    APGD-CE, APGD-T, FAB-T and Square, each example counted as robust only if all four
-    fail, via torchattacks' `AutoAttack(version="standard")`. torchattacks reseeds the
-    global RNG with `seed`; that happens inside `torch.random.fork_rng` so the caller's
-    random state is left as it was.
-    """
-    if bounds is None or tuple(bounds) != (0.0, 1.0):
-        raise HarnessInputError(
-            f"AutoAttack needs inputs in [0, 1], but this dataset's bounds are {bounds}; "
-            "turn threat.autoattack off for it.",
-            field="threat.autoattack",
-        )
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise HarnessInputError(
-            f"AutoAttack needs inputs in [0, 1], got values in "
-            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; keep normalisation inside the model.",
-            field="threat.autoattack",
-        )
-    _check_norm(norm)
-    require_eval(model)
-    import torchattacks  # the only import of torchattacks in the harness
-
-    wrapped = _PlainModule(model, x.device).eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    correct = 0
-    with torch.random.fork_rng(devices=devices):
-        atk = torchattacks.AutoAttack(
-            wrapped, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard",
-            n_classes=num_classes, seed=seed,
-        )
-        for xb, yb in _batches(x.detach(), y, batch_size):
-            x_adv = atk(xb, yb)
-            with torch.no_grad():
-                correct += int((wrapped(x_adv).argmax(dim=1) == yb).sum())
-    return correct / x.shape[0]
-
-
-# --------------------------------------------------------------------------- sanity
-
-
-def masking_flags(
-    clean_acc: float,
-    fgsm_acc: float,
-    pgd_acc: float,
-    autoattack_acc: float | None = None,
-    *,
-    tol: float = 0.02,
-) -> list[str]:
-    """Cheap warnings that robust accuracy may be inflated by gradient masking.
-
-    After Athalye et al. 2018 (arXiv 1802.00420) and Croce & Hein 2020: an iterative attack
-    should never do worse than a single step, no attack should raise accuracy, and a large
-    gap between PGD and AutoAttack means PGD overestimates robustness.
-    """
-    flags = []
-    if pgd_acc > fgsm_acc + tol:
-        flags.append(
-            f"PGD accuracy {pgd_acc:.3f} is above FGSM accuracy {fgsm_acc:.3f}: "
-            "gradients may be masked."
-        )
-    if max(fgsm_acc, pgd_acc) > clean_acc + tol:
-        flags.append(
-            f"robust accuracy is above clean accuracy {clean_acc:.3f}: the attack is failing."
-        )
-    if autoattack_acc is not None and autoattack_acc < pgd_acc - 5 * tol:
-        flags.append(
-            f"AutoAttack accuracy {autoattack_acc:.3f} is far below PGD accuracy {pgd_acc:.3f}: "
-            "PGD overestimates robustness; report AutoAttack."
-        )
-    return flags

@@ -21,7 +21,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness.attacks import Threat, accuracy, autoattack, robust_accuracy
+from harness import masking
+from harness.attacks import Threat, accuracy, robust_accuracy
+from harness.autoattack import autoattack
 from harness.config import RunSpec
 from harness.data import DATASETS, DatasetSplits, load_dataset
 from harness.models import MODELS
@@ -42,8 +44,10 @@ class ModelScore:
     autoattack_acc: float | None
     val_clean_acc: float
     val_robust_acc: float
+    val_autoattack_acc: float | None
     train_seconds: float
     train_work_epochs: float
+    masking_flags: list[str] = field(default_factory=list)  # see harness.masking
 
 
 @dataclass
@@ -72,6 +76,8 @@ class TrialResult:
     autoattack_acc: float | None
     val_clean_acc: float
     val_robust_acc: float
+    val_autoattack_acc: float | None
+    masking_flags: list[str]  # every gradient-masking flag raised on any model (harness.masking)
     learn_seconds: float  # one-time dataset learning (0 for model-producing methods)
     train_seconds: float  # mean per trained model
     learn_work_epochs: float
@@ -95,6 +101,7 @@ SMOKE_DEFAULTS = [
     "eval.max_test=200",
     "eval.max_val=200",
     "threat.steps=5",
+    "threat.autoattack=fast",  # still exercised, labelled as the cheap version
 ]
 
 
@@ -118,7 +125,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
     t = spec.threat
-    return Threat(norm=t.norm, eps=t.eps or data.default_eps, steps=t.steps, alpha=t.alpha, restarts=t.restarts)
+    return Threat(norm=t.norm, eps=t.eps or data.default_eps, steps=t.steps, alpha=t.alpha,
+                  restarts=t.restarts, loss=t.loss)
 
 
 def resolve_archs(spec: RunSpec) -> list[str]:
@@ -146,26 +154,35 @@ def score_model(
     *,
     seed: int,
     device: torch.device,
-) -> dict[str, float | None]:
-    """Clean / PGD / AutoAttack accuracy on test and clean / PGD accuracy on validation."""
+) -> dict[str, Any]:
+    """Clean / PGD / AutoAttack accuracy on test, the same on validation (AutoAttack there
+    only when asked for), and the gradient-masking checks on the test split."""
     model.eval()
     attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed))
 
     n_test, n_val = spec.eval.max_test, spec.eval.max_val
     xt, yt = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
     xv, yv = data.x_val[:n_val].to(device), data.y_val[:n_val].to(device)
-    scores: dict[str, float | None] = {
+    scores: dict[str, Any] = {
         "clean_acc": accuracy(model, xt, yt),
         "robust_acc": robust_accuracy(model, xt, yt, attack),
         "val_clean_acc": accuracy(model, xv, yv),
         "val_robust_acc": robust_accuracy(model, xv, yv, attack),
         "autoattack_acc": None,
+        "val_autoattack_acc": None,
     }
-    if spec.threat.autoattack:
-        scores["autoattack_acc"] = autoattack(
-            model, xt, yt, norm=threat.norm, eps=threat.eps, num_classes=data.num_classes,
-            seed=seed, bounds=data.bounds,
-        )
+    aa = dict(norm=threat.norm, eps=threat.eps, num_classes=data.num_classes, seed=seed,
+              bounds=data.bounds)
+    if spec.threat.autoattack != "off":
+        scores["autoattack_acc"] = autoattack(model, xt, yt, version=spec.threat.autoattack, **aa)
+    if spec.eval.val_autoattack != "off":
+        scores["val_autoattack_acc"] = autoattack(model, xv, yv, version=spec.eval.val_autoattack,
+                                                  **aa)
+    report = masking.check(
+        model, xt, yt, threat, pgd_acc=scores["robust_acc"], autoattack_acc=scores["autoattack_acc"],
+        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed + 1),
+    )
+    scores["masking_flags"] = list(report.flags)
     return scores
 
 
@@ -253,7 +270,8 @@ def run_trial(
                 train_work_epochs=meter.epochs(data.n_train_full), **scores,
             ))
             weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            log({f"arch.{arch}.{key}": v for key, v in scores.items() if v is not None}, len(models))
+            log({f"arch.{arch}.{key}": v for key, v in scores.items()
+                 if isinstance(v, (int, float))}, len(models))
     result = summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter,
                        len(train_x))
     result.weights = weights
@@ -277,10 +295,13 @@ def summarise(spec, method, data, threat, models, learned, learn_seconds, learn_
     train_work = avg("train_work_epochs")
     return TrialResult(
         method=method.name, kind=method.kind, dataset=data.name, seed=spec.seed,
-        threat={"norm": threat.norm, "eps": threat.eps, "steps": threat.steps},
+        threat={"norm": threat.norm, "eps": threat.eps, "steps": threat.steps,
+                "restarts": threat.restarts, "loss": threat.loss,
+                "autoattack": spec.threat.autoattack},
         clean_acc=avg("clean_acc"), robust_acc=avg("robust_acc"),
         autoattack_acc=avg("autoattack_acc"), val_clean_acc=avg("val_clean_acc"),
-        val_robust_acc=avg("val_robust_acc"), learn_seconds=learn_seconds,
+        val_robust_acc=avg("val_robust_acc"), val_autoattack_acc=avg("val_autoattack_acc"),
+        masking_flags=sorted({f for m in models for f in m.masking_flags}), learn_seconds=learn_seconds,
         train_seconds=avg("train_seconds"), learn_work_epochs=learn_work,
         train_work_epochs=train_work, work_epochs=learn_work + train_work, dataset_size=size,
         per_arch=per_arch, models=models, learned=learned,

@@ -91,7 +91,7 @@ def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[
         "method": {"name": method},
         "threat": threat.model_dump(),
         "train": spec.train.model_dump(),
-        "eval": spec.eval.model_dump(),
+        "eval": {**spec.eval.model_dump(), **objective_needs(spec)},
         "seed": spec.seed,
         "device": spec.device,
     }
@@ -104,6 +104,14 @@ def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[
             )
         set_path(tree, path, value, field=path)
     return tree
+
+
+def objective_needs(spec: SweepSpec) -> dict[str, Any]:
+    """Evaluation settings the objective depends on: selecting by AutoAttack accuracy on the
+    validation split needs AutoAttack run there (the fast version, as in any search)."""
+    if spec.objective.metric == "val_autoattack_acc" and spec.eval.val_autoattack == "off":
+        return {"val_autoattack": "fast"}
+    return {}
 
 
 def sample_tree(variant: Variant, values: dict[str, Any]) -> dict[str, Any]:

@@ -70,6 +70,7 @@ _guard_tune_registry()
 
 FINAL_KEYS = (
     "clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc",
+    "val_autoattack_acc",
     "learn_seconds", "train_seconds", "learn_work_epochs", "train_work_epochs", "work_epochs",
     "dataset_size",
 )
@@ -126,6 +127,7 @@ def final_metrics(result) -> dict[str, Any]:
             value = getattr(a, key)
             if value is not None:
                 out[f"arch.{a.arch}.{key}"] = value
+    out["masking_flags"] = ",".join(result.masking_flags)  # a tag, not a metric
     out["final"] = 1
     return out
 
@@ -236,6 +238,8 @@ class DriverCallback(tune.Callback):
         if result.get("final") and self.objective in result:
             if "device" in result:
                 self.tracker.set_tags(run_id, {"device": result["device"]})
+            if result.get("masking_flags"):
+                self.tracker.set_tags(run_id, {"masking_flags": result["masking_flags"]})
             if self.progress.better(self.state.best, result[self.objective]):
                 self.state.best = result[self.objective]
         self._refresh()

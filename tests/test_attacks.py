@@ -1,4 +1,4 @@
-"""FGSM / PGD / AutoAttack adapter on small models trained on scikit-learn's digits."""
+"""FGSM / PGD on small models trained on scikit-learn's digits."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from harness.autoattack import autoattack
 from harness.attacks import (
     AttackModeError,
     Threat,
     accuracy,
-    autoattack,
     fgsm,
-    masking_flags,
     pgd,
     random_start,
     robust_accuracy,
@@ -115,7 +114,6 @@ def test_accuracy_ordering(mlp, test_set):
     pgd_acc = robust_accuracy(mlp, x, y, Threat("linf", EPS, steps=20).attack(generator=gen()))
     assert pgd_acc <= fgsm_acc <= clean
     assert pgd_acc < clean
-    assert masking_flags(clean, fgsm_acc, pgd_acc) == []
 
 
 def test_fast_at_fgsm_stays_in_ball(mlp, test_set):
@@ -214,23 +212,6 @@ def test_unbounded_features_are_not_clamped():
     assert pgd(img, zeros, torch.zeros(8, dtype=torch.long), eps=0.1).min() >= 0
 
 
-def test_autoattack_adapter(mlp, test_set):
-    """At digits' eps APGD-CE/APGD-T settle every example, so Square's 5000 queries never run."""
-    pytest.importorskip("torchattacks")
-    x, y = test_set[0][:12], test_set[1][:12]
-    state = torch.random.get_rng_state()
-    aa = autoattack(mlp, x, y, norm="linf", eps=EPS, num_classes=10, seed=0)
-    assert torch.equal(torch.random.get_rng_state(), state)  # torchattacks' reseeding is contained
-    pgd_acc = robust_accuracy(mlp, x, y, partial(pgd, eps=EPS, steps=20, generator=gen()))
-    assert aa <= pgd_acc + 1 / 12
-    assert aa < accuracy(mlp, x, y)
-
-
-def test_autoattack_refuses_unbounded_inputs(mlp, test_set):
-    with pytest.raises(HarnessInputError, match=r"\[0, 1\].*threat.autoattack"):
-        autoattack(mlp, *test_set, norm="linf", eps=0.1, num_classes=10, bounds=None)
-
-
 def test_threat_defaults_and_validation():
     assert Threat("linf", 0.1, steps=10).step_size == pytest.approx(0.025)  # 2.5 * eps / steps
     assert Threat("l2", 0.5, alpha=0.1).step_size == 0.1
@@ -238,12 +219,6 @@ def test_threat_defaults_and_validation():
         Threat("l1", 0.1)
     with pytest.raises(HarnessInputError, match="threat.steps"):
         Threat("linf", 0.1, steps=0)
-
-
-def test_masking_flags():
-    assert any("FGSM" in f for f in masking_flags(0.9, 0.3, 0.5))
-    assert any("above clean" in f for f in masking_flags(0.5, 0.6, 0.4))
-    assert any("AutoAttack" in f for f in masking_flags(0.9, 0.6, 0.5, autoattack_acc=0.2))
 
 
 def test_margin_loss_is_largest_wrong_minus_true_logit():

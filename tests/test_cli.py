@@ -23,8 +23,14 @@ def test_run_json_contract_on_synthetic():
                 "per_arch"):
         assert key in out, key
     assert out["method"] == "erm" and out["dataset"] == "synthetic-robust"
-    assert out["autoattack_acc"] is None
+    # --smoke runs the fast AutoAttack and says so; off leaves the key present but null.
+    assert out["threat"]["autoattack"] == "fast" and 0.0 <= out["autoattack_acc"] <= 1.0
+    assert out["autoattack_acc"] <= out["robust_acc"] + 0.05
+    assert isinstance(out["masking_flags"], list)
     assert set(out["threat"]) >= {"norm", "eps"}
+    off = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json",
+                 "--set", "threat.autoattack=off")
+    assert json.loads(off.stdout)["autoattack_acc"] is None
     assert all({"arch", "clean_acc", "robust_acc"} <= set(a) for a in out["per_arch"])
     assert 0.0 <= out["robust_acc"] <= 1.0 and 0.0 <= out["clean_acc"] <= 1.0
 

@@ -17,7 +17,7 @@ from sweep_helpers import kill_group, run_sweep, start_sweep, wait_for, write_sp
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
 
 TINY_RUN = {
-    "threat": {"steps": 3},
+    "threat": {"steps": 3, "autoattack": "fast"},
     "train": {"epochs": 2},
     "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
     "search": {"max_concurrent": 2, "asha": False},
@@ -75,7 +75,10 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
             assert key in metrics, key
             assert metrics[key] >= 0
         assert 0 <= metrics["robust_acc"] <= metrics["clean_acc"] + 1e-9 <= 1 + 1e-9
-        assert "autoattack_acc" not in metrics  # AutoAttack off: absent, not zero
+        # The ranked metric is recorded with the version that produced it.
+        assert params["threat.autoattack"] == "fast"
+        assert 0 <= metrics["autoattack_acc"] <= metrics["robust_acc"] + 0.05
+        assert "arch.mlp.autoattack_acc" in metrics
         files = {f.path for f in client.list_artifacts(r.info.run_id)}
         assert {"spec.yaml", "model"} <= files
         # what the worker actually ran is what the driver recorded for this trial
