@@ -4,16 +4,29 @@ RobustBench style: the leaderboard is data. `build_records` is a pure function f
 data (`harness.tracking.RunData`, or anything with the same attributes) to `Record`s;
 `harness.report.render` is a pure function from records to text.
 
-Selection, per (dataset, threat) group and per variant (`variant` tag, e.g. `rdl[ipc=10]`):
-1. the best configuration is the `search` run with the highest `val_robust_acc` (validation
-   split, never the test split); ties go to the lower `work_epochs`, then the earlier start,
-   then the run id, so the choice never depends on the order the store returns runs in;
-2. that configuration's runs are the best search run plus the `repeat` runs whose params equal
-   its params apart from seeds; their test scores are averaged (std over runs, n runs);
-3. rows are ranked by AutoAttack accuracy, PGD accuracy where AutoAttack was off.
-FAILED or KILLED runs, and finished runs missing a score, are never used; they are counted
-in `failed`. Runs still RUNNING are neither used nor counted. A run without a `phase` tag
-counts as a search run. A variant none of whose search runs finished has no row.
+Groups. Runs are grouped by (dataset, threat norm, threat eps, AutoAttack version), where the
+version is the `threat.autoattack` param: "standard", "fast" or "off" (older runs logged "True"
+for standard and "False" for off; a run without the param counts as "off", or "unknown" when it
+has an AutoAttack score). Versions never share a group, so one group ranks by one metric.
+
+Selection, per group and per variant (`variant` tag, e.g. `rdl[ipc=10]`):
+1. the selected configuration is that of the `search` run with the highest `val_robust_acc`
+   (validation split, never the test split); ties go to the lower `work_epochs`, then the
+   earlier start, then the run id, so the choice never depends on the order of the store;
+2. the row's test scores are pooled over the `repeat` runs (fresh seeds) whose params equal the
+   selected run's params apart from seeds. The selected search run is never pooled with them:
+   its own test scores are kept apart (`search_*` fields), since it won the search and is
+   biased upwards. Only when no such repeat finished does the row report the selected search
+   run itself (n=1, `scores_from="search"`);
+3. each pooled accuracy has its mean, n, sample std and the half-width of a 95% Student t
+   interval over runs (std and interval are None for n=1);
+4. rows are ranked by AutoAttack accuracy, PGD accuracy in groups where AutoAttack was off;
+   ties go to clean accuracy, then the variant's name.
+FAILED or KILLED runs, and finished runs missing a score (AutoAttack included when it was on),
+are never used; they are counted in `failed`. Runs still RUNNING are neither used nor counted.
+A run without a `phase` tag counts as a search run. A variant none of whose search runs
+finished has no row. `flags` gathers the `masking_flags` tag codes of the selected search run
+and of the pooled runs.
 """
 
 from __future__ import annotations
@@ -28,8 +41,13 @@ from harness.errors import HarnessInputError
 
 SELECTION_METRIC = "val_robust_acc"
 REQUIRED_METRICS = ("clean_acc", "robust_acc", SELECTION_METRIC)
+SCORES = ("clean_acc", "robust_acc", "autoattack_acc")
 FAILED_STATUSES = {"FAILED", "KILLED"}
 ARCH_PREFIX = "arch."
+FLAGS_TAG = "masking_flags"
+# Older runs logged threat.autoattack as a bool, and the only version then was standard.
+LEGACY_AA = {"true": "standard", "false": "off"}
+AA_ORDER = {"standard": 0, "fast": 1, "off": 2}  # other values after these, by name
 
 
 class RunLike(Protocol):
@@ -43,57 +61,80 @@ class RunLike(Protocol):
 
 @dataclass(frozen=True)
 class ArchScore:
-    """One evaluation architecture of a row: means over the configuration's runs."""
+    """One evaluation architecture of a row: means over the row's pooled runs."""
 
     arch: str
     n: int  # models scored, summed over runs
     clean_acc: float | None
     robust_acc: float | None
-    robust_acc_std: float | None  # over runs
+    robust_acc_std: float | None  # over runs; None for one run
     autoattack_acc: float | None
 
 
 @dataclass(frozen=True)
 class Record:
-    """One leaderboard row: a variant's best configuration in a (dataset, threat) group."""
+    """One leaderboard row: a variant's selected configuration in a group (see the module
+    docstring). Accuracies are means over the pooled runs; `*_ci95` is the half-width of the
+    95% t interval over runs, None for n=1."""
 
     sweep: str
     dataset: str
     threat_norm: str
     threat_eps: float | None
-    rank: int  # 1 = best within its (dataset, threat) group
+    autoattack_version: str  # "standard", "fast", "off" (or as logged); part of the group
+    rank: int  # 1 = best within its group
     method: str
     variant: str
     size: str  # "ipc=10", or the number of training examples
-    n: int  # runs aggregated (the best search run and its repeats)
+    n: int  # runs pooled in the test scores
+    scores_from: str  # "repeats" (fresh seeds), or "search": the selected run, no repeats
     failed: int  # failed runs of this variant in this group (all configurations)
     clean_acc: float
-    clean_acc_std: float
+    clean_acc_std: float | None
+    clean_acc_ci95: float | None
     robust_acc: float  # PGD
-    robust_acc_std: float
+    robust_acc_std: float | None
+    robust_acc_ci95: float | None
     autoattack_acc: float | None  # None when AutoAttack was off
     autoattack_acc_std: float | None
+    autoattack_acc_ci95: float | None
     autoattack_n: int
     score: float  # what the rank is by: autoattack_acc, else robust_acc
     score_by: str  # "autoattack" or "pgd"
-    val_robust_acc: float  # the selection objective of the best search run
+    search_clean_acc: float  # test scores of the selected search run, kept apart
+    search_robust_acc: float
+    search_autoattack_acc: float | None
+    val_robust_acc: float  # the selection objective of the selected search run
+    models: int | None  # models behind each pooled accuracy (sum of `arch.<a>.n` over runs)
+    models_per_run: int | None  # when every pooled run scored the same number of models
+    flags: tuple[str, ...]  # gradient-masking codes (`masking_flags` tag), sorted
     dataset_size: float | None
     learn_seconds: float | None  # one-time dataset learning
     learn_work_epochs: float | None
     train_seconds: float | None  # per downstream model
     train_work_epochs: float | None
     score_per_train_epoch: float | None  # score / train_work_epochs
-    best_run_id: str
-    run_ids: tuple[str, ...]
+    best_run_id: str  # the selected search run
+    run_ids: tuple[str, ...]  # the pooled runs
     config: dict[str, str]  # the params that vary between this variant's search runs
     per_arch: tuple[ArchScore, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric over runs: mean, count, sample std and 95% t half-width (None for n < 2)."""
+
+    mean: float | None
+    n: int
+    std: float | None
+    ci95: float | None
 
 
 # ---------------------------------------------------------------------------- selection
 
 
 def build_records(runs: Iterable[RunLike]) -> list[Record]:
-    """All rows, sorted by dataset, threat and rank."""
+    """All rows, sorted by group and rank."""
     cells: dict[tuple, list[RunLike]] = defaultdict(list)
     for run in runs:
         if run.tags.get("harness.role") != "sweep":
@@ -102,9 +143,18 @@ def build_records(runs: Iterable[RunLike]) -> list[Record]:
     return rank_rows(rows)
 
 
-def group_key(run: RunLike) -> tuple[str, str, float | None]:
+def group_key(run: RunLike) -> tuple[str, str, float | None, str]:
     dataset = run.tags.get("dataset") or run.params.get("dataset.name") or "?"
-    return dataset, run.params.get("threat.norm", "?"), to_float(run.params.get("threat.eps"))
+    return (dataset, run.params.get("threat.norm", "?"), to_float(run.params.get("threat.eps")),
+            autoattack_version(run))
+
+
+def autoattack_version(run: RunLike) -> str:
+    raw = run.params.get("threat.autoattack")
+    if raw is None or not raw.strip():
+        return "off" if metric(run, "autoattack_acc") is None else "unknown"
+    text = raw.strip()
+    return LEGACY_AA.get(text.lower(), text)
 
 
 def variant_of(run: RunLike) -> str:
@@ -120,7 +170,10 @@ def to_float(text: Any) -> float | None:
 
 
 def usable(run: RunLike) -> bool:
-    return run.status == "FINISHED" and all(metric(run, k) is not None for k in REQUIRED_METRICS)
+    needed = REQUIRED_METRICS
+    if autoattack_version(run) != "off":
+        needed = (*needed, "autoattack_acc")
+    return run.status == "FINISHED" and all(metric(run, k) is not None for k in needed)
 
 
 def is_failed(run: RunLike) -> bool:
@@ -145,54 +198,99 @@ def configuration(run: RunLike) -> dict[str, str]:
 
 
 def variant_row(key: tuple, runs: list[RunLike]) -> Record | None:
-    dataset, norm, eps, variant = key
     good = [r for r in runs if usable(r)]
     search = sorted((r for r in good if r.tags.get("phase", "search") == "search"),
                     key=selection_key)
     if not search:
         return None
     best = search[0]
-    repeats = [r for r in good if r.tags.get("phase") == "repeat"
-               and configuration(r) == configuration(best)]
-    members = [best, *sorted(repeats, key=lambda r: (r.start_time, r.run_id))]
-    return make_record(dataset, norm, eps, variant, best, members, search,
-                       failed=sum(is_failed(r) for r in runs))
+    repeats = sorted((r for r in good if r.tags.get("phase") == "repeat"
+                      and configuration(r) == configuration(best)),
+                     key=lambda r: (r.start_time, r.run_id))
+    return make_record(key, best, repeats, search, failed=sum(is_failed(r) for r in runs))
 
 
-def make_record(dataset, norm, eps, variant, best, members, search, failed) -> Record:
-    clean, clean_std, n = summary(members, "clean_acc")
-    robust, robust_std, _ = summary(members, "robust_acc")
-    aa, aa_std, aa_n = summary(members, "autoattack_acc")
-    score, score_by = (aa, "autoattack") if aa is not None else (robust, "pgd")
-    train_work = mean_of(members, "train_work_epochs")
+def make_record(key: tuple, best: RunLike, repeats: list[RunLike], search: list[RunLike],
+                failed: int) -> Record:
+    dataset, norm, eps, aa_version, variant = key
+    pooled = repeats or [best]
+    stats = {k: summary(pooled, k) for k in SCORES}
+    aa, robust = stats["autoattack_acc"].mean, stats["robust_acc"].mean
+    by_aa = aa is not None and aa_version != "off"
+    score, score_by = (aa, "autoattack") if by_aa else (robust, "pgd")
+    train_work = mean_of(pooled, "train_work_epochs")
+    models = models_pooled(pooled)
     return Record(
-        sweep=best.tags.get("sweep", ""), dataset=dataset, threat_norm=norm, threat_eps=eps, rank=0,
+        sweep=best.tags.get("sweep", ""), dataset=dataset, threat_norm=norm, threat_eps=eps,
+        autoattack_version=aa_version, rank=0,
         method=best.tags.get("method") or best.params.get("method", variant), variant=variant,
-        size=size_label(best), n=n, failed=failed,
-        clean_acc=clean, clean_acc_std=clean_std, robust_acc=robust, robust_acc_std=robust_std,
-        autoattack_acc=aa, autoattack_acc_std=aa_std, autoattack_n=aa_n,
-        score=score, score_by=score_by, val_robust_acc=metric(best, SELECTION_METRIC),
-        dataset_size=mean_of(members, "dataset_size"),
-        learn_seconds=mean_of(members, "learn_seconds"),
-        learn_work_epochs=mean_of(members, "learn_work_epochs"),
-        train_seconds=mean_of(members, "train_seconds"), train_work_epochs=train_work,
+        size=size_label(best), n=len(pooled),
+        scores_from="repeats" if repeats else "search", failed=failed,
+        **score_fields(stats), autoattack_n=stats["autoattack_acc"].n,
+        score=score, score_by=score_by,
+        search_clean_acc=metric(best, "clean_acc"), search_robust_acc=metric(best, "robust_acc"),
+        search_autoattack_acc=metric(best, "autoattack_acc"),
+        val_robust_acc=metric(best, SELECTION_METRIC),
+        models=sum(models) if models else None,
+        models_per_run=models[0] if models and len(set(models)) == 1 else None,
+        flags=flags_of([best, *pooled]),
+        dataset_size=mean_of(pooled, "dataset_size"),
+        learn_seconds=mean_of(pooled, "learn_seconds"),
+        learn_work_epochs=mean_of(pooled, "learn_work_epochs"),
+        train_seconds=mean_of(pooled, "train_seconds"), train_work_epochs=train_work,
         score_per_train_epoch=score / train_work if train_work else None,
-        best_run_id=best.run_id, run_ids=tuple(r.run_id for r in members),
-        config=tuned_params(best, search), per_arch=arch_scores(members),
+        best_run_id=best.run_id, run_ids=tuple(r.run_id for r in pooled),
+        config=tuned_params(best, search), per_arch=arch_scores(pooled),
     )
 
 
-def summary(runs: list[RunLike], key: str) -> tuple[float | None, float | None, int]:
-    """Mean, sample std (0 for a single run) and count over the runs that have `key`."""
+def score_fields(stats: dict[str, Summary]) -> dict[str, float | None]:
+    """`<metric>`, `<metric>_std` and `<metric>_ci95` for each accuracy."""
+    out: dict[str, float | None] = {}
+    for key, s in stats.items():
+        out.update({key: s.mean, f"{key}_std": s.std, f"{key}_ci95": s.ci95})
+    return out
+
+
+def summary(runs: list[RunLike], key: str) -> Summary:
+    """Mean, count, sample std and t-interval half-width over the runs that have `key`."""
     values = [v for r in runs if (v := metric(r, key)) is not None]
     if not values:
-        return None, None, 0
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.fmean(values), std, len(values)
+        return Summary(None, 0, None, None)
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:  # one run says nothing about the spread between runs
+        return Summary(mean, n, None, None)
+    std = statistics.stdev(values)
+    return Summary(mean, n, std, t_quantile(n - 1) * std / math.sqrt(n))
+
+
+def t_quantile(dof: int, level: float = 0.95) -> float:
+    """Two-sided Student t critical value, t_{(1+level)/2, dof}."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, dof))
 
 
 def mean_of(runs: list[RunLike], key: str) -> float | None:
-    return summary(runs, key)[0]
+    return summary(runs, key).mean
+
+
+def models_pooled(runs: list[RunLike]) -> list[int]:
+    """Models scored per run (sum of its `arch.<a>.n`); empty unless every run logged them."""
+    counts = []
+    for run in runs:
+        keys = [k for k in run.metrics if k.startswith(ARCH_PREFIX) and k.endswith(".n")]
+        ns = [v for k in keys if (v := metric(run, k)) is not None]
+        if not ns:
+            return []
+        counts.append(int(sum(ns)))
+    return counts
+
+
+def flags_of(runs: list[RunLike]) -> tuple[str, ...]:
+    """The distinct codes of the runs' comma-separated `masking_flags` tags, sorted."""
+    codes = {c.strip() for r in runs for c in (r.tags.get(FLAGS_TAG) or "").split(",")}
+    return tuple(sorted(codes - {""}))
 
 
 def size_label(run: RunLike) -> str:
@@ -219,16 +317,17 @@ def arch_scores(runs: list[RunLike]) -> tuple[ArchScore, ...]:
 
 def arch_score(runs: list[RunLike], arch: str) -> ArchScore:
     prefix = f"{ARCH_PREFIX}{arch}."
-    robust, robust_std, _ = summary(runs, prefix + "robust_acc")
+    robust = summary(runs, prefix + "robust_acc")
     n = sum(int(v) for r in runs if (v := metric(r, prefix + "n")) is not None)
-    return ArchScore(arch, n, mean_of(runs, prefix + "clean_acc"), robust, robust_std,
+    return ArchScore(arch, n, mean_of(runs, prefix + "clean_acc"), robust.mean, robust.std,
                      mean_of(runs, prefix + "autoattack_acc"))
 
 
 def rank_rows(rows: list[Record]) -> list[Record]:
     """Sort by group, then score (ties: clean accuracy, then name); number ranks per group."""
     def order(r: Record) -> tuple:
-        return (r.dataset, r.threat_norm, r.threat_eps or 0.0, -r.score, -r.clean_acc, r.variant)
+        return (r.dataset, r.threat_norm, r.threat_eps or 0.0, aa_order(r.autoattack_version),
+                -r.score, -r.clean_acc, r.variant)
 
     out: list[Record] = []
     for row in sorted(rows, key=order):
@@ -237,12 +336,16 @@ def rank_rows(rows: list[Record]) -> list[Record]:
     return out
 
 
-def group_of(row: Record) -> tuple[str, str, float | None]:
-    return row.dataset, row.threat_norm, row.threat_eps
+def aa_order(version: str) -> tuple[int, str]:
+    return AA_ORDER.get(version, len(AA_ORDER)), version
+
+
+def group_of(row: Record) -> tuple[str, str, float | None, str]:
+    return row.dataset, row.threat_norm, row.threat_eps, row.autoattack_version
 
 
 def groups(records: list[Record]) -> dict[tuple, list[Record]]:
-    """Records by (dataset, threat norm, threat eps), in the order given."""
+    """Records by (dataset, threat norm, threat eps, AutoAttack version), in the order given."""
     out: dict[tuple, list[Record]] = {}
     for r in records:
         out.setdefault(group_of(r), []).append(r)

@@ -26,7 +26,8 @@ def group_plots(rows: list[Record]) -> list[Plot]:
     """The three plots of one group; the heatmap only when per-architecture scores exist."""
     plots = [
         Plot("Robust vs clean accuracy (Pareto front marked)", to_png(accuracy_figure(rows))),
-        Plot("Robust accuracy vs downstream training cost", to_png(cost_figure(rows))),
+        Plot("Robust accuracy (95% CI over runs) vs downstream training cost",
+             to_png(cost_figure(rows))),
     ]
     if any(r.per_arch for r in rows):
         plots.append(Plot("Transfer across architectures (PGD robust accuracy)",
@@ -101,9 +102,10 @@ def cost_figure(rows: list[Record]):
     fig, ax = new_figure()
     shown = [r for r in rows if r.train_work_epochs and r.train_work_epochs > 0]
     xs = [r.train_work_epochs for r in shown]
-    stds = [(r.autoattack_acc_std if r.score_by == "autoattack" else r.robust_acc_std) or 0.0
+    # 95% t intervals over runs; a row of one run has none (a bare point)
+    half = [(r.autoattack_acc_ci95 if r.score_by == "autoattack" else r.robust_acc_ci95) or 0.0
             for r in shown]
-    ax.errorbar(xs, [r.score for r in shown], yerr=stds, fmt="o", capsize=3)
+    ax.errorbar(xs, [r.score for r in shown], yerr=half, fmt="o", capsize=3)
     label_points(ax, shown, xs)
     ax.set_xscale("log")
     ax.margins(0.15)

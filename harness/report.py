@@ -1,7 +1,9 @@
 """Rendering of leaderboard records: `render(records, fmt)` is a pure function to text.
 
-md and html show one table per (dataset, threat) group, since accuracies under different
-threats are not comparable; csv and json hold every record in one flat list.
+md and html show one table per (dataset, threat, AutoAttack version) group, since accuracies
+under different threats or attacks are not comparable; under each table, a note says how many
+models each number pools, and footnotes explain the row markers († no fresh-seed repeats,
+⚠k a gradient-masking flag). csv and json hold every record in one flat list.
 """
 
 from __future__ import annotations
@@ -17,13 +19,30 @@ from harness.errors import HarnessInputError
 from harness.leaderboard import Record, groups
 
 FORMATS = ("md", "csv", "json", "html")
-NESTED = ("run_ids", "config", "per_arch")
+NESTED = ("run_ids", "config", "per_arch", "flags")
 ARCH_FIELDS = ("n", "clean_acc", "robust_acc", "robust_acc_std", "autoattack_acc")
-RANKING_NOTE = ("Each row is a variant's best configuration by validation robust accuracy, "
-                "averaged over its repeat seeds (mean ± std over runs). Ranked by AutoAttack "
-                "robust accuracy, PGD where AutoAttack was off. Costs: wall seconds / work "
-                "epochs (passes over the full training set); score/ep is the ranking accuracy "
-                "per work epoch of training one downstream model.")
+RANKING_NOTE = ("Each row is a variant's configuration picked by validation robust accuracy "
+                "among its search runs. Its test accuracies are means over that "
+                "configuration's repeat runs (fresh seeds), without the search run that picked "
+                "it; that run's own test score is the 'search run' column. Cells show the mean, "
+                "± the half-width of a 95% Student t interval over runs when n ≥ 2, and n "
+                "(runs). Each group is ranked by the metric its title names. Costs: wall "
+                "seconds / work epochs (passes over the full training set); score/ep is the "
+                "ranking accuracy per work epoch of training one downstream model.")
+SEARCH_ONLY_NOTE = ("score of the selected search run; no fresh-seed repeats, so it is biased "
+                    "upwards (the same run won the search).")
+# Gradient-masking checks (codes of the `masking_flags` run tag), in the order footnoted.
+FLAG_TEXT = {
+    "noise_beats_pgd": "the model does better under PGD than under uniform random noise of "
+                       "the same radius, so the attack is weaker than noise.",
+    "fgsm_beats_pgd": "a single FGSM step lowers accuracy more than the full PGD attack does.",
+    "aa_far_below_pgd": "AutoAttack accuracy is far below PGD accuracy, so PGD overstates "
+                        "robustness.",
+    "zero_input_grad": "the loss gradient with respect to the input vanishes on many "
+                       "examples, a sign of masked or obfuscated gradients.",
+    "no_zero_at_large_eps": "accuracy stays clearly above zero at a very large radius, "
+                            "where any working attack should reach it.",
+}
 
 
 def render(records: list[Record], fmt: str, title: str = "Leaderboard") -> str:
@@ -48,14 +67,30 @@ class Column:
     sort: Callable[[Record], object]
 
 
+def num3(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def num(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def acc(mean: float | None, std: float | None) -> str:
-    return "off" if mean is None else f"{mean:.3f} ± {std or 0.0:.3f}"
+def acc(mean: float | None, ci95: float | None, n: int) -> str:
+    """"0.512 ± 0.034 (n=3)" with the 95% half-width; no interval at all for one run."""
+    if mean is None:
+        return "off"
+    if ci95 is None:
+        return f"{mean:.3f} (n={n})"
+    return f"{mean:.3f} ± {ci95:.3f} (n={n})"
+
+
+def search_score(record: Record) -> float | None:
+    """The selected search run's test score on the row's ranking metric."""
+    if record.score_by == "autoattack":
+        return record.search_autoattack_acc
+    return record.search_robust_acc
 
 
 def cost(seconds: float | None, epochs: float | None) -> str:
@@ -79,13 +114,15 @@ COLUMNS = (
     Column("rank", "#", True, lambda r: str(r.rank), lambda r: r.rank),
     Column("variant", "method", False, lambda r: r.variant, lambda r: r.variant),
     Column("size", "size", True, lambda r: r.size, lambda r: r.dataset_size),
-    Column("clean_acc", "clean", True, lambda r: acc(r.clean_acc, r.clean_acc_std),
+    Column("clean_acc", "clean", True, lambda r: acc(r.clean_acc, r.clean_acc_ci95, r.n),
            lambda r: r.clean_acc),
-    Column("robust_acc", "PGD", True, lambda r: acc(r.robust_acc, r.robust_acc_std),
+    Column("robust_acc", "PGD", True, lambda r: acc(r.robust_acc, r.robust_acc_ci95, r.n),
            lambda r: r.robust_acc),
     Column("autoattack_acc", "AutoAttack", True,
-           lambda r: acc(r.autoattack_acc, r.autoattack_acc_std), lambda r: r.autoattack_acc),
+           lambda r: acc(r.autoattack_acc, r.autoattack_acc_ci95, r.autoattack_n),
+           lambda r: r.autoattack_acc),
     Column("n", "n", True, lambda r: str(r.n), lambda r: r.n),
+    Column("search_score", "search run", True, lambda r: num3(search_score(r)), search_score),
     Column("failed", "failed", True, lambda r: str(r.failed), lambda r: r.failed),
     Column("learn", "learning (once)", True, lambda r: cost(r.learn_seconds, r.learn_work_epochs),
            lambda r: r.learn_work_epochs),
@@ -113,8 +150,63 @@ def threat_text(norm: str, eps: float | None) -> str:
 
 
 def group_title(key: tuple) -> str:
-    dataset, norm, eps = key
-    return f"{dataset} · {threat_text(norm, eps)}"
+    dataset, norm, eps, aa_version = key
+    return f"{dataset} · {threat_text(norm, eps)} — {ranked_by(aa_version)}"
+
+
+def ranked_by(aa_version: str) -> str:
+    if aa_version == "off":
+        return "ranked by PGD (AutoAttack off)"
+    if aa_version == "unknown":
+        return "ranked by AutoAttack (version not logged)"
+    return f"ranked by AutoAttack ({aa_version})"
+
+
+# ------------------------------------------------------------------ row markers, footnotes
+
+
+def flag_numbers(rows: list[Record]) -> dict[str, int]:
+    """Footnote number of each flag code in a group: known codes first, in FLAG_TEXT order."""
+    known = list(FLAG_TEXT)
+    codes = sorted({c for r in rows for c in r.flags},
+                   key=lambda c: (known.index(c) if c in known else len(known), c))
+    return {code: i for i, code in enumerate(codes, 1)}
+
+
+def markers(record: Record, numbers: dict[str, int]) -> str:
+    marks = ["†"] if record.scores_from == "search" else []
+    return " ".join(marks + [f"⚠{i}" for i in sorted(numbers[c] for c in record.flags)])
+
+
+def cells(record: Record, numbers: dict[str, int]) -> list[str]:
+    """A row's cell texts; the method cell carries the row's footnote markers."""
+    texts = [c.text(record) for c in COLUMNS]
+    mark = markers(record, numbers)
+    if mark:
+        i = next(i for i, c in enumerate(COLUMNS) if c.key == "variant")
+        texts[i] = f"{texts[i]} {mark}"
+    return texts
+
+
+def pooling_note(rows: list[Record]) -> str:
+    return ("Models pooled per accuracy (runs × models per run): "
+            + "; ".join(f"{r.variant} {pooled_models(r)}" for r in rows) + ".")
+
+
+def pooled_models(r: Record) -> str:
+    if r.models_per_run is not None:
+        return f"{r.n} × {r.models_per_run} = {r.models}"
+    if r.models is not None:
+        return f"{r.models} over {r.n} runs"
+    return f"{r.n} run(s), models per run not logged"
+
+
+def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
+    notes = ["† " + SEARCH_ONLY_NOTE] if any(r.scores_from == "search" for r in rows) else []
+    for code, i in numbers.items():
+        text = FLAG_TEXT.get(code)
+        notes.append(f"⚠{i} {code}" + (f": {text}" if text else ""))
+    return notes
 
 
 # ----------------------------------------------------------------------------- md, csv, json
@@ -125,8 +217,11 @@ def render_md(records: list[Record], title: str) -> str:
     for key, rows in groups(records).items():
         lines += [f"## {group_title(key)}", "", md_row([c.header for c in COLUMNS]),
                   md_row(["---:" if c.numeric else "---" for c in COLUMNS])]
-        lines += [md_row([c.text(r) for c in COLUMNS]) for r in rows]
-        lines.append("")
+        numbers = flag_numbers(rows)
+        lines += [md_row(cells(r, numbers)) for r in rows]
+        lines += ["", pooling_note(rows), ""]
+        notes = footnotes(rows, numbers)
+        lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     return "\n".join(lines)
 
 
@@ -138,6 +233,7 @@ def flat_row(record: Record, archs: list[str]) -> dict[str, object]:
     row = {k: v for k, v in asdict(record).items() if k not in NESTED}
     row["run_ids"] = ";".join(record.run_ids)
     row["config"] = json.dumps(record.config, sort_keys=True)
+    row["flags"] = ";".join(record.flags)
     scores = {a.arch: a for a in record.per_arch}
     for arch in archs:
         for name in ARCH_FIELDS:
@@ -173,6 +269,7 @@ th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 figure { display: inline-block; margin: 0.5em; }
 figcaption { font-size: 12px; color: #555; }
+p.note, ul.footnotes { font-size: 12px; color: #444; }
 """
 
 # Click a header to sort (numbers first descending, text ascending; again to reverse);
@@ -225,16 +322,18 @@ def sort_attr(value: object) -> str:
     return repr(float(value)) if isinstance(value, (int, float)) else str(value)
 
 
-def html_table(rows: list[Record]) -> str:
+def html_table(rows: list[Record], numbers: dict[str, int]) -> str:
     def cls(c: Column) -> str:
         return "num" if c.numeric else "text"
 
+    def row(r: Record) -> str:
+        return "<tr>" + "".join(
+            f'<td class="{cls(c)}" data-sort="{html.escape(sort_attr(c.sort(r)))}">'
+            f"{html.escape(text)}</td>" for c, text in zip(COLUMNS, cells(r, numbers))) + "</tr>\n"
+
     head = "".join(f'<th class="{cls(c)}" data-key="{c.key}" data-type="{cls(c)}">'
                    f"{html.escape(c.header)}</th>" for c in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{cls(c)}" data-sort="{html.escape(sort_attr(c.sort(r)))}">'
-                         f"{html.escape(c.text(r))}</td>" for c in COLUMNS) + "</tr>\n"
-        for r in rows)
+    body = "".join(row(r) for r in rows)
     return (f'<table class="sortable"><thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n{body}</tbody></table>")
 
@@ -245,8 +344,12 @@ def html_section(key: tuple, rows: list[Record]) -> str:
     figures = "".join(
         f'<figure><img alt="{html.escape(p.title)}" src="data:image/png;base64,{p.png_base64}">'
         f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in group_plots(rows))
-    return (f"<section>\n<h2>{html.escape(group_title(key))}</h2>\n{html_table(rows)}\n"
-            f"<div>{figures}</div>\n</section>\n")
+    numbers = flag_numbers(rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in footnotes(rows, numbers))
+    return (f"<section>\n<h2>{html.escape(group_title(key))}</h2>\n{html_table(rows, numbers)}\n"
+            f'<p class="note">{html.escape(pooling_note(rows))}</p>\n'
+            + (f'<ul class="footnotes">{notes}</ul>\n' if notes else "")
+            + f"<div>{figures}</div>\n</section>\n")
 
 
 def render_html(records: list[Record], title: str) -> str:
