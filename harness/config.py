@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import HarnessInputError
-from harness.train import TrainConfig
+from harness.models import check_arch_settings
+from harness.train import AUGMENTS, TrainConfig
 
 
 class Strict(BaseModel):
@@ -86,9 +87,22 @@ class TrainSpec(Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     schedule: Literal["cosine", "step", "cyclic", "constant"] = "cosine"
+    # Per-batch augmentation of image data: none, crop (4-pixel zero padding, less below
+    # 32x32) or crop_flip (plus a random horizontal flip: the CIFAR adversarial-training recipe).
+    augment: str = "none"
+    # Keep the weights of the epoch with the best PGD accuracy on a validation slice (Rice et
+    # al. 2020, arXiv 2002.11569). Applies to the models of model-producing methods.
+    early_stop: bool = False
+
+    @field_validator("augment")
+    @classmethod
+    def known_augment(cls, value: str) -> str:
+        AUGMENTS.get(value, field="train.augment")
+        return value
 
     def config(self, **overrides: Any) -> TrainConfig:
-        return TrainConfig(**{**self.model_dump(), **overrides})
+        """The loop's settings; `early_stop` is the evaluation protocol's (it owns validation)."""
+        return TrainConfig(**{**self.model_dump(exclude={"early_stop"}), **overrides})
 
 
 class EvalSpec(Strict):
@@ -107,6 +121,17 @@ class EvalSpec(Strict):
     # AutoAttack on the validation split too (`val_autoattack_acc`): what an objective of
     # AutoAttack accuracy selects on. A sweep turns it on (fast) when its objective needs it.
     val_autoattack: Literal["standard", "fast", "off"] = "off"
+    # Keyword settings of architectures, for every network built in a trial (evaluation
+    # models, a method's own networks): {convnet: {depth: 4}, mlp: {hidden: 512}}; the keys
+    # are the keyword parameters of the arch's builder (harness/models.py).
+    arch_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("arch_settings")
+    @classmethod
+    def known_arch_settings(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for arch, settings in value.items():
+            check_arch_settings(arch, settings, field=f"eval.arch_settings.{arch}")
+        return value
 
 
 class MethodSpec(BaseModel):

@@ -27,7 +27,7 @@ from harness.autoattack import autoattack
 from harness.config import RunSpec
 from harness.data import DATASETS, DatasetSplits, load_dataset
 from harness.models import MODELS
-from harness.train import TrainConfig, WorkMeter, natural_loss, pick_device, train_model
+from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
 from methods import METHODS, DatasetMethod, LearnedDataset, MethodContext, ModelMethod, make_method
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -47,6 +47,7 @@ class ModelScore:
     val_autoattack_acc: float | None
     train_seconds: float
     train_work_epochs: float
+    kept_epoch: int  # epoch whose weights were scored (< the last when early-stopped)
     masking_flags: list[str] = field(default_factory=list)  # see harness.masking
 
 
@@ -187,7 +188,10 @@ def score_model(
 
 
 def downstream_config(spec: RunSpec, n_learned: int, n_full: int) -> TrainConfig:
+    """Natural training on a learned set: DC's protocol. `train.augment` is the recipe of
+    model-producing methods; a learned set brings its own (`LearnedDataset.augment`)."""
     return spec.train.config(
+        augment="none",
         epochs=eval_epochs(spec, n_learned, n_full),
         lr=spec.eval.lr,
         batch_size=min(spec.eval.batch_size, n_learned),
@@ -202,16 +206,31 @@ PROBE_EXAMPLES = 256  # validation examples attacked by the per-epoch probe
 PROBE_STEPS = 10  # PGD steps of the probe: cheap, and only compared between trials
 
 
-def epoch_probe(data: DatasetSplits, threat: Threat, device: torch.device, log: LogFn):
-    """A per-epoch validation robust-accuracy probe (what ASHA compares trials on)."""
-    x, y = data.x_val[:PROBE_EXAMPLES].to(device), data.y_val[:PROBE_EXAMPLES].to(device)
+def val_robust_probe(data: DatasetSplits, threat: Threat, device: torch.device, rows: slice) -> Selector:
+    """PGD accuracy (at most PROBE_STEPS steps) on the validation examples `rows`."""
+    x, y = data.x_val[rows].to(device), data.y_val[rows].to(device)
     cheap = Threat(threat.norm, threat.eps, steps=min(threat.steps, PROBE_STEPS))
     attack = cheap.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
+    return lambda epoch, model: robust_accuracy(model, x, y, attack)
+
+
+def epoch_probe(data: DatasetSplits, threat: Threat, device: torch.device, log: LogFn):
+    """A per-epoch validation robust-accuracy probe (what ASHA compares trials on)."""
+    score = val_robust_probe(data, threat, device, slice(None, PROBE_EXAMPLES))
 
     def probe(epoch: int, model: nn.Module) -> None:
-        log({"val_robust_acc": robust_accuracy(model, x, y, attack), "epoch": epoch}, epoch)
+        log({"val_robust_acc": score(epoch, model), "epoch": epoch}, epoch)
 
     return probe
+
+
+def early_stop_selector(data: DatasetSplits, threat: Threat, device: torch.device) -> Selector:
+    """Validation PGD-10 accuracy that picks the epoch to keep (Rice et al. 2020, arXiv
+    2002.11569, stop on a held-out validation set). It attacks the *last* PROBE_EXAMPLES
+    validation examples, while the objective scores the first `eval.max_val`: disjoint when
+    the validation split holds more than both, so the objective does not grade the data the
+    epoch was chosen on. The test split is never used."""
+    return val_robust_probe(data, threat, device, slice(-PROBE_EXAMPLES, None))
 
 
 def run_trial(
@@ -236,6 +255,7 @@ def run_trial(
     ctx = MethodContext(
         data=data, threat=threat, train=spec.train.config(), device=device, generator=generator,
         seed=spec.seed, archs=archs, meter=learn_meter, log=log, smoke=smoke,
+        arch_settings=spec.eval.arch_settings,
     )
 
     learned: LearnedDataset | None = None
@@ -254,6 +274,8 @@ def run_trial(
     models: list[ModelScore] = []
     weights: dict[str, dict] = {}
     probe = epoch_probe(data, threat, device, log) if probe_epochs and learned is None else None
+    early_stop = spec.train.early_stop and learned is None  # a recipe of model-producing methods
+    select = early_stop_selector(data, threat, device) if early_stop else None
     for arch in archs:
         for k in range(spec.eval.models_per_arch):
             model_seed = spec.seed * 1000 + k
@@ -262,12 +284,14 @@ def run_trial(
             stats = train_model(
                 model, train_x, train_y, cfg, generator=torch.Generator().manual_seed(model_seed),
                 device=device, loss_step=loss_step, meter=meter,
-                on_epoch=probe if not models else None,
+                on_epoch=probe if not models else None, select=select,
+                augment=learned.augment if learned is not None else None,
             )
             scores = score_model(model, data, threat, spec, seed=model_seed, device=device)
             models.append(ModelScore(
                 arch=arch, seed=model_seed, train_seconds=stats.seconds,
-                train_work_epochs=meter.epochs(data.n_train_full), **scores,
+                train_work_epochs=meter.epochs(data.n_train_full), kept_epoch=stats.kept_epoch,
+                **scores,
             ))
             weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
             log({f"arch.{arch}.{key}": v for key, v in scores.items()

@@ -102,6 +102,37 @@ def arch_params(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
+def _check_keys(name: str, settings: dict[str, Any], field: str) -> None:
+    allowed = arch_params(name)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise HarnessInputError(
+            f"arch {name!r} has no parameter {unknown[0]!r}; its parameters are "
+            f"{', '.join(f'{k} (default {v!r})' for k, v in allowed.items()) or 'none'}.",
+            field=f"{field}.{unknown[0]}",
+        )
+
+
+PROBE_SHAPES = {True: (3, 32, 32), False: (4,)}  # image arch?: an input shape it accepts
+
+
+def check_arch_settings(name: str, settings: dict[str, Any], *, field: str) -> None:
+    """Refuse an unknown arch, an unknown parameter or a bad value before anything runs.
+
+    Values are checked by building the arch on the meta device (no memory, no randomness);
+    errors name `field` (the spec path of these settings) and the parameter.
+    """
+    MODELS.get(name, field=field)
+    _check_keys(name, settings, field)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            MODELS.get(name)(PROBE_SHAPES[name in IMAGE_ARCHS], **settings)
+    except HarnessInputError as exc:
+        key = (exc.field or "").rpartition(".")[2]
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        raise HarnessInputError(message, field=f"{field}.{key}" if key else field) from None
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],
@@ -120,14 +151,7 @@ def build_model(
             f"inputs of shape {input_shape}; use 'linear' or 'mlp' for feature vectors.",
             field="arch",
         )
-    allowed = arch_params(name)
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise HarnessInputError(
-            f"arch {name!r} has no parameter {unknown[0]!r}; its parameters are "
-            f"{', '.join(f'{k} (default {v!r})' for k, v in allowed.items()) or 'none'}.",
-            field=f"arch.{unknown[0]}",
-        )
+    _check_keys(name, kwargs, "arch")
     features, dim = builder(input_shape, **kwargs)
     return Classifier(Normalize(mean, std, input_shape), features, dim, num_classes)
 

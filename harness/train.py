@@ -3,7 +3,8 @@
 Every method trains through `train_model`: natural training, adversarial training and the
 downstream evaluation of a learned dataset differ only in the `loss_step` they pass, never in
 the loop. The loop owns the optimiser, the schedule, batching from a seeded `torch.Generator`,
-mixed precision on CUDA, and the work count.
+mixed precision on CUDA, the work count, per-batch data augmentation and early stopping on a
+validation score.
 
 Work is counted in forward passes over examples (each followed by at most one backward),
 measured by a forward hook on the model; `WorkMeter.epochs(n)` turns it into "natural epochs
@@ -23,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessInputError
+from harness.registry import Registry
+
 LossStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 EpochHook = Callable[[int, nn.Module], None]
+# A validation score of the model after an epoch (higher is better), for early stopping.
+Selector = Callable[[int, nn.Module], float]
+# A random transform of one raw training batch (N, C, H, W), drawn from the loop's generator.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,63 @@ class TrainConfig:
     # cosine: to zero; step: x0.1 at 50% and 75%; cyclic: triangular 0 -> lr -> 0 (Wong et al.
     # 2020's fast-AT schedule); constant.
     schedule: Literal["cosine", "step", "cyclic", "constant"] = "cosine"
+    augment: str = "none"  # a name in AUGMENTS, applied to every training batch
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+CROP_PAD = 4  # pixels of zero padding of the CIFAR recipe (32x32 images)
+
+
+def crop_padding(height: int, width: int) -> int:
+    """4 pixels on 32x32 and larger images; 1/8 of the shorter side (at least 1) below that,
+    so 8x8 digits shift by 1 pixel rather than by half the image."""
+    return min(CROP_PAD, max(1, round(min(height, width) / 8)))
+
+
+def _draw(generator: torch.Generator, high: int, n: int, device: torch.device) -> torch.Tensor:
+    return torch.randint(0, high, (n,), generator=generator, device=generator.device).to(device)
+
+
+def random_crop(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per example: zero-pad by `crop_padding` pixels, cut a random window of the original size."""
+    n, c, h, w = x.shape
+    pad = crop_padding(h, w)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (_draw(generator, 2 * pad + 1, n, x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per example: mirror left-right with probability 1/2."""
+    flip = _draw(generator, 2, x.shape[0], x.device).bool()[:, None, None, None]
+    return torch.where(flip, x.flip(-1), x)
+
+
+AUGMENTS: Registry[Augment | None] = Registry("augmentation")
+# The standard-data-augmentation recipe of adversarial training on CIFAR-10 (Madry et al.
+# 2018; Zhang et al. 2019; Rice et al. 2020, arXiv 2002.11569): random crop with 4-pixel
+# zero padding and random horizontal flip. Digits change meaning when mirrored, and the
+# MNIST recipes train without augmentation; `crop` alone is offered for such data.
+AUGMENTS.register("none")(None)
+AUGMENTS.register("crop")(random_crop)
+AUGMENTS.register("crop_flip")(lambda x, g: random_flip(random_crop(x, g), g))
+
+
+def resolve_augment(name: str, x: torch.Tensor) -> Augment | None:
+    """The named augmentation, refused for inputs that are not images (N, C, H, W)."""
+    augment = AUGMENTS.get(name, field="train.augment")
+    if augment is not None and x.dim() != 4:
+        raise HarnessInputError(
+            f"augmentation {name!r} crops and flips images, but the training inputs have shape "
+            f"{tuple(x.shape[1:])}; set train.augment to 'none' for feature vectors.",
+            field="train.augment",
+        )
+    return augment
 
 
 class WorkMeter:
@@ -131,6 +196,28 @@ class TrainStats:
     seconds: float
     steps: int
     final_loss: float
+    kept_epoch: int  # the epoch whose weights the model holds (the last, unless early-stopped)
+    kept_score: float | None = None  # its validation score when a selector chose it
+
+
+class BestEpoch:
+    """Early stopping (Rice, Wong, Kolter 2020, "Overfitting in adversarially robust deep
+    learning", arXiv 2002.11569): remember the weights of the epoch with the best validation
+    score and put them back at the end. Ties go to the later epoch, so a score that never
+    moves (robust accuracy 0 under natural training) keeps the fully trained model."""
+
+    def __init__(self) -> None:
+        self.epoch, self.score = 0, -math.inf
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, epoch: int, score: float, model: nn.Module) -> None:
+        if score >= self.score:
+            self.epoch, self.score = epoch, score
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        if self.state is not None:
+            model.load_state_dict(self.state)
 
 
 def train_model(
@@ -144,35 +231,43 @@ def train_model(
     loss_step: LossStep = natural_loss,
     meter: WorkMeter | None = None,
     on_epoch: EpochHook | None = None,
+    select: Selector | None = None,
+    augment: Augment | None = None,
 ) -> TrainStats:
     """Train `model` in place on (x, y) with `loss_step` and return timing statistics.
 
     `loss_step(model, xb, yb)` returns the scalar loss of one batch; it may switch the model
     to eval mode to craft adversarial examples but must leave it in train mode. `on_epoch`
     is called after every epoch (for validation probes and early stopping by a scheduler).
+    `select(epoch, model)` scores the model on validation data after every epoch; the weights
+    of the best epoch are restored at the end (`BestEpoch`). Every batch passes through
+    `cfg.augment`, or through `augment` when a caller brings its own transform (a learned
+    dataset's evaluation protocol); giving both is an error.
     """
+    if augment is not None and cfg.augment != "none":
+        raise ValueError(f"two augmentations given: cfg.augment={cfg.augment!r} and a callable")
+    augment = augment or resolve_augment(cfg.augment, x)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     x, y = to_device(x, device), y.to(device)
-    n = x.shape[0]
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
+    batch = min(cfg.batch_size, x.shape[0])
+    steps_per_epoch = math.ceil(x.shape[0] / batch)
     total = cfg.epochs * steps_per_epoch
     opt = make_optimizer(model.parameters(), cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(cfg.schedule, s, total)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total))
+    best = BestEpoch()
     start = time.perf_counter()
     last = float("nan")
     with meter.attach(model) if meter else nullcontext():
-        for epoch in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
             model.train()
-            order = torch.randperm(n, generator=generator).to(device)
+            order = torch.randperm(x.shape[0], generator=generator).to(device)
             for i in range(steps_per_epoch):
                 idx = order[i * batch : (i + 1) * batch]
+                xb = x[idx] if augment is None else augment(x[idx], generator)
                 with autocast(device):
-                    loss = loss_step(model, x[idx], y[idx])
+                    loss = loss_step(model, xb, y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -180,11 +275,18 @@ def train_model(
             last = float(loss.detach())
             if not math.isfinite(last):
                 raise FloatingPointError(
-                    f"training diverged at epoch {epoch + 1} (loss {last}); lower the learning rate"
+                    f"training diverged at epoch {epoch} (loss {last}); lower the learning rate"
                 )
-            if on_epoch is not None:
-                model.eval()
-                with meter.paused() if meter else nullcontext():
-                    on_epoch(epoch + 1, model)
+            model.eval()
+            with meter.paused() if meter else nullcontext():
+                if select is not None:
+                    best.offer(epoch, select(epoch, model), model)
+                if on_epoch is not None:
+                    on_epoch(epoch, model)
+    best.restore(model)
     model.eval()
-    return TrainStats(seconds=time.perf_counter() - start, steps=total, final_loss=last)
+    return TrainStats(
+        seconds=time.perf_counter() - start, steps=total, final_loss=last,
+        kept_epoch=best.epoch if best.state is not None else cfg.epochs,
+        kept_score=best.score if best.state is not None else None,
+    )

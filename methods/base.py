@@ -25,7 +25,7 @@ from harness.data import DatasetSplits
 from harness.errors import HarnessInputError
 from harness.models import build_model
 from harness.registry import Registry
-from harness.train import LossStep, TrainConfig, WorkMeter
+from harness.train import Augment, LossStep, TrainConfig, WorkMeter
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -48,26 +48,35 @@ class MethodContext:
     meter: WorkMeter  # attach every network used while learning: it is the learning cost
     log: LogFn = lambda metrics, step: None  # progress metrics (tracker, progress bar)
     smoke: bool = False
+    # the spec's `eval.arch_settings`: keyword settings of each arch, for every network built
+    arch_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def build(self, arch: str, seed: int | None = None) -> nn.Module:
-        """A fresh network of `arch` for this data, initialised from `seed` (or the generator)."""
+        """A fresh network of `arch` for this data, initialised from `seed` (or the generator),
+        with the spec's settings of that arch."""
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
         mean, std = self.data.channel_stats()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std)
+            net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std,
+                              **self.arch_settings.get(arch, {}))
         return net.to(self.device)
 
 
 @dataclass
 class LearnedDataset:
     """A dataset-producing method's output: inputs, labels (class ids, or class
-    probabilities of shape (N, C) for soft labels) and facts worth logging."""
+    probabilities of shape (N, C) for soft labels) and facts worth logging.
+
+    `augment` is the batch augmentation with which the method's paper trains its evaluation
+    models on the learned set (DSA for DM and for DC learned with DSA); the harness's
+    downstream training applies it. None: no augmentation."""
 
     x: torch.Tensor
     y: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    augment: Augment | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

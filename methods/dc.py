@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from methods._augment import DEFAULT_STRATEGY, SiameseAugment, maybe_augment
+from methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
 from methods._condense import NormalizedSet, RealSampler, class_slice
 from methods._synthetic_set import init_synthetic_set
 from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
@@ -127,7 +127,8 @@ class DC(DatasetMethod):
     Defaults are the paper's: 1000 iterations, image lr 0.1 (SGD, momentum 0.5), network
     lr 0.01, real batch 256 per class, loops by ipc (1: 1/1, 10: 10/50, 50: 50/10),
     initialisation from real examples; `dsa=True` gives the DSA variant (Zhao & Bilen 2021,
-    arXiv 2102.08259, see `methods/_augment.py`); it is ignored for feature vectors. The
+    arXiv 2102.08259, see `methods/_augment.py`), whose evaluation models are then trained with
+    the same augmentation, as that paper's; it is ignored for feature vectors. The
     network is the first evaluation architecture unless `arch` is set (paper: ConvNet-3).
 
     Departures: the set is optimised in normalised coordinates, as the authors' tensors are
@@ -167,4 +168,5 @@ class DC(DatasetMethod):
             ctx.log({"outer_loss": loop.iteration(arch)}, it)
         info = {"ipc": self.cfg.ipc, "arch": arch, "outer_loop": loop.outer, "inner_loop": loop.inner,
                 "dsa": loop.aug is not None}
-        return LearnedDataset(loop.set.x().detach().cpu(), loop.y.cpu(), info)
+        return LearnedDataset(loop.set.x().detach().cpu(), loop.y.cpu(), info,
+                              augment=evaluation_augment(loop.aug))

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from methods._augment import DEFAULT_STRATEGY, SiameseAugment, maybe_augment
+from methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
 from methods._condense import NormalizedSet, RealSampler, class_slice
 from methods._synthetic_set import init_synthetic_set
 from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
@@ -40,7 +40,8 @@ class DM(DatasetMethod):
     Defaults are the paper's: 20000 iterations, image lr 1.0 (SGD, momentum 0.5), real
     batch 256 per class, initialisation from real examples, DSA augmentation on (shared
     with `dc`, see `methods/_augment.py`; ignored for feature vectors). The network is the
-    first evaluation architecture unless `arch` is set (paper: ConvNet-3).
+    first evaluation architecture unless `arch` is set (paper: ConvNet-3). Evaluation
+    models are trained on the set with the same DSA augmentation, as the paper's protocol.
 
     Departures: the set is optimised in normalised coordinates, as the authors' tensors are,
     and clamped to the data bounds after each step; networks with BatchNorm embed in train
@@ -74,7 +75,7 @@ class DM(DatasetMethod):
             syn.project_()
             ctx.log({"outer_loss": float(loss.detach()) / ctx.data.num_classes}, it)
         info = {"ipc": cfg.ipc, "arch": arch, "dsa": aug is not None}
-        return LearnedDataset(syn.x().detach().cpu(), y, info)
+        return LearnedDataset(syn.x().detach().cpu(), y, info, augment=evaluation_augment(aug))
 
     def step(self, net: nn.Module, syn: NormalizedSet, real: RealSampler,
              aug: SiameseAugment | None, ctx: MethodContext) -> torch.Tensor:

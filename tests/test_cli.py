@@ -119,6 +119,15 @@ BAD_SPECS = [
     ("name: x\ndataset: {name: digits}\nmethods: {random: {space: {ipcs: 3}}}\n", "ipcs"),
     ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\nresources: {gpu: -1}\n", "resources.gpu"),
     ("name: bad name\ndataset: {name: digits}\nmethods: {erm: {}}\n", "name"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {depht: 4}}}\n",
+     "eval.arch_settings.convnet.depht"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {norm: instancenorm}}}\n",
+     "eval.arch_settings.convnet.norm"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {resnet: {width: 8}}}\n",
+     "eval.arch_settings.resnet"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ntrain: {augment: flip}\n", "train.augment"),
+    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {eval.arch_settings.mlp.hidden: 0}}}\n",
+     "eval.arch_settings.mlp.hidden"),
 ]
 
 
@@ -134,6 +143,16 @@ def test_bad_specs_exit_2_naming_the_field(tmp_path, text, needle):
     res = invoke("validate", write(tmp_path, text))
     assert res.exit_code == 2, res.output
     assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_run_refuses_bad_arch_settings_and_augment_on_flat_data():
+    res = invoke("run", "--dataset", "digits", "--method", "erm", "--smoke",
+                 "--set", "eval.arch_settings.convnet.depth=0")
+    assert res.exit_code == 2 and "eval.arch_settings.convnet.depth" in res.output, res.output
+    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke",
+                 "--set", "train.augment=crop_flip")
+    assert res.exit_code == 2 and "train.augment" in res.output, res.output
     assert "Traceback" not in res.output
 
 

@@ -154,3 +154,45 @@ def test_bad_kwargs_are_input_errors():
         build_model("mlp", (101,), 2, hidden=0)
     with pytest.raises(HarnessInputError, match="norm"):
         build_model("convnet", (3, 32, 32), 10, norm="layer")
+
+
+# -------------------------------------------------------------- settings from the spec
+
+
+def conv_blocks(model):
+    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_arch_settings_reach_every_network_a_method_builds(depth):
+    from harness.attacks import Threat
+    from harness.data import load_dataset
+    from harness.train import TrainConfig, WorkMeter
+    from methods.base import MethodContext
+
+    data = load_dataset("digits", subset=2)
+    ctx = MethodContext(
+        data=data, threat=Threat("linf", 0.1), train=TrainConfig(), device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0), seed=0, archs=["convnet"], meter=WorkMeter(),
+        arch_settings={"convnet": {"depth": depth, "width": 8}},
+    )
+    net = ctx.build("convnet", seed=0)
+    assert conv_blocks(net) == depth
+    assert net.features[0].out_channels == 8
+    assert conv_blocks(ctx.build("lenet", seed=0)) == 2  # other archs keep their defaults
+
+
+@pytest.mark.parametrize("settings,path,needle", [
+    ({"convnt": {"depth": 4}}, "eval.arch_settings.convnt", "Known archs"),
+    ({"convnet": {"dept": 4}}, "eval.arch_settings.convnet.dept", "no parameter 'dept'"),
+    ({"convnet": {"depth": 0}}, "eval.arch_settings.convnet.depth", "positive integer"),
+    ({"convnet": {"norm": "instancenorm"}}, "eval.arch_settings.convnet.norm", "'instance'"),
+    ({"mlp": {"width": 512}}, "eval.arch_settings.mlp.width", "hidden"),
+    ({"linear": {"hidden": 8}}, "eval.arch_settings.linear.hidden", "none"),
+])
+def test_bad_arch_settings_name_their_spec_path(settings, path, needle):
+    from harness.config import EvalSpec
+
+    with pytest.raises(HarnessInputError) as err:
+        EvalSpec(arch_settings=settings)
+    assert err.value.field == path and needle in str(err.value)

@@ -1,0 +1,112 @@
+"""Literature recipes wired through the protocol: evaluation augmentation of learned sets
+(DSA for DM and DSA-DC), early stopping of model-producing methods on validation data only,
+and architecture settings from the spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import harness.evaluate as evaluate
+from harness.config import build_run_spec
+from harness.data import load_dataset
+from harness.evaluate import run_trial
+from methods._augment import DSATrainAugment
+
+
+def spec(name, **sections):
+    tree = {
+        "dataset": {"name": "digits", "subset": 5},
+        "method": {"name": name},
+        "threat": {"steps": 2},
+        "train": {"epochs": 2},
+        "eval": {"archs": ["mlp"], "models_per_arch": 1, "epochs": 3, "max_test": 50, "max_val": 50,
+                 "arch_settings": {"mlp": {"hidden": 16}}},
+    }
+    for key, value in sections.items():
+        tree[key] = {**tree.get(key, {}), **value}
+    return build_run_spec(tree)
+
+
+@pytest.fixture
+def loop_calls(monkeypatch):
+    """Every call of the training loop from the protocol: its keyword arguments, with the
+    augmentation wrapped so its uses are counted."""
+    calls = []
+    real = evaluate.train_model
+
+    def spy(*args, augment=None, **kwargs):
+        record = {"cfg": args[3], "augment": augment, "used": 0, "changed": 0, **kwargs}
+        calls.append(record)
+
+        def counted(xb, gen):
+            out = augment(xb, gen)
+            record["used"] += 1
+            record["changed"] += int(not torch.equal(out, xb))
+            return out
+
+        return real(*args, augment=counted if augment else None, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_model", spy)
+    return calls
+
+
+def test_dm_sets_are_evaluated_with_dsa(loop_calls):
+    result = run_trial(spec("dm", method={"ipc": 1, "iterations": 3, "batch_real": 8}))
+    (call,) = loop_calls
+    assert isinstance(call["augment"], DSATrainAugment)
+    assert call["augment"].names == ["color", "crop", "cutout", "flip", "scale", "rotate"]
+    assert call["used"] == 3  # 10 images in one batch, 3 epochs: every batch augmented
+    assert call["changed"] >= 1
+    assert result.learned.info["dsa"] is True
+
+
+@pytest.mark.parametrize("method,params", [
+    ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8, "dsa": False}),
+    ("random", {"ipc": 1}),
+])
+def test_sets_learned_without_dsa_are_evaluated_without_augmentation(loop_calls, method, params):
+    run_trial(spec(method, method=params, train={"augment": "crop_flip"}))
+    (call,) = loop_calls
+    assert call["augment"] is None and call["used"] == 0
+    assert call["cfg"].augment == "none"  # train.augment is the model-training recipe
+    assert call["select"] is None  # early stopping is a recipe of model-producing methods
+
+
+def test_dsa_evaluation_draws_per_image_and_reproducibly():
+    x = torch.rand(1, 3, 8, 8).expand(64, 3, 8, 8).clone()  # one image, 64 times
+    aug = DSATrainAugment("flip")
+    out = aug(x, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, x[0].flip(-1)) for o in out]
+    assert any(flipped) and not all(flipped)
+    torch.testing.assert_close(out, aug(x, torch.Generator().manual_seed(0)))
+    crops = DSATrainAugment("crop_scale_rotate_color_cutout")(x, torch.Generator().manual_seed(1))
+    assert crops.shape == x.shape and not torch.equal(crops[0], crops[1])
+
+
+def test_model_methods_get_early_stopping_and_crop_flip(loop_calls):
+    result = run_trial(spec("pgd_at", method={"steps": 1},
+                            train={"epochs": 3, "augment": "crop_flip", "early_stop": True}))
+    (call,) = loop_calls
+    assert call["select"] is not None and call["augment"] is None
+    assert call["cfg"].augment == "crop_flip"
+    assert 1 <= result.models[0].kept_epoch <= 3
+    assert "kept_epoch" in result.to_json()["models"][0]
+
+
+def test_early_stopping_scores_only_the_tail_of_the_validation_split(monkeypatch):
+    data = load_dataset("digits", subset=5)
+    seen = []
+    monkeypatch.setattr(evaluate, "robust_accuracy", lambda model, x, y, attack: seen.append(x) or 0.5)
+    threat = evaluate.Threat("linf", 0.1, steps=20)
+    select = evaluate.early_stop_selector(data, threat, torch.device("cpu"))
+    assert select(1, torch.nn.Identity()) == 0.5
+    (x,) = seen
+    assert torch.equal(x, data.x_val[-evaluate.PROBE_EXAMPLES:])
+
+
+def test_arch_settings_reach_the_trained_models():
+    result = run_trial(spec("erm", train={"epochs": 1},
+                            eval={"archs": ["convnet"], "arch_settings": {"convnet": {"depth": 4, "width": 4}}}))
+    conv_weights = [k for k, v in result.weights["convnet"].items() if k.startswith("features") and v.dim() == 4]
+    assert len(conv_weights) == 4
