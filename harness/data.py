@@ -201,7 +201,12 @@ def per_class_subset(
 class SyntheticParams(NoParams):
     """Parameters of the abstraction model (Tsipras et al. 2019, arXiv 1805.12152)."""
 
-    d: int = Field(100, ge=1, le=100_000, description="number of non-robust features")
+    # d = 400: eps = 2 * eta = 0.4 leaves the robust feature an attacked margin of
+    # 2p - 1 - eps = 0.4, so adversarial training has a robust classifier to find. At d = 100
+    # (eps 0.8 = 2p - 1, the knife edge) that margin averages zero and every convex margin
+    # loss of a linear model is minimised by ignoring the robust feature: PGD-AT collapses to
+    # a constant classifier. Ask for d: 100 to study that case (tests/test_adversarial_training.py).
+    d: int = Field(400, ge=1, le=100_000, description="number of non-robust features")
     p: float = Field(0.9, gt=0.5, le=1.0, description="P(robust feature agrees with the label)")
     n_train: int = Field(5000, ge=20, le=10_000_000)
     n_test: int = Field(2000, ge=10, le=10_000_000)
@@ -222,8 +227,8 @@ def sample_synthetic(n: int, d: int, p: float, gen: torch.Generator) -> tuple[to
     return torch.cat([x1, rest], dim=1), (y > 0).long()
 
 
-def _synthetic_eps(d: int = 100) -> float:
-    return 2 * synthetic_eta(d)
+def _synthetic_eps(d: int | None = None) -> float:
+    return 2 * synthetic_eta(SyntheticParams.model_fields["d"].default if d is None else d)
 
 
 @register_dataset(
@@ -267,7 +272,8 @@ def load_digits(root: Path, download: bool, params: NoParams) -> RawData:
 def default_eps_for(name: str, params: dict[str, Any] | None = None) -> float:
     """The dataset's default Linf radius (for synthetic-robust it depends on d)."""
     if name == "synthetic-robust":
-        return _synthetic_eps(int((params or {}).get("d", 100)))
+        d = (params or {}).get("d")
+        return _synthetic_eps(None if d is None else int(d))
     return DATASETS.get(name).default_eps
 
 

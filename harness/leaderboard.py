@@ -10,8 +10,9 @@ for standard and "False" for off; a run without the param counts as "off", or "u
 has an AutoAttack score). Versions never share a group, so one group ranks by one metric.
 
 Selection, per group and per variant (`variant` tag, e.g. `rdl[ipc=10]`):
-1. the selected configuration is that of the `search` run with the highest `val_robust_acc`
-   (validation split, never the test split); ties go to the lower `work_epochs`, then the
+1. the selected configuration is that of the `search` run with the best value of its sweep's
+   objective (tags `objective`, `objective_mode`; default max `val_robust_acc`; always a
+   validation-split metric, never the test split); ties go to the lower `work_epochs`, then the
    earlier start, then the run id, so the choice never depends on the order of the store;
 2. the row's test scores are pooled over the `repeat` runs (fresh seeds) whose params equal the
    selected run's params apart from seeds. The selected search run is never pooled with them:
@@ -169,8 +170,15 @@ def to_float(text: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def objective(run: RunLike) -> tuple[str, str]:
+    """The metric and mode the run's sweep selected on (tags `objective`, `objective_mode`);
+    runs recorded before those tags selected on max val_robust_acc."""
+    return (run.tags.get("objective") or SELECTION_METRIC,
+            run.tags.get("objective_mode") or "max")
+
+
 def usable(run: RunLike) -> bool:
-    needed = REQUIRED_METRICS
+    needed = (*REQUIRED_METRICS, objective(run)[0])
     if autoattack_version(run) != "off":
         needed = (*needed, "autoattack_acc")
     return run.status == "FINISHED" and all(metric(run, k) is not None for k in needed)
@@ -185,10 +193,12 @@ def metric(run: RunLike, key: str) -> float | None:
 
 
 def selection_key(run: RunLike) -> tuple:
-    """Sorts the best search run first: highest validation robust accuracy, then least work,
-    then earliest start, then run id."""
+    """Sorts the best search run first: best value of its sweep's objective (a validation
+    metric, by default PGD accuracy), then least work, then earliest start, then run id."""
     work = metric(run, "work_epochs")
-    return (-metric(run, SELECTION_METRIC), math.inf if work is None else work,
+    name, mode = objective(run)
+    value = metric(run, name)
+    return (-value if mode == "max" else value, math.inf if work is None else work,
             run.start_time, run.run_id)
 
 

@@ -222,7 +222,8 @@ class DriverCallback(tune.Callback):
         params = {**flatten(tree), "method": self.variant.method, "dataset": self.variant.dataset,
                   "variant": self.variant.label}
         tags = {"method": self.variant.method, "dataset": self.variant.dataset,
-                "variant": self.variant.label, "phase": self.phase}
+                "variant": self.variant.label, "phase": self.phase,
+                "objective": self.objective, "objective_mode": self.mode}
         return self.tracker.trial_run(trial.trial_id, params, tags)
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -510,7 +511,7 @@ def default_parallel_variants(spec: SweepSpec) -> int:
 def driver_callback(phase: Phase, tracker, progress, objective, live) -> DriverCallback:
     key = f"{phase.variant.key}:{phase.name}"
     _DRIVER[key] = dict(tracker=tracker, variant=phase.variant, phase=phase.name,
-                        progress=progress, objective=objective, live=live)
+                        progress=progress, objective=objective, mode=progress.mode, live=live)
     return DriverCallback(key)
 
 

@@ -651,3 +651,31 @@ def test_threat_titles(norm, eps, text):
     from harness.report import threat_text
 
     assert threat_text(norm, eps) == text
+
+
+def test_selection_follows_the_sweeps_objective():
+    """A sweep that selects on validation AutoAttack accuracy gets the run best on that
+    metric, not the one best on validation PGD accuracy."""
+    from types import SimpleNamespace
+
+    from harness.leaderboard import build_records
+
+    def run(run_id, val_pgd, val_aa, test_aa, start):
+        return SimpleNamespace(
+            run_id=run_id, status="FINISHED", start_time=start,
+            tags={"dataset": "digits", "variant": "erm", "method": "erm", "phase": "search",
+                  "objective": "val_autoattack_acc", "objective_mode": "max"},
+            params={"threat.norm": "linf", "threat.eps": "0.2", "threat.autoattack": "fast",
+                    "train.lr": str(start)},
+            metrics={"clean_acc": 0.9, "robust_acc": 0.5, "autoattack_acc": test_aa,
+                     "val_robust_acc": val_pgd, "val_autoattack_acc": val_aa,
+                     "work_epochs": 1.0})
+
+    runs = [run("a", val_pgd=0.8, val_aa=0.2, test_aa=0.21, start=1),
+            run("b", val_pgd=0.5, val_aa=0.4, test_aa=0.39, start=2)]
+    (row,) = build_records(runs)
+    assert row.best_run_id == "b" and row.autoattack_acc == 0.39
+    for r in runs:  # without the tags, the old objective (validation PGD) picks run a
+        del r.tags["objective"], r.tags["objective_mode"]
+    (row,) = build_records(runs)
+    assert row.best_run_id == "a"
