@@ -162,7 +162,7 @@ def test_robust_features_carry_the_label_in_the_robust_feature_only():
     x1, and the attack moves all 101 coordinates by 0.8. So this test checks the mechanism
     (where the label signal lives and what natural training therefore learns) instead.
     """
-    base = {"name": "synthetic-robust", "n_train": 2000, "n_test": 1000}
+    base = {"name": "synthetic-robust", "d": 100, "n_train": 2000, "n_test": 1000}
     ev = {"archs": ["linear"], "models_per_arch": 1, "max_val": 100}
     threat = {"steps": 5}
     rf = run_trial(build_run_spec({
@@ -171,7 +171,7 @@ def test_robust_features_carry_the_label_in_the_robust_feature_only():
     }))
     erm = run_trial(build_run_spec({"dataset": base, "threat": threat, "eval": ev, "train": {"epochs": 10},
                                     "method": {"name": "erm"}}))
-    data = load_dataset("synthetic-robust", params={"n_train": 2000, "n_test": 1000})
+    data = load_dataset("synthetic-robust", params={"d": 100, "n_train": 2000, "n_test": 1000})
     assert len(rf.learned) == data.x_train.shape[0]  # full-size by default
     assert torch.equal(rf.learned.y, data.y_train)  # each target keeps its label
     orig_robust, orig_weak = robust_feature_stats(data.x_train, data.y_train)
