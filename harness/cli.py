@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import HarnessInputError
@@ -29,10 +30,12 @@ class HarnessGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HarnessInputError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             sys.exit(2)
         except FloatingPointError as exc:
-            err_console.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]diverged:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             sys.exit(1)
 
 

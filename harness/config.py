@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,22 +19,31 @@ from harness.models import check_arch_settings
 from harness.train import AUGMENTS, TrainConfig
 
 
+# Seeds seed torch.Generator, whose seeds are 64-bit: keep them in the signed range every
+# library (numpy, Optuna, Ray) accepts.
+SEED_MAX = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# auto: CUDA when present, else the CPU; cuda and cuda:N need CUDA; mps Apple's GPU.
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite eps or lr is always a typo, and breaks JSON output.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetSpec(BaseModel):
     """Which data, where it lives, and how it is split. Extra keys are the dataset's own
     parameters (e.g. `d`, `p` of synthetic-robust) and are checked by the dataset."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str
-    root: str | None = None  # default $HARNESS_DATA or ~/.cache/harness/data
+    root: str | None = Field(None, max_length=4096)  # default $HARNESS_DATA or ~/.cache/harness/data
     download: bool = False  # allow torchvision to fetch missing files
     subset: int | None = Field(None, ge=1)  # training examples per class (quick runs)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    split_seed: int = 0  # fixed across trials so every method sees the same validation set
+    split_seed: Seed = 0  # fixed across trials so every method sees the same validation set
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -151,20 +160,38 @@ class RunSpec(Strict):
     threat: ThreatSpec = ThreatSpec()
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when present, else cpu
+    seed: Seed = 0
+    device: Device = "auto"  # auto: cuda when present, else cpu
 
 
 # ----------------------------------------------------------------------- errors and overrides
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> HarnessInputError:
+def error_path(loc: tuple, tree: Any = None) -> str:
+    """A pydantic error location as the spec path a user writes: `threat.eps` for a section
+    given as one mapping, `threat[1].eps` for the second of a list, `methods.erm.space`."""
+    parts, node = [], tree
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            if not (i == 1 and isinstance(node, dict)):  # a single section read as a list of one
+                parts[-1] += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "",
+                              tree: Any = None) -> HarnessInputError:
     """The first pydantic error as one paragraph naming the field path, value and rule."""
+    import reprlib
+
     err = exc.errors()[0]
-    path = ".".join(str(p) for p in err["loc"])
+    path = error_path(err["loc"], tree)
     path = f"{prefix}.{path}" if prefix and path else prefix or path
     value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    shown = "" if isinstance(value, dict) else f" (got {reprlib.repr(value)})"
     if err["type"] == "extra_forbidden":
         msg = "is not a known key; remove it or check its spelling against the README"
     else:
@@ -172,11 +199,62 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> Harness
     return HarnessInputError(f"{msg}{shown}.", field=path or "spec")
 
 
+MAX_DEPTH = 32  # sections nest a few levels deep; anything deeper is a mistake or an attack
+
+
+class SpecYAMLError(yaml.YAMLError):
+    """A spec problem found while reading the YAML, with where it is."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class SpecLoader(yaml.SafeLoader):
+    """`yaml.safe_load` with three refusals, each before anything is expanded or built:
+    aliases (`*name`: a few lines of them can expand to gigabytes), nesting deeper than
+    MAX_DEPTH (Python would overflow its stack), and a key given twice in one mapping (YAML
+    would silently keep the last)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise SpecYAMLError(
+                "anchors and aliases (&name / *name) are not allowed in a spec; write the value "
+                "out in full", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise SpecYAMLError(f"the spec nests deeper than {MAX_DEPTH} levels",
+                                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            if key in seen:
+                raise SpecYAMLError(f"the key {key!r} appears twice in one section; keep one",
+                                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse spec text with `SpecLoader` (ValueError: an integer too long to convert)."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 (SpecLoader is a SafeLoader)
+
+
 def parse_value(text: str) -> Any:
     """`--set` values are YAML scalars: 0.5, true, null, [a, b] and 'text' all work."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return read_yaml(text)
+    except SpecYAMLError as exc:
+        raise HarnessInputError(f"{exc.problem}.", field="--set") from None
+    except (yaml.YAMLError, ValueError):
         return text
 
 
@@ -211,9 +289,24 @@ def set_path(tree: dict[str, Any], path: str, value: Any, *, field: str) -> None
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = read_yaml(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HarnessInputError(f"spec file {str(p)!r} does not exist.", field="SPEC") from None
+    except IsADirectoryError:
+        raise HarnessInputError(f"{str(p)!r} is a directory; give the spec's YAML file.",
+                                field="SPEC") from None
+    except UnicodeDecodeError as exc:
+        raise HarnessInputError(
+            f"{p} is not UTF-8 text (byte {exc.start} cannot be decoded): a spec is a YAML "
+            "text file; re-save it as UTF-8 (or check that it is not compressed or binary).",
+            field="SPEC") from None
+    except SpecYAMLError as exc:
+        where = exc.problem_mark
+        raise HarnessInputError(f"{p}, line {where.line + 1}, column {where.column + 1}: "
+                                f"{exc.problem}.", field="SPEC") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
+        raise HarnessInputError(f"{p} holds a value that cannot be read ({exc}).",
+                                field="SPEC") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -235,7 +328,7 @@ def build_run_spec(tree: dict[str, Any]) -> RunSpec:
     try:
         return RunSpec.model_validate(tree)
     except ValidationError as exc:
-        raise describe_validation_error(exc) from None
+        raise describe_validation_error(exc, tree=tree) from None
 
 
 # ------------------------------------------------------------------------------ sweep spec
@@ -254,6 +347,11 @@ class Dimension(BaseModel):
     def example(self) -> Any:
         """A representative value, used to check the setting is accepted by the method."""
         return self.values[0]
+
+    def extremes(self) -> list[Any]:
+        """Every value a trial may draw that could break a limit: both ends of a range, every
+        choice or grid point."""
+        return list(self.values)
 
 
 def parse_dimension(path: str, value: Any) -> Dimension | None:
@@ -299,7 +397,7 @@ class ObjectiveSpec(Strict):
 
 
 class SearchSpec(Strict):
-    seed: int = 0  # seeds Optuna's TPE sampler (one study per method variant)
+    seed: Seed = 0  # seeds Optuna's TPE sampler (one study per method variant)
     asha: bool = True  # stop weak trials early on their per-epoch validation metric
     grace_period: int = Field(2, ge=1)  # reports before ASHA may stop a trial
     max_concurrent: int = Field(2, ge=1, le=10_000)  # trials of one variant at a time
@@ -313,9 +411,11 @@ class ResourcesSpec(Strict):
 
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    dataset: DatasetSpec | list[DatasetSpec]
+    # One section, or a list of them (each its own leaderboard group); read as a list.
+    dataset: list[DatasetSpec] = Field(min_length=1, max_length=64)
     methods: dict[str, MethodSweep] = Field(min_length=1)
-    threat: ThreatSpec | list[ThreatSpec] = ThreatSpec()
+    threat: list[ThreatSpec] = Field(default_factory=lambda: [ThreatSpec()], min_length=1,
+                                     max_length=64)
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -324,18 +424,23 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     repeats: int = Field(0, ge=0, le=100)  # extra seeds of each variant's best configuration
     max_failures: int = Field(2, ge=0, le=100)  # retries of a failing trial
-    seed: int = 0
-    device: str = "auto"
+    seed: Seed = 0
+    device: Device = "auto"
+
+    @field_validator("dataset", "threat", mode="before")
+    @classmethod
+    def one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     def datasets(self) -> list[DatasetSpec]:
-        return self.dataset if isinstance(self.dataset, list) else [self.dataset]
+        return self.dataset
 
     def threats(self) -> list[ThreatSpec]:
-        return self.threat if isinstance(self.threat, list) else [self.threat]
+        return self.threat
 
 
 def build_sweep_spec(tree: dict[str, Any]) -> SweepSpec:
     try:
         return SweepSpec.model_validate(tree)
     except ValidationError as exc:
-        raise describe_validation_error(exc) from None
+        raise describe_validation_error(exc, tree=tree) from None

@@ -62,6 +62,11 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
             fixed, grids, dims = {}, {}, {}
             for key, raw in msweep.space.items():
                 path = spec_path(key)
+                if path in FIXED_BY_STRUCTURE:
+                    raise HarnessInputError(
+                        "the method and dataset are chosen by the spec's structure, not set or "
+                        "searched in a space: list another method under `methods` or another "
+                        "dataset under `dataset` instead.", field=f"{where}.space.{key}")
                 dim = parse_dimension(f"{where}.space.{key}", raw)
                 if dim is None:
                     fixed[path] = raw
@@ -82,6 +87,7 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
                 variant = Variant(ds.name, tname, method, grid, base, dims, trials, repeats)
                 check_variant(variant, where)
                 plan.append(variant)
+    check_unique_keys(plan)
     return plan
 
 
@@ -96,12 +102,6 @@ def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[
         "device": spec.device,
     }
     for path, value in values.items():
-        if path in ("method.name", "dataset.name"):
-            raise HarnessInputError(
-                "the method and dataset are chosen by the spec's structure, not searched; "
-                "list another method under `methods` or another dataset under `dataset` instead.",
-                field=path,
-            )
         set_path(tree, path, value, field=path)
     return tree
 
@@ -122,16 +122,39 @@ def sample_tree(variant: Variant, values: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+FIXED_BY_STRUCTURE = ("method.name", "dataset.name")
+
+
 def check_variant(variant: Variant, where: str) -> None:
-    """Build the RunSpec and method config a trial would build, so a bad spec fails now."""
-    tree = sample_tree(variant, {p: d.example() for p, d in variant.dims.items()})
-    try:
-        run = build_run_spec(tree)
-        make_method(run.method.name, run.method.params())
-        resolve_archs(run)
-        validate_params(DATASETS.get(run.dataset.name), run.dataset.params())
-    except HarnessInputError as exc:
-        raise HarnessInputError(f"in {where} ({variant.label} on {variant.dataset}): {exc}") from None
+    """Build the RunSpec and method config a trial would build, so a bad spec fails now:
+    once per value a searched setting can take (both ends of a range, every choice), the
+    other searched settings at their first value."""
+    first = {p: d.example() for p, d in variant.dims.items()}
+    samples = [first] + [{**first, p: v} for p, d in variant.dims.items() for v in d.extremes()]
+    for values in samples:
+        tree = sample_tree(variant, values)
+        try:
+            run = build_run_spec(tree)
+            make_method(run.method.name, run.method.params())
+            resolve_archs(run)
+            validate_params(DATASETS.get(run.dataset.name), run.dataset.params())
+        except HarnessInputError as exc:
+            raise HarnessInputError(f"in {where} ({variant.label} on {variant.dataset}): {exc}") from None
+
+
+def check_unique_keys(plan: list[Variant]) -> None:
+    """Two variants with one key would share a Ray experiment directory and a leaderboard
+    row (e.g. `grid: [0.1, 0.1]`, or two threats whose eps agree to 4 digits): refuse."""
+    seen: dict[str, Variant] = {}
+    for v in plan:
+        if v.key in seen:
+            other = seen[v.key]
+            raise HarnessInputError(
+                f"two variants would be recorded under the same name {v.key!r}: "
+                f"{other.label} and {v.label} on {v.dataset} {v.threat}".rstrip() + ". Remove "
+                "the repeated grid value or dataset entry, or make the threats' eps differ in "
+                "their first 4 digits.", field="methods")
+        seen[v.key] = v
 
 
 def describe(plan: list[Variant]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ LogFn = Callable[[dict[str, float], int], None]
 
 
 class MethodConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass

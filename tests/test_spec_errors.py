@@ -1,0 +1,174 @@
+"""Bad specs are refused with exit code 2 and one paragraph naming the field by its spec path:
+hand-picked cases from the reliability issue, and hundreds of generated ones per run."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.cli import load_sweep, main
+from harness.errors import HarnessInputError
+
+VALID = {
+    "name": "ok",
+    "dataset": {"name": "digits", "subset": 10},
+    "threat": {"norm": "linf", "eps": 0.2, "steps": 5, "autoattack": "fast"},
+    "train": {"epochs": 2, "lr": 0.05},
+    "eval": {"archs": ["mlp"], "models_per_arch": 1, "max_val": 100},
+    "trials": 2,
+    "methods": {
+        "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
+        "random": {"space": {"ipc": {"grid": [1, 3]}}},
+    },
+}
+
+
+def validate(tmp_path, text: str | bytes):
+    path = tmp_path / "spec.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return CliRunner().invoke(main, ["validate", str(path)])
+
+
+def dump(tree) -> str:
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def with_(path: str, value):
+    tree = copy.deepcopy(VALID)
+    node = tree
+    *parents, last = path.split("/")
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    node[last] = value
+    return tree
+
+
+def test_the_base_spec_is_valid(tmp_path):
+    res = validate(tmp_path, dump(VALID))
+    assert res.exit_code == 0, res.output
+
+
+CASES = [
+    # (spec tree or raw text, the field path the message must name, a word it must contain)
+    (with_("threat/eps", math.inf), "threat.eps", "finite"),
+    (with_("train/lr", math.nan), "train.lr", "finite"),
+    (with_("threat/alpha", -1.0), "threat.alpha", "greater than 0"),
+    (with_("seed", 2**64), "seed", "less than or equal"),
+    (with_("dataset/split_seed", -1), "dataset.split_seed", "greater than or equal"),
+    (with_("device", "foo"), "device", "pattern"),
+    (with_("dataset", []), "dataset", "at least 1"),
+    (with_("threat", []), "threat", "at least 1"),
+    (with_("threat", [{"eps": 0.1}, {"eps": -1}]), "threat[1].eps", "greater than 0"),
+    (with_("methods/erm/space/train.lr", {"uniform": [0.01, 100]}), "train.lr", "10"),
+    (with_("methods/erm/space/method.name", {"choice": ["erm", "pgd_at"]}),
+     "methods.erm.space.method.name", "structure"),
+    (with_("methods/random/space/ipc", {"grid": [3, 3]}), "methods", "same name"),
+    (with_("dataset", [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}]),
+     "methods", "same name"),
+    (with_("eval/archs", ["nosuch"]), "eval.archs", "nosuch"),
+    (with_("threat/autoattack", "plus"), "threat.autoattack", "standard"),
+    ("name: a\nname: b\ndataset: {name: digits}\nmethods: {erm: {}}\n", "SPEC", "twice"),
+    ("a: &x [1, 1]\nb: [*x, *x]\n", "SPEC", "aliases"),
+    ("name: " + "[" * 400 + "]" * 400 + "\n", "SPEC", "deeper"),
+    ("seed: " + "9" * 5000 + "\n", "SPEC", "cannot be read"),
+    ("name: caf\xe9\n".encode("latin-1"), "SPEC", "UTF-8"),
+    ("name: x\n".encode("utf-16"), "SPEC", "UTF-8"),
+    (b"\x1f\x8b\x08\x00" + bytes(range(256)), "SPEC", "UTF-8"),
+]
+
+
+@pytest.mark.parametrize("spec,field,word", CASES, ids=[c[1] + "-" + c[2] for c in CASES])
+def test_bad_input_exits_2_naming_the_field(tmp_path, spec, field, word):
+    start = time.monotonic()
+    res = validate(tmp_path, spec if isinstance(spec, (str, bytes)) else dump(spec))
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    message = " ".join(res.output.split())
+    assert f"{field}:" in message or f"{field} " in message, message
+    assert word in message, message
+    assert time.monotonic() - start < 10
+
+
+# ------------------------------------------------------------------ generated malformed specs
+
+FIELDS = [
+    "name", "trials", "repeats", "max_failures", "seed", "device",
+    "dataset/name", "dataset/subset", "dataset/val_fraction", "dataset/split_seed",
+    "dataset/root", "dataset/download",
+    "threat/norm", "threat/eps", "threat/steps", "threat/alpha", "threat/restarts",
+    "threat/loss", "threat/autoattack",
+    "train/epochs", "train/batch_size", "train/lr", "train/momentum", "train/weight_decay",
+    "train/schedule", "train/optimizer", "train/augment",
+    "eval/archs", "eval/models_per_arch", "eval/epochs", "eval/lr", "eval/max_test",
+    "eval/max_val", "eval/val_autoattack",
+    "objective/metric", "objective/mode",
+    "search/seed", "search/asha", "search/grace_period", "search/max_concurrent",
+    "resources/cpu", "resources/gpu",
+    "methods/erm/space/train.lr", "methods/random/space/ipc", "methods/erm/trials",
+]
+
+BAD_VALUES = st.one_of(
+    st.sampled_from([math.inf, -math.inf, math.nan, -1, 0, -0.5, 10**30, -(10**30), 2**63,
+                     "", "nonsense", "8/0", None, [], {}, [1, 2], {"a": 1}, True]),
+    st.text(max_size=20),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.sampled_from([{"uniform": [1, 0]}, {"loguniform": [-1, 1]}, {"int": [0.5, 2]},
+                     {"choice": []}, {"grid": "x"}, {"bogus": [1, 2]}, {"uniform": [0, math.inf]}]),
+)
+
+
+def mutate(data) -> tuple[str, object]:
+    """A spec with one field set to a (usually) bad value, a key added or removed."""
+    tree = copy.deepcopy(VALID)
+    family = data.draw(st.sampled_from(["value", "value", "value", "unknown_key", "missing"]))
+    if family == "missing":
+        key = data.draw(st.sampled_from(["name", "dataset", "methods"]))
+        del tree[key]
+        return dump(tree), key
+    path = data.draw(st.sampled_from(FIELDS))
+    *parents, last = path.split("/")
+    node = tree
+    for p in parents:
+        node = node.setdefault(p, {})
+    if family == "unknown_key":
+        node[last + "_typo"] = 1
+        return dump(tree), last + "_typo"
+    node[last] = data.draw(BAD_VALUES)
+    try:
+        return dump(tree), last
+    except (yaml.YAMLError, ValueError):  # a value YAML cannot represent: write it raw
+        return dump(VALID).replace("trials: 2", f"trials: {data.draw(st.text(max_size=8))!r}"), "trials"
+
+
+@settings(max_examples=500, deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_generated_malformed_specs_never_crash(tmp_path, data):
+    """Whatever the mutation, `harness validate` either accepts the spec (some drawn values are
+    valid) or refuses it with HarnessInputError naming a field: never another exception, and
+    quickly."""
+    text, key = mutate(data)
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    start = time.monotonic()
+    try:
+        load_sweep(str(path), (), False)
+    except HarnessInputError as exc:
+        message = str(exc)
+        assert message.split(":")[0].strip(), message  # a field or SPEC leads the paragraph
+        assert "\n" not in message
+        assert len(message) < 2000, message[:300]
+    assert time.monotonic() - start < 10
