@@ -104,6 +104,10 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
 def check_device(device: str) -> None:
     import torch
 
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise HarnessInputError(
+            "device 'mps' (Apple's GPU) was asked for but this PyTorch build or machine has "
+            "no MPS support; use --device auto or --device cpu.", field="--device")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessInputError(
             f"device {device!r} was asked for but CUDA is not available on this machine; "
@@ -320,14 +324,17 @@ def methods() -> None:
 @click.option("--format", "fmt", default="md", show_default=True,
               type=click.Choice(["md", "csv", "html", "json"]), help="Output format.")
 @click.option("--output", default=None, type=click.Path(dir_okay=False),
-              help="Write to this file instead of stdout.")
-def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output) -> None:
+              help="Write to this file instead of stdout (an existing file needs --force).")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> None:
     """Rank each method variant's best configuration (chosen on validation) per dataset and
     threat, by AutoAttack (else PGD) robust accuracy on the test split."""
     from pathlib import Path
 
     from harness import leaderboard as board
 
+    if output is not None:
+        check_output(Path(output), force)
     records = board.load_records(tracking_uri, experiment, sweep_run_id)
     sweeps = ", ".join(sorted({r.sweep for r in records if r.sweep}))
     title = f"Leaderboard: {sweeps}" if sweeps else "Leaderboard"
@@ -341,6 +348,26 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output) -> None:
         raise HarnessInputError(f"cannot write {output!r}: {exc.strerror}.",
                                 field="--output") from None
     err_console.print(f"wrote {len(records)} rows to {output}", highlight=False)
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_output(path, force: bool) -> None:
+    """Refuse to replace a file unless --force, and a SQLite database (an MLflow store,
+    perhaps the one being read) even then: a leaderboard is cheap, recorded runs are not."""
+    if not path.exists():
+        return
+    with open(path, "rb") as handle:
+        is_database = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    if is_database:
+        raise HarnessInputError(
+            f"{path} is a SQLite database (an MLflow store?); a leaderboard never replaces "
+            "one. Choose another --output path; nothing was written.", field="--output")
+    if not force:
+        raise HarnessInputError(
+            f"{path} already exists; pass --force to replace it, or choose another --output "
+            "path. Nothing was written.", field="--output")
 
 
 @main.command()

@@ -73,7 +73,13 @@ def register_dataset(name: str, **info: Any) -> Callable:
 def resolve_root(root: str | Path | None = None) -> Path:
     """Explicit root, else $HARNESS_DATA, else ~/.cache/harness/data."""
     chosen = root or os.environ.get("HARNESS_DATA") or DEFAULT_ROOT
-    return Path(chosen).expanduser()
+    try:
+        return Path(chosen).expanduser()
+    except RuntimeError:  # "~someone" for a user this machine does not know
+        raise HarnessInputError(
+            f"cannot expand the data root {str(chosen)[:200]!r}: no such user's home directory. "
+            "Give an absolute path (--data-root, dataset.root or $HARNESS_DATA).",
+            field="dataset.root") from None
 
 
 @dataclass

@@ -18,6 +18,7 @@ Only the sweep driver writes, so concurrent trials never contend for an sqlite s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from harness.errors import HarnessInputError
 
@@ -46,9 +48,48 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 MAX_PARAM_LEN = 500  # older MLflow servers reject longer param values
 
 
+# Stores MLflow 3 can write runs to. File stores (file:..., a bare directory) are refused by
+# MLflow itself now; say so up front with the fix instead of a traceback from deep inside it.
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def masked(text: str, uri: str) -> str:
+    """`text` with the password of `uri` (http://user:secret@host) replaced by ***."""
+    secret = urlsplit(uri).password if "://" in uri else None
+    return text.replace(secret, "***") if secret else text
+
+
 def resolve_uri(uri: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd; a URI
+    of a kind MLflow cannot keep runs in is refused (exit 2) here, the one place URIs enter."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in SCHEMES:
+        shown = masked(uri, uri)
+        raise HarnessInputError(
+            f"{shown!r} is not a tracking store MLflow can record runs in (file stores and "
+            f"bare paths are refused by MLflow 3; supported: {', '.join(SCHEMES)}). Use e.g. "
+            "sqlite:///mlflow.db for a local store or http://127.0.0.1:5000 for a server.",
+            field="--tracking-uri",
+        )
+    return uri
+
+
+@contextlib.contextmanager
+def _quick_failure():
+    """Bound MLflow's HTTP retries while probing a store: a server that is down is reported
+    in seconds, not after minutes of back-off (the sweep itself keeps MLflow's defaults)."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def connect(uri: str | None = None) -> MlflowClient:
@@ -56,13 +97,15 @@ def connect(uri: str | None = None) -> MlflowClient:
     uri = resolve_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        with _quick_failure():
+            client.search_experiments(max_results=1)
     except Exception as exc:  # any transport or store error means we cannot record anything
+        detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
         raise HarnessInputError(
-            f"cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}). Start the server "
-            "(`mlflow server --host 127.0.0.1 --port 5000`), fix the URI, or leave "
-            "--tracking-uri out to use sqlite:///mlflow.db in this directory.",
+            masked(f"cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
+                   f"{detail}). Start the server (`mlflow server --host 127.0.0.1 --port "
+                   "5000`), fix the URI, or leave --tracking-uri out to use sqlite:///mlflow.db "
+                   "in this directory.", uri),
             field="--tracking-uri",
         ) from None
     return client
@@ -236,7 +279,7 @@ def require_existing_store(uri: str | None) -> str:
     path = local_store_path(uri)
     if path is not None and not path.exists():
         raise HarnessInputError(
-            f"the MLflow store {uri!r} does not exist ({path} is missing). Run a sweep first, "
+            f"the MLflow store {masked(uri, uri)!r} does not exist ({path} is missing). Run a sweep first, "
             "or point --tracking-uri (or $MLFLOW_TRACKING_URI) at an existing store.",
             field="--tracking-uri",
         )

@@ -172,3 +172,55 @@ def test_generated_malformed_specs_never_crash(tmp_path, data):
         assert "\n" not in message
         assert len(message) < 2000, message[:300]
     assert time.monotonic() - start < 10
+
+
+# ------------------------------------------------------------------ flags, stores and outputs
+
+
+def run_cli(*args: str):
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("uri,word", [
+    ("bogus://x", "not a tracking store"),
+    ("file:///tmp/store", "file stores"),
+    ("relative/dir", "file stores"),
+])
+def test_unusable_tracking_uris_exit_2(uri, word):
+    code, out = run_cli("leaderboard", "--tracking-uri", uri)
+    assert code == 2 and "--tracking-uri" in out and word in out, out
+
+
+def test_a_password_in_a_tracking_uri_is_never_printed():
+    start = time.monotonic()
+    code, out = run_cli("leaderboard", "--tracking-uri", "http://alice:s3cret@127.0.0.1:9")
+    assert code == 2, out
+    assert "s3cret" not in out and "***" in out, out
+    assert time.monotonic() - start < 10  # a server that is down is reported quickly
+
+
+def test_bad_device_and_data_root_exit_2():
+    code, out = run_cli("run", "--dataset", "digits", "--method", "erm", "--smoke",
+                        "--device", "mps")
+    assert code == 2 and "--device" in out, out
+    code, out = run_cli("run", "--dataset", "digits", "--method", "erm", "--smoke",
+                        "--data-root", "~nosuchuser_harness/x")
+    assert code == 2 and "dataset.root" in out, out
+
+
+def test_leaderboard_output_never_replaces_a_store_or_an_unforced_file(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "mlflow.db"
+    sqlite3.connect(store).execute("create table t (x)").connection.commit()
+    before = store.read_bytes()
+    code, out = run_cli("leaderboard", "--output", str(store), "--force")
+    assert code == 2 and "SQLite" in out, out
+    assert store.read_bytes() == before  # the store is untouched
+    other = tmp_path / "notes.md"
+    other.write_text("mine")
+    code, out = run_cli("leaderboard", "--output", str(other))
+    assert code == 2 and "--force" in out, out
+    assert other.read_text() == "mine"
