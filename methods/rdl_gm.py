@@ -131,13 +131,7 @@ class RobustGradientMatching(DatasetMethod):
         losses = []
         for ol in range(cfg.outer_loop):
             xs = x.clone().requires_grad_(True)
-            loss = xs.new_zeros(())
-            for c, rows in enumerate(syn_rows):
-                x_adv, y_adv = self._adversarial_batch(ctx, net, real, c)
-                net.train()  # gradients with batch statistics, as natural training computes them
-                g_real = torch.autograd.grad(F.cross_entropy(net(x_adv), y_adv), params)
-                g_syn = torch.autograd.grad(F.cross_entropy(net(xs[rows]), y[rows]), params, create_graph=True)
-                loss = loss + layerwise_distance([g.detach() for g in g_real], list(g_syn))
+            loss = self._match_loss(ctx, net, params, xs, y, syn_rows, real)
             (grad,) = torch.autograd.grad(loss, xs)
             opt.step(x, torch.arange(x.shape[0], device=x.device), grad)
             clamp_to_bounds_(x, ctx.data.bounds)
@@ -145,6 +139,18 @@ class RobustGradientMatching(DatasetMethod):
             if ol < cfg.outer_loop - 1:
                 self._natural_steps(net, net_opt, x.detach(), y, ctx.generator)
         return sum(losses) / len(losses)
+
+    def _match_loss(self, ctx, net, params, xs, y, syn_rows, real) -> torch.Tensor:
+        """Sum over classes of the layer-wise distance between the natural gradient of S's
+        class-c rows and the gradient of PGD examples of a real class-c batch; differentiable in xs."""
+        loss = xs.new_zeros(())
+        for c, rows in enumerate(syn_rows):
+            x_adv, y_adv = self._adversarial_batch(ctx, net, real, c)
+            net.train()  # gradients with batch statistics, as natural training computes them
+            g_real = torch.autograd.grad(F.cross_entropy(net(x_adv), y_adv), params)
+            g_syn = torch.autograd.grad(F.cross_entropy(net(xs[rows]), y[rows]), params, create_graph=True)
+            loss = loss + layerwise_distance([g.detach() for g in g_real], list(g_syn))
+        return loss
 
     def _natural_steps(self, net: nn.Module, net_opt, x: torch.Tensor, y: torch.Tensor, gen) -> None:
         """`inner_loop` natural SGD steps of the network on random minibatches of S."""
