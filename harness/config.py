@@ -95,7 +95,7 @@ class TrainSpec(Strict):
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["cosine", "step", "cyclic", "constant"] = "cosine"
+    schedule: Literal["cosine", "step", "halfway", "cyclic", "constant"] = "cosine"
     # Per-batch augmentation of image data: none, crop (4-pixel zero padding, less below
     # 32x32) or crop_flip (plus a random horizontal flip: the CIFAR adversarial-training recipe).
     augment: str = "none"

@@ -45,9 +45,10 @@ class TrainConfig:
     lr: float = 0.05  # peak learning rate
     momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4  # L2 penalty, as in most CIFAR recipes
-    # cosine: to zero; step: x0.1 at 50% and 75%; cyclic: triangular 0 -> lr -> 0 (Wong et al.
-    # 2020's fast-AT schedule); constant.
-    schedule: Literal["cosine", "step", "cyclic", "constant"] = "cosine"
+    # cosine: to zero; step: x0.1 at 50% and 75%; halfway: x0.1 once at 50% (the evaluation
+    # schedule of dataset condensation, Zhao et al. 2021, arXiv 2006.05929); cyclic: triangular
+    # 0 -> lr -> 0 (Wong et al. 2020's fast-AT schedule); constant.
+    schedule: Literal["cosine", "step", "halfway", "cyclic", "constant"] = "cosine"
     augment: str = "none"  # a name in AUGMENTS, applied to every training batch
 
 
@@ -186,6 +187,8 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * t))
     if schedule == "step":
         return 0.01 if t >= 0.75 else 0.1 if t >= 0.5 else 1.0
+    if schedule == "halfway":
+        return 0.1 if t >= 0.5 else 1.0
     if schedule == "cyclic":
         return 2 * t if t < 0.5 else 2 * (1 - t)
     return 1.0

@@ -57,7 +57,7 @@ def test_soft_labels_equal_hard_labels_when_one_hot():
         soft_cross_entropy(logits, y).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "step", "cyclic", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "step", "halfway", "cyclic", "constant"])
 def test_schedules_stay_in_range(schedule):
     vals = [lr_factor(schedule, s, 100) for s in range(101)]
     assert all(0.0 <= v <= 1.0 for v in vals)
@@ -65,6 +65,8 @@ def test_schedules_stay_in_range(schedule):
         assert vals[0] == 0.0 and vals[50] == pytest.approx(1.0)
     if schedule == "cosine":
         assert vals[0] == 1.0 and vals[100] == pytest.approx(0.0, abs=1e-9)
+    if schedule == "halfway":  # DC's evaluation schedule: one x0.1 step at half the run
+        assert vals[49] == 1.0 and vals[50] == vals[100] == pytest.approx(0.1)
 
 
 def test_divergence_is_reported():
