@@ -1,15 +1,17 @@
 """Issue 3's comparison on real data (digits, Linf 0.2): robustness needs robust training,
-or a training set learned for it.
+or a training set learned for it, measured with the ranked metric.
 
 Every dataset method is scored by the harness's protocol (fresh `linear` and `mlp` models
-naturally trained on the set, 300 epochs, PGD-10 on held-out test images) at equal size
-(ipc 10). Natural training on the full data and the standard distillation methods stay near
-zero robust accuracy at eps 0.2; adversarial training and robust dataset learning keep a
-clear margin above them. Measured while writing this test (mean PGD-10 accuracy over the two
-archs): erm 0.045, random 0.032, dc 0.053, dm 0.047, rdl 0.157 (linear 0.19, mlp 0.12),
-pgd_at 0.40. rdl stopped after one outer step (its soft-labelled real starting set): 0.068.
-AutoAttack, measured beside (not asserted; too slow here): rdl 0.13 / 0.055, erm 0.025 / 0.0,
-dm 0.02 / 0.005 (linear / mlp).
+naturally trained on the set, 300 epochs, AutoAttack (fast: APGD-CE + APGD-T) and PGD-10 on
+300 held-out test images) at equal size (ipc 10). rdl's settings were chosen on validation
+(sweeps/rdl-digits-tuning.yaml: split seed 1, seed 1); this test runs on split seed 2 and
+seed 2, used for nothing else, and its margins were fixed before it was run.
+
+Measured on its one run (2-core CPU; AutoAttack-fast / PGD-10, mean of linear and mlp):
+erm 0.012 / 0.023, random 0.012 / 0.027, dc 0.017 / 0.038, dm 0.017 / 0.040,
+rdl 0.075 / 0.140 (linear 0.070, mlp 0.080 under AutoAttack), rdl's starting set 0.000 / 0.025,
+pgd_at 0.278 / 0.375; clean accuracy 0.885-0.955; no masking flag raised. rdl clears its
++0.05 margin over the best of erm/random/dc/dm by 0.008: a real but modest effect.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from harness.config import build_run_spec
 from harness.evaluate import run_trial
 
 COMMON = {
-    "dataset": {"name": "digits"},
-    "threat": {"steps": 10},
+    "dataset": {"name": "digits", "split_seed": 2},
+    "seed": 2,
+    "threat": {"steps": 10, "autoattack": "fast"},
     "train": {"epochs": 10, "lr": 0.05},
     "eval": {"archs": ["linear", "mlp"], "models_per_arch": 1, "epochs": 300, "max_test": 300, "max_val": 100},
 }
@@ -48,30 +51,42 @@ def results():
         method = name.removesuffix("_start")
         spec = build_run_spec({**COMMON, "method": {"name": method, **params}})
         out[name] = run_trial(spec)
+    for name, r in out.items():  # shown with `pytest -s`: the figures the docstring quotes
+        arch = "  ".join(f"{a.arch} {a.autoattack_acc:.3f}/{a.robust_acc:.3f}" for a in r.per_arch)
+        print(f"{name:10s} clean {r.clean_acc:.3f}  AA {r.autoattack_acc:.3f}  "
+              f"PGD {r.robust_acc:.3f}  ({arch})  flags {r.masking_flags}")
     return out
 
 
-def robust_by_arch(result) -> dict[str, float]:
-    return {a.arch: a.robust_acc for a in result.per_arch}
+def aa_by_arch(result) -> dict[str, float]:
+    return {a.arch: a.autoattack_acc for a in result.per_arch}
 
 
 def test_adversarial_training_beats_natural_and_distilled_data_on_robustness(results):
-    robust = {k: r.robust_acc for k, r in results.items()}
-    baseline = max(robust["erm"], robust["dc"], robust["dm"])
-    assert robust["pgd_at"] >= baseline + 0.15, robust
+    aa = {k: r.autoattack_acc for k, r in results.items()}
+    baseline = max(aa["erm"], aa["dc"], aa["dm"])
+    assert aa["pgd_at"] >= baseline + 0.15, aa
 
 
 def test_robust_dataset_learning_beats_natural_and_distilled_data_on_robustness(results):
-    robust = {k: r.robust_acc for k, r in results.items()}
-    baseline = max(robust["erm"], robust["dc"], robust["dm"], robust["random"])
-    assert robust["rdl"] >= baseline + 0.05, robust
+    aa = {k: r.autoattack_acc for k, r in results.items()}
+    baseline = max(aa["erm"], aa["dc"], aa["dm"], aa["random"])
+    assert aa["rdl"] >= baseline + 0.05, aa
     # the robustness is learned, not brought by the soft labels or the starting images
-    assert robust["rdl"] >= robust["rdl_start"] + 0.05, robust
+    assert aa["rdl"] >= aa["rdl_start"] + 0.05, aa
     # Learned with a linear pool, the set must also make the MLP more robust than the others do.
-    per_arch = {k: robust_by_arch(r) for k, r in results.items()}
+    per_arch = {k: aa_by_arch(r) for k, r in results.items()}
     for arch in ("linear", "mlp"):
         others = max(per_arch[k][arch] for k in ("erm", "dc", "dm", "random"))
         assert per_arch["rdl"][arch] > others, (arch, per_arch)
+
+
+def test_pgd_overstates_but_keeps_the_order(results):
+    """AutoAttack never exceeds PGD by more than noise, and no run raises a masking flag that
+    says PGD or AutoAttack failed outright."""
+    for name, r in results.items():
+        assert r.autoattack_acc <= r.robust_acc + 0.02, (name, r.autoattack_acc, r.robust_acc)
+        assert "no_zero_at_large_eps" not in r.masking_flags, (name, r.masking_flags)
 
 
 def test_every_method_learns_the_task(results):
