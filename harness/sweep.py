@@ -260,7 +260,10 @@ class DriverCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self._run(trial)
-        self.tracker.set_tags(run_id, {"error": str(trial.error_file or "see Ray logs")[:500]})
+        trace = trial_error_text(trial)
+        self.tracker.set_tags(run_id, {"error": error_summary(trace, trial)})
+        if trace:
+            self.tracker.log_text(run_id, trace, "error.txt")
         self.tracker.finish(run_id, ok=False)
         self.state.running -= 1
         self.state.failed += 1
@@ -277,6 +280,23 @@ class DriverCallback(tune.Callback):
 # local sweep listens on all interfaces, where anyone who reaches the machine can submit code.
 _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def trial_error_text(trial) -> str:
+    """The failed trial's traceback as Tune stored it ('' when it cannot be read)."""
+    try:
+        return str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 (storage trouble must not hide the failure itself)
+        return ""
+
+
+def error_summary(trace: str, trial) -> str:
+    """One line for the `error` tag: the exception line of the trace (e.g. `FloatingPointError:
+    training diverged ...`, or Ray's word that the worker died), else where the trace is."""
+    lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
+    chosen = named[-1] if named else (lines[-1] if lines else str(trial.error_file or "see Ray logs"))
+    return chosen[:500]
 
 
 def start_ray(address: str | None, cpus: float | None = None) -> bool:

@@ -216,6 +216,10 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     @serialised
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    @serialised
     def log_artifacts(self, run_id: str, directory: str | Path) -> None:
         directory = Path(directory)
         for sub in sorted(p for p in directory.iterdir()):

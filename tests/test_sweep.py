@@ -196,6 +196,23 @@ class Broken(ModelMethod):
 
     def loss_step(self, ctx):
         raise RuntimeError("simulated bug")
+
+
+@register_method("nan_loss")
+class NanLoss(ModelMethod):
+    """Its loss is NaN from the first batch: training diverges."""
+
+    def loss_step(self, ctx):
+        return lambda model, xb, yb: natural_loss(model, xb, yb) * float("nan")
+
+
+@register_method("killed")
+class Killed(ModelMethod):
+    """Its worker process dies by SIGKILL (as under the kernel's OOM killer)."""
+
+    def loss_step(self, ctx):
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
 '''
 
 
@@ -208,7 +225,7 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
         **TINY_RUN,
         "trials": 1,
         "max_failures": 1,
-        "methods": {"broken": {}, "flaky": {}, "erm": {}},
+        "methods": {"broken": {}, "flaky": {}, "erm": {}, "nan_loss": {}, "killed": {}},
     })
     env = {"HARNESS_PLUGINS": "harness_test_plugin",
            "PYTHONPATH": str(tmp_path / "plugins")}
@@ -217,8 +234,16 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials, _ = trial_runs(client, "failing")
     status = {r.data.tags["method"]: r.info.status for r in trials}
-    assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED"}
-    assert len(trials) == 3  # a retried trial keeps its one run
+    assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED",
+                      "nan_loss": "FAILED", "killed": "FAILED"}, res.stderr[-3000:]
+    assert len(trials) == 5  # a retried trial keeps its one run
     assert (tmp_path / "plugins" / "attempted").exists()
-    broken = next(r for r in trials if r.data.tags["method"] == "broken")
-    assert "error" in broken.data.tags
+    errors = {r.data.tags["method"]: r.data.tags.get("error", "") for r in trials}
+    # The error tag carries what went wrong, not just where Ray put the trace.
+    assert "simulated bug" in errors["broken"], errors
+    assert "diverged" in errors["nan_loss"], errors
+    assert errors["killed"] and "error.txt" not in errors["killed"], errors
+    for name in ("broken", "nan_loss"):
+        run = next(r for r in trials if r.data.tags["method"] == name)
+        files = {f.path for f in client.list_artifacts(run.info.run_id)}
+        assert "error.txt" in files, files
