@@ -101,6 +101,7 @@ def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke:
     result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
     final = final_metrics(result)
     final["device"] = str(spec.device)
+    final["ray_node"] = ray.get_runtime_context().get_node_id()  # where the trial ran
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tree, result)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -237,8 +238,8 @@ class DriverCallback(tune.Callback):
                    k in ("outer_loss", "probe_robust_acc", "epoch")}
         self.tracker.log_metrics(run_id, numeric, step=int(result.get("training_iteration", 0)))
         if result.get("final") and self.objective in result:
-            if "device" in result:
-                self.tracker.set_tags(run_id, {"device": result["device"]})
+            self.tracker.set_tags(run_id, {k: result[k] for k in ("device", "ray_node")
+                                           if k in result})
             if result.get("masking_flags"):
                 self.tracker.set_tags(run_id, {"masking_flags": result["masking_flags"]})
             if self.progress.better(self.state.best, result[self.objective]):
@@ -313,8 +314,11 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  configure_logging=True)
     try:
-        if address:
+        if address and not is_loopback_address(address):
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        elif address:  # a cluster on this machine's loopback: its nodes say 127.0.0.1 too
+            with _single_machine_mode():
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
             with _single_machine_mode():
                 ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
@@ -334,6 +338,12 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
                 "(`ray start --head`) and pass --address if that is what you want."
             )
     return True
+
+
+def is_loopback_address(address: str) -> bool:
+    """True for `127.0.0.1:6379`, `localhost:6379`, `[::1]:6379` (not `auto`, not ray://)."""
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    return host in _LOOPBACK or host.startswith("127.")
 
 
 class _single_machine_mode:

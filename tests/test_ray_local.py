@@ -20,7 +20,7 @@ def spec_tree(name: str, epochs: int) -> dict:
     return {
         "name": name,
         "dataset": {"name": "digits", "subset": 15},
-        "threat": {"steps": 3},
+        "threat": {"steps": 3, "autoattack": "off"},
         "train": {"epochs": epochs},
         "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
         "search": {"max_concurrent": 1, "asha": False},
@@ -81,3 +81,33 @@ def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
     finally:
         kill_group(proc)
     assert "--resume" in (tmp_path / "out.log").read_text()
+
+
+def test_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path, monkeypatch):
+    """A real two-node Ray cluster on this machine's loopback (head + one more node, one CPU
+    each), started and stopped by the test; `harness sweep --address` runs trials on both."""
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from sweep_helpers import run_sweep
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes on 127.0.0.1 only
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        tree = spec_tree("cluster", epochs=8)
+        tree["trials"] = 4
+        tree["search"]["max_concurrent"] = 2
+        spec = write_spec(tmp_path, tree)
+        res = run_sweep(spec, tmp_path, "--address", cluster.address, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cluster")
+    trials = [r for r in client.search_runs([exp.experiment_id]) if "trial_id" in r.data.tags]
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
+    nodes = {r.data.tags["ray_node"] for r in trials}
+    assert len(nodes) == 2, nodes  # one CPU per node, two trials at a time: both nodes work
