@@ -21,7 +21,7 @@ from harness.leaderboard import Record, groups
 FORMATS = ("md", "csv", "json", "html")
 NESTED = ("run_ids", "config", "per_arch", "flags")
 ARCH_FIELDS = ("n", "clean_acc", "robust_acc", "robust_acc_std", "autoattack_acc")
-RANKING_NOTE = ("Each row is a variant's configuration picked by validation robust accuracy "
+RANKING_NOTE = ("Each row is a variant's configuration picked by its sweep's validation objective "
                 "among its search runs. Its test accuracies are means over that "
                 "configuration's repeat runs (fresh seeds), without the search run that picked "
                 "it; that run's own test score is the 'search run' column. Cells show the mean, "
