@@ -51,6 +51,7 @@ class DatasetInfo:
     default_archs: tuple[str, ...]
     params: type[BaseModel] = NoParams
     bounds: tuple[float, float] | None = (0.0, 1.0)  # None: unbounded features (synthetic)
+    images: bool = True  # (C, H, W) inputs; False: feature vectors (image archs refused)
     embedded: bool = False  # generated in code or shipped by a package: never missing
     present: Callable[[Path], bool] | None = None  # are the files under this root?
     fetch_hint: str = ""  # how to get the files, quoted in the missing-files message
@@ -243,6 +244,7 @@ def _synthetic_eps(d: int | None = None) -> float:
     default_archs=("linear", "mlp"),
     params=SyntheticParams,
     bounds=None,
+    images=False,
     embedded=True,
     description="Tsipras et al. abstraction model: one robust feature, d weak non-robust ones",
 )

@@ -26,7 +26,8 @@ from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
 from harness.config import RunSpec
 from harness.data import DATASETS, DatasetSplits, load_dataset
-from harness.models import MODELS
+from harness.errors import HarnessInputError
+from harness.models import IMAGE_ARCHS, MODELS
 from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
 from methods import METHODS, DatasetMethod, LearnedDataset, MethodContext, ModelMethod, make_method
 
@@ -131,9 +132,14 @@ def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
 
 
 def resolve_archs(spec: RunSpec) -> list[str]:
-    archs = spec.eval.archs or list(DATASETS.get(spec.dataset.name).default_archs)
+    info = DATASETS.get(spec.dataset.name)
+    archs = spec.eval.archs or list(info.default_archs)
     for a in archs:
         MODELS.get(a, field="eval.archs")
+        if a in IMAGE_ARCHS and not info.images:
+            raise HarnessInputError(
+                f"{a!r} is an image architecture, but {info.name!r} gives feature vectors; "
+                "use linear or mlp for it.", field="eval.archs")
     return archs
 
 

@@ -76,6 +76,8 @@ CASES = [
     (with_("dataset", [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}]),
      "methods", "same name"),
     (with_("eval/archs", ["nosuch"]), "eval.archs", "nosuch"),
+    (with_("dataset", {"name": "synthetic-robust"}) | {"eval": {"archs": ["convnet"]}},
+     "eval.archs", "image architecture"),
     (with_("threat/autoattack", "plus"), "threat.autoattack", "standard"),
     ("name: a\nname: b\ndataset: {name: digits}\nmethods: {erm: {}}\n", "SPEC", "twice"),
     ("a: &x [1, 1]\nb: [*x, *x]\n", "SPEC", "aliases"),
