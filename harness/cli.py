@@ -43,7 +43,12 @@ class HarnessGroup(click.Group):
 @click.version_option(package_name="robust-dataset-harness")
 def main() -> None:
     """Benchmark robust dataset learning against adversarial training and dataset
-    distillation: sweeps on Ray Tune + Optuna, tracked in MLflow, summarised as leaderboards."""
+    distillation: sweeps on Ray Tune + Optuna, tracked in MLflow, summarised as leaderboards.
+
+    \b
+    Example:
+      harness sweep sweeps/quick.yaml && harness leaderboard --format html --output board.html
+    """
 
 
 # ----------------------------------------------------------------------------------- run
@@ -66,7 +71,7 @@ class ProgressLog:
         err_console.print(f"[dim]step {step}[/]  {shown}", highlight=False)
 
 
-@main.command()
+@main.command(short_help="Run one trial and score it (--json for scripts).")
 @click.option("--dataset", required=True, help="Dataset name (see `harness datasets`).")
 @click.option("--method", required=True, help="Method name (see `harness methods`).")
 @click.option("--arch", default=None, help="Evaluate this architecture only.")
@@ -78,7 +83,12 @@ class ProgressLog:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--data-root", default=None, help="Data directory (default $HARNESS_DATA or ~/.cache/harness/data).")
 def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_root) -> None:
-    """Run one trial: learn or train, then evaluate under the harness's protocol."""
+    """Run one trial: learn or train, then evaluate under the harness's protocol.
+
+    \b
+    Example:
+      harness run --dataset digits --method pgd_at --smoke --json
+    """
     from harness.config import apply_overrides, build_run_spec
     from harness.evaluate import run_trial, smoke_assignments
 
@@ -146,7 +156,9 @@ def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
     from harness.config import apply_overrides, build_sweep_spec, load_yaml
     from harness.plan import make_plan
 
-    tree = apply_overrides(load_yaml(path), assignments)
+    # --smoke is for checking a spec on a laptop: no GPU asked for (an explicit --set wins).
+    pre = ["resources.gpu=0"] if smoke else []
+    tree = apply_overrides(load_yaml(path), [*pre, *assignments])
     spec = build_sweep_spec(tree)
     return spec, yaml.safe_dump(tree, sort_keys=False), make_plan(spec, smoke=smoke)
 
@@ -188,16 +200,21 @@ def with_options(options):
     return wrap
 
 
-@main.command()
+@main.command(short_help="Check a sweep spec; print its trial plan.")
 @with_options(sweep_options)
 def validate(spec_path, assignments, smoke) -> None:
-    """Check a sweep spec and print its resolved trial plan."""
+    """Check a sweep spec and print its resolved trial plan.
+
+    \b
+    Example:
+      harness validate sweeps/cifar10.yaml --set trials=2
+    """
     spec, _, plan = load_sweep(spec_path, assignments, smoke)
     print_plan(spec, plan)
     click.echo(f"{spec_path}: valid")
 
 
-@main.command()
+@main.command(short_help="Run a sweep on Ray Tune + Optuna, tracked in MLflow.")
 @with_options(sweep_options)
 @click.option("--tracking-uri", default=None,
               help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
@@ -206,7 +223,13 @@ def validate(spec_path, assignments, smoke) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep of the same name.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without running.")
 def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run) -> None:
-    """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow."""
+    """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow.
+
+    \b
+    Example:
+      harness sweep sweeps/quick.yaml
+      harness sweep sweeps/cifar10.yaml --address auto --storage /shared/ray_results
+    """
     spec, text, plan = load_sweep(spec_path, assignments, smoke)
     if dry_run:
         print_plan(spec, plan)
@@ -265,11 +288,16 @@ def show_leaderboard(uri: str, experiment: str) -> None:
 # ------------------------------------------------------------------------------ listings
 
 
-@main.command()
+@main.command(short_help="List datasets, default threats, files present.")
 @click.option("--data-root", default=None, help="Data directory to check for files.")
 @click.option("--json", "as_json", is_flag=True)
 def datasets(data_root, as_json) -> None:
-    """List datasets, their default threat and whether their files are present."""
+    """List datasets, their default threat and whether their files are present.
+
+    \b
+    Example:
+      harness datasets --data-root /data
+    """
     from harness.data import DATASETS, files_present, resolve_root
 
     rows = []
@@ -291,9 +319,14 @@ def datasets(data_root, as_json) -> None:
                    f"{', '.join(r['default_archs']):18s} {r['description']}")
 
 
-@main.command()
+@main.command(short_help="List the registered architectures.")
 def archs() -> None:
-    """List the registered architectures."""
+    """List the registered architectures.
+
+    \b
+    Example:
+      harness archs
+    """
     from harness.models import MODELS
 
     for name in MODELS:
@@ -301,9 +334,14 @@ def archs() -> None:
         click.echo(f"{name:10s} {doc[0] if doc else ''}")
 
 
-@main.command()
+@main.command(short_help="List the registered methods and their papers.")
 def methods() -> None:
-    """List the registered methods with their kind and paper."""
+    """List the registered methods with their kind and paper.
+
+    \b
+    Example:
+      HARNESS_PLUGINS=my_methods harness methods
+    """
     from methods import METHODS
 
     for name in METHODS:
@@ -315,7 +353,7 @@ def methods() -> None:
 # ------------------------------------------------------------------------- leaderboard, ui
 
 
-@main.command()
+@main.command(short_help="Rank a sweep's variants (md, csv, html, json).")
 @click.option("--experiment", default=None, help="The sweep's experiment (its name).")
 @click.option("--sweep", "sweep_run_id", default=None, metavar="RUN_ID",
               help="The sweep's parent run id (instead of --experiment).")
@@ -328,7 +366,12 @@ def methods() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> None:
     """Rank each method variant's best configuration (chosen on validation) per dataset and
-    threat, by AutoAttack (else PGD) robust accuracy on the test split."""
+    threat, by AutoAttack (else PGD) robust accuracy on the test split.
+
+    \b
+    Example:
+      harness leaderboard --experiment quick --format html --output board.html
+    """
     from pathlib import Path
 
     from harness import leaderboard as board
@@ -370,12 +413,17 @@ def check_output(path, force: bool) -> None:
             "path. Nothing was written.", field="--output")
 
 
-@main.command()
+@main.command(short_help="Serve the MLflow UI on 127.0.0.1.")
 @click.option("--tracking-uri", default=None,
               help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(tracking_uri, port) -> None:
-    """Serve the MLflow UI on 127.0.0.1 for the store (Ctrl-C stops it)."""
+    """Serve the MLflow UI on 127.0.0.1 for the store (Ctrl-C stops it).
+
+    \b
+    Example:
+      harness ui --tracking-uri sqlite:///mlflow.db --port 5001
+    """
     import os
     import socket
     from pathlib import Path

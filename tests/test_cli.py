@@ -184,3 +184,20 @@ def test_sweep_on_missing_data_exits_2_before_anything_runs(tmp_path, monkeypatc
     assert res.exit_code == 2, res.output
     assert "mnist" in res.output and "download" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_lists_every_command_uncut_with_examples():
+    out = invoke("--help").output
+    listed = out.split("Commands:")[1].strip().splitlines()
+    assert listed and not any(line.rstrip().endswith("...") for line in listed), out
+    for command in ("run", "sweep", "validate", "leaderboard", "ui", "datasets", "archs", "methods"):
+        assert command in out
+        assert "Example:" in invoke(command, "--help").output, command
+
+
+def test_smoke_drops_gpu_requests():
+    from pathlib import Path
+
+    spec = str(Path(__file__).resolve().parents[1] / "sweeps" / "cifar10.yaml")
+    assert "gpu 0.0" in invoke("validate", spec, "--smoke").output
+    assert "gpu 1" in invoke("validate", spec).output
