@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness.config import format_eps
 from harness.errors import HarnessInputError
 
 err_console = Console(stderr=True)
@@ -132,7 +133,7 @@ def check_device(device: str) -> None:
 
 def print_result(result) -> None:
     table = Table(title=f"{result.method} on {result.dataset} "
-                        f"({result.threat['norm']} eps {result.threat['eps']:.4g})")
+                        f"({result.threat['norm']} eps {format_eps(result.threat['eps'])})")
     for col in ("arch", "n", "clean", "PGD", "AutoAttack"):
         table.add_column(col, justify="right")
     for a in result.per_arch:
@@ -315,7 +316,7 @@ def datasets(data_root, as_json) -> None:
     click.echo(f"{'name':18s} {'files':9s} {'Linf eps':>9s}  {'archs':18s} description")
     for r in rows:
         state = "embedded" if r["embedded"] else ("present" if r["present"] else "missing")
-        click.echo(f"{r['name']:18s} {state:9s} {r['default_eps']:9.4g}  "
+        click.echo(f"{r['name']:18s} {state:9s} {format_eps(r['default_eps']):>9s}  "
                    f"{', '.join(r['default_archs']):18s} {r['description']}")
 
 

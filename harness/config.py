@@ -32,6 +32,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def format_eps(eps: float) -> str:
+    """A radius as people write it, the inverse of ThreatSpec's "8/255" parsing: a short
+    decimal as itself (0.2, 0.5), k/255 where the decimal would be a long fraction
+    (8/255 = 0.0314...). Every place that shows a radius uses this one notation."""
+    in_255 = eps * 255
+    short = abs(eps - round(eps, 3)) < 1e-9
+    if not short and eps < 1 and abs(in_255 - round(in_255)) < 1e-6 and round(in_255) >= 1:
+        return f"{round(in_255)}/255"
+    return f"{eps:.4g}"
+
+
 class DatasetSpec(BaseModel):
     """Which data, where it lives, and how it is split. Extra keys are the dataset's own
     parameters (e.g. `d`, `p` of synthetic-robust) and are checked by the dataset."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import (
-    Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, parse_dimension, set_path,
+    Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, format_eps,
+    parse_dimension, set_path,
 )
 from harness.data import DATASETS, validate_params
 from harness.evaluate import resolve_archs, smoke_assignments
@@ -54,7 +55,7 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
     threats = spec.threats()
     for ds, threat in itertools.product(spec.datasets(), threats):
         DATASETS.get(ds.name, field="dataset.name")
-        tname = f"{threat.norm}-{threat.eps:.4g}" if len(threats) > 1 and threat.eps else ""
+        tname = f"{threat.norm}-{format_eps(threat.eps)}" if len(threats) > 1 and threat.eps else ""
         if len(threats) > 1 and not threat.eps:
             tname = f"{threat.norm}-default"
         for method, msweep in spec.methods.items():

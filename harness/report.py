@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from harness.config import format_eps
 from harness.errors import HarnessInputError
 from harness.leaderboard import Record, groups
 
@@ -138,15 +139,7 @@ COLUMNS = (
 
 def threat_text(norm: str, eps: float | None) -> str:
     name = {"linf": "Linf", "l2": "L2"}.get(norm, norm)
-    if eps is None:
-        return f"{name} eps ?"
-    # A short decimal (0.2, 0.5) reads best as itself; k/255 only where the decimal would be
-    # a long fraction (8/255 = 0.0314): that is how such radii were written in the spec.
-    in_255 = eps * 255
-    short = abs(eps - round(eps, 3)) < 1e-9
-    if not short and eps < 1 and abs(in_255 - round(in_255)) < 1e-6 and round(in_255) >= 1:
-        return f"{name} eps {round(in_255)}/255"
-    return f"{name} eps {eps:.4g}"
+    return f"{name} eps {'?' if eps is None else format_eps(eps)}"
 
 
 def group_title(key: tuple) -> str:
