@@ -452,5 +452,38 @@ def ui(tracking_uri, port) -> None:
                          "--port", str(port), "--workers", "1"], env)
 
 
+@main.command(short_help="Score a labelled set made elsewhere (.pt with x, y).")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dataset", required=True, help="The dataset the set stands for (its test split scores it).")
+@click.option("--archs", default=None, help="Comma-separated evaluation architectures (default: the dataset's).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec field by dotted key, e.g. --set eval.epochs=300 (repeatable).")
+@click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def score(path, dataset, archs, seed, assignments, smoke, as_json) -> None:
+    """Score a dataset made outside the harness (a distilled or robust set from another
+    codebase) under the harness's protocol: fresh models naturally trained on it, attacked on
+    the test split. PATH is a .pt file holding {'x': inputs, 'y': labels} (optionally 'soft':
+    class probabilities), loaded with torch.load(weights_only=True).
+
+    \b
+    Example:
+      harness score my_ipc10.pt --dataset fashion-mnist --archs convnet,mlp --json
+    """
+    from harness import api
+    from harness.config import apply_overrides
+
+    x, y, meta = api.load_set(path)
+    sections: dict[str, Any] = apply_overrides({}, assignments)
+    result = api.score_dataset(x, y, dataset=dataset, seed=seed, smoke=smoke,
+                               archs=archs.split(",") if archs else None,
+                               info={"file": str(path)}, **sections)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_result(result)
+
+
 if __name__ == "__main__":
     main()

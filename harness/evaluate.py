@@ -29,7 +29,9 @@ from harness.data import DATASETS, DatasetSplits, load_dataset
 from harness.errors import HarnessInputError
 from harness.models import IMAGE_ARCHS, MODELS
 from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
-from methods import METHODS, DatasetMethod, LearnedDataset, MethodContext, ModelMethod, make_method
+from methods import (
+    METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
+)
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -241,15 +243,18 @@ def early_stop_selector(data: DatasetSplits, threat: Threat, device: torch.devic
 
 
 def run_trial(
-    spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False
+    spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False,
+    method: Method | None = None,
 ) -> TrialResult:
     """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
 
     `probe_epochs`: while the first model of a model-producing method trains, log a cheap
-    validation robust accuracy after every epoch (early stopping of weak sweep trials)."""
+    validation robust accuracy after every epoch (early stopping of weak sweep trials).
+    `method`: an already built method to score instead of the spec's (`harness.api` passes a
+    dataset made outside the harness this way)."""
     log = log or (lambda metrics, step: None)
     device = pick_device(spec.device)
-    method = make_method(spec.method.name, spec.method.params())
+    method = method or make_method(spec.method.name, spec.method.params())
     archs = resolve_archs(spec)
     ds = spec.dataset
     data = load_dataset(

@@ -141,7 +141,8 @@ def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
     if result.learned is not None:
         (root / "dataset").mkdir()
         learned = result.learned
-        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu()}, root / "dataset" / "learned.pt")
+        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
+                   root / "dataset" / "learned.pt")
         if learned.x.dim() == 4:
             from harness.images import save_grid
 
@@ -150,6 +151,24 @@ def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
         (root / "model").mkdir()
         for arch, state in result.weights.items():
             torch.save(state, root / "model" / f"{arch}.pt")
+
+
+def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
+    """What a learned-set file says about itself: enough to score it again elsewhere
+    (`harness score`, `harness.api.load_learned`). Plain values only, so it loads with
+    torch.load(weights_only=True)."""
+    import json
+    from importlib.metadata import version
+
+    learned = result.learned
+    meta = {
+        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
+        "input_shape": list(learned.x.shape[1:]),
+        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
+        "threat": result.threat, "seed": tree.get("seed"),
+        "harness_version": version("robust-dataset-harness"), "info": learned.info,
+    }
+    return json.loads(json.dumps(meta, default=str))
 
 
 # ----------------------------------------------------------------------------- the driver

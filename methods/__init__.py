@@ -8,7 +8,9 @@ import importlib
 import os
 import pkgutil
 
-from methods.base import METHODS, DatasetMethod, LearnedDataset, MethodContext, ModelMethod, make_method
+from methods.base import (
+    METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
+)
 
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base" and not _mod.name.startswith("_"):
@@ -34,4 +36,5 @@ def _load_plugins(spec: str) -> None:
 
 _load_plugins(os.environ.get("HARNESS_PLUGINS", ""))
 
-__all__ = ["METHODS", "DatasetMethod", "LearnedDataset", "MethodContext", "ModelMethod", "make_method"]
+__all__ = ["METHODS", "DatasetMethod", "LearnedDataset", "Method", "MethodContext", "ModelMethod",
+           "make_method"]

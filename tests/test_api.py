@@ -1,0 +1,93 @@
+"""The Python API and `harness score`: sets and models made outside the harness are scored by
+the same protocol as the harness's own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from harness import api
+from harness.cli import main
+from harness.data import load_dataset
+from harness.errors import HarnessInputError
+
+SECTIONS = dict(threat={"steps": 5, "autoattack": "fast"},
+                eval={"archs": ["mlp"], "models_per_arch": 1, "epochs": 60, "max_test": 150,
+                      "max_val": 100})
+
+
+def test_a_set_scored_through_the_api_gets_exactly_the_methods_own_score():
+    own = api.run("digits", "random", seed=3, settings={"ipc": 10}, **SECTIONS)
+    outside = api.score_dataset(own.learned.x.clone(), own.learned.y.clone(), dataset="digits",
+                                seed=3, **SECTIONS)
+    assert outside.method == "external" and outside.dataset_size == own.dataset_size == 100
+    for key in ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc"):
+        assert getattr(outside, key) == getattr(own, key), key
+    assert 0.6 < outside.clean_acc <= 1.0
+
+
+def test_harness_score_reads_a_pt_file_with_soft_labels(tmp_path):
+    data = load_dataset("digits")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.y_train), generator=g)[:80]
+    soft = torch.nn.functional.one_hot(data.y_train[idx], 10).float() * 0.9 + 0.01
+    path = tmp_path / "set.pt"
+    torch.save({"x": data.x_train[idx], "y": data.y_train[idx], "soft": soft}, path)
+    res = CliRunner().invoke(main, ["score", str(path), "--dataset", "digits", "--archs", "mlp",
+                                    "--smoke", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["method"] == "external" and out["dataset_size"] == 80
+    assert 0 <= out["autoattack_acc"] <= out["clean_acc"] <= 1
+
+
+@pytest.mark.parametrize("blob,word", [
+    ({"x": torch.rand(5, 1, 8, 9), "y": torch.zeros(5, dtype=torch.long)}, "shape"),
+    ({"x": torch.rand(5, 1, 8, 8) * 3, "y": torch.zeros(5, dtype=torch.long)}, "bounds"),
+    ({"x": torch.rand(5, 1, 8, 8), "y": torch.full((5,), 12)}, "class ids"),
+    ({"x": torch.rand(5, 1, 8, 8), "y": torch.zeros(4, dtype=torch.long)}, "labels"),
+    ({"x": torch.rand(5, 1, 8, 8)}, "'x' and 'y'"),
+])
+def test_harness_score_refuses_a_set_that_does_not_fit(tmp_path, blob, word):
+    path = tmp_path / "bad.pt"
+    torch.save(blob, path)
+    res = CliRunner().invoke(main, ["score", str(path), "--dataset", "digits", "--smoke"])
+    assert res.exit_code == 2, res.output
+    assert word in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_score_model_attacks_a_model_trained_elsewhere():
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
+        opt.step()
+    model.train()  # score_model puts it in eval mode itself
+    scores = api.score_model(model, dataset="digits", threat={"autoattack": "fast"},
+                             eval={"max_test": 200, "max_val": 100})
+    assert scores["clean_acc"] > 0.85
+    assert scores["autoattack_acc"] <= scores["robust_acc"] + 0.02 < scores["clean_acc"]
+    assert isinstance(scores["masking_flags"], list)
+
+
+def test_load_learned_reads_a_runs_artifact_with_its_metadata(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    (tmp_path / "dataset").mkdir()
+    torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.arange(4), "meta": {"dataset": "digits"}},
+               tmp_path / "dataset" / "learned.pt")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "dataset"), artifact_path="dataset")
+    learned = api.load_learned(run.info.run_id, uri)
+    assert learned.x.shape == (4, 1, 8, 8) and learned.info["dataset"] == "digits"
+    with pytest.raises(HarnessInputError, match="no learned set"):
+        api.load_learned("0" * 32, uri)
