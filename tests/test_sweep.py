@@ -84,7 +84,14 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         # what the worker actually ran is what the driver recorded for this trial
         ran = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "spec.yaml")).read_text())
         assert ran["method"]["name"] == tags["method"]
+        assert ran["dataset"]["name"] == tags["dataset"]
         assert str(ran["seed"]) == params["seed"]
+        # every logged param is the value of the spec the worker ran (eps resolved from null)
+        from harness.tracking import flatten
+        ran_flat = {k: str(v) for k, v in flatten(ran).items()}
+        for key, value in params.items():
+            if key in ran_flat and key != "threat.eps":
+                assert ran_flat[key] == value, (key, ran_flat[key], value)
         if tags["method"] == "random":
             data_files = {f.path for f in client.list_artifacts(r.info.run_id, "dataset")}
             assert data_files == {"dataset/learned.pt", "dataset/grid.png"}, (tags, files)
