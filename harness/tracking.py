@@ -4,7 +4,8 @@ Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
 - one experiment per sweep (named after the sweep);
 - one parent run per sweep (tag `harness.role=sweep`), one child run per trial (tags
   `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id`, `phase`
-  (`search` or `repeat`), `git_sha`, `device`, versions of torch/ray/mlflow);
+  (`search` or `repeat`), `device`, and from `harness.provenance` `git_sha`, `git_dirty` and
+  the versions of torch, ray, mlflow and the harness);
 - params: the resolved trial spec flattened to dotted keys, plus `method` and `dataset`, so
   the same names mean the same thing for every method in the UI's compare view;
 - metrics: the `harness run --json` keys (clean_acc, robust_acc, autoattack_acc when on,
@@ -22,7 +23,6 @@ import contextlib
 import functools
 import logging
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessInputError
+from harness.provenance import git_tags, version_tags
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -122,29 +123,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def version_tags() -> dict[str, str]:
-    import torch
-
-    tags = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__}
-    try:
-        import ray
-
-        tags["ray_version"] = ray.__version__
-    except ImportError:
-        pass
-    return tags
-
-
 def serialised(method):
     """Run a Tracker method under the tracker's lock: the driver's variant threads share one
     store, and sqlite allows one writer at a time."""
@@ -168,7 +146,7 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else client.create_experiment(sweep)
         self.parent_run_id = parent_run_id or self._new_parent()
         self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._common = {"sweep": sweep, "git_sha": git_sha(), **version_tags()}
+        self._common = {"sweep": sweep, **git_tags(), **version_tags()}
 
     def _new_parent(self) -> str:
         run = self.client.create_run(
