@@ -102,7 +102,7 @@ def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke:
     final = final_metrics(result)
     final["device"] = str(spec.device)
     with tempfile.TemporaryDirectory() as tmp:
-        write_artifacts(Path(tmp), tree, result)
+        write_artifacts(Path(tmp), spec.model_dump(mode="json"), result)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -133,7 +133,9 @@ def final_metrics(result) -> dict[str, Any]:
 
 
 def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
-    """spec.yaml, the learned dataset (tensor file + image grid) and final model weights."""
+    """spec.yaml (the RunSpec with every default filled in, so `harness run --from-run`
+    repeats the trial even after a default changes), the learned dataset (tensor file +
+    image grid) and final model weights."""
     import torch
 
     (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
