@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -287,6 +288,36 @@ def load_trial_runs(
         return _children(client, _sweep_parent(client, sweep_run_id))
     exp_id = _experiment_id(client, experiment) if experiment else _only_sweep_experiment(client)
     return [r for r in _search(client, [exp_id], "") if _is_trial(r)]
+
+
+def recorded_spec(uri: str | None, run_id: str) -> dict[str, Any]:
+    """The resolved RunSpec tree a trial run recorded (its `spec.yaml` artifact)."""
+    from harness.config import read_yaml
+
+    client = connect(require_existing_store(uri))
+    _trial_run(client, run_id)
+    if "spec.yaml" not in {f.path for f in client.list_artifacts(run_id)}:
+        raise HarnessInputError(f"run {run_id!r} has no spec.yaml artifact, so there is no "
+                                "recorded spec to re-run.", field="--from-run")
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(run_id, "spec.yaml", tmp)).read_text("utf-8")
+    tree = read_yaml(text)
+    if not isinstance(tree, dict):
+        raise HarnessInputError(f"the spec.yaml of run {run_id!r} is not a mapping.",
+                                field="--from-run")
+    return tree
+
+
+def _trial_run(client: MlflowClient, run_id: str) -> RunData:
+    try:
+        run = _to_data(client.get_run(run_id))
+    except MlflowException:
+        raise HarnessInputError(f"no run {run_id!r} in the store; give the run id of a trial "
+                                "(a child run of a sweep).", field="--from-run") from None
+    if run.tags.get("harness.role") == "sweep":
+        raise HarnessInputError(f"run {run_id!r} is a sweep's parent run; give the run id of "
+                                "one of its trials.", field="--from-run")
+    return run
 
 
 def _to_data(run: Any) -> RunData:
