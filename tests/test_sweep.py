@@ -15,24 +15,10 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.config import build_run_spec
 from harness.provenance import git_tags
-from sweep_helpers import kill_group, run_sweep, start_sweep, wait_for, write_spec
+from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
+                           wait_for, write_spec)
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
-
-TINY_RUN = {
-    "threat": {"steps": 3, "autoattack": "fast"},
-    "train": {"epochs": 2},
-    "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
-    "search": {"max_concurrent": 2, "asha": False},
-}
-
-
-def trial_runs(client: MlflowClient, sweep: str):
-    exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return [r for r in runs if "trial_id" in r.data.tags], [
-        r for r in runs if r.data.tags.get("harness.role") == "sweep"
-    ]
 
 
 @pytest.fixture(scope="module")
