@@ -73,8 +73,8 @@ class ProgressLog:
 
 
 @main.command(short_help="Run one trial and score it (--json for scripts).")
-@click.option("--dataset", required=True, help="Dataset name (see `harness datasets`).")
-@click.option("--method", required=True, help="Method name (see `harness methods`).")
+@click.option("--dataset", default=None, help="Dataset name (see `harness datasets`).")
+@click.option("--method", default=None, help="Method name (see `harness methods`).")
 @click.option("--arch", default=None, help="Evaluate this architecture only.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
@@ -83,16 +83,45 @@ class ProgressLog:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--data-root", default=None, help="Data directory (default $HARNESS_DATA or ~/.cache/harness/data).")
-def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_root) -> None:
+@click.option("--from-run", default=None, metavar="RUN_ID",
+              help="Re-run a sweep's trial from the spec it recorded (instead of --dataset and "
+                   "--method); --set, --arch, --seed, --device and --data-root apply on top.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow store of --from-run (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_root, from_run,
+        tracking_uri) -> None:
     """Run one trial: learn or train, then evaluate under the harness's protocol.
 
     \b
     Example:
       harness run --dataset digits --method pgd_at --smoke --json
+      harness run --from-run 3f2a... --tracking-uri sqlite:///mlflow.db
     """
     from harness.config import apply_overrides, build_run_spec
-    from harness.evaluate import run_trial, smoke_assignments
+    from harness.evaluate import run_trial
 
+    if from_run:
+        tree = recorded_tree(from_run, tracking_uri, dataset=dataset, method=method, smoke=smoke,
+                             given=dict(arch=arch, seed=seed, device=device, data_root=data_root))
+        pre: list[str] = []
+    else:
+        tree, pre = fresh_tree(dataset, method, arch, seed, device, data_root, smoke)
+    spec = build_run_spec(apply_overrides(tree, [*pre, *assignments]))
+    check_device(spec.device)
+    result = run_trial(spec, smoke=smoke, log=ProgressLog())
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_result(result)
+
+
+def fresh_tree(dataset, method, arch, seed, device, data_root, smoke) -> tuple[dict, list[str]]:
+    """The spec tree of `harness run --dataset --method`, and --smoke's overrides."""
+    from harness.evaluate import smoke_assignments
+
+    if not dataset or not method:
+        raise HarnessInputError("give --dataset NAME and --method NAME, or --from-run RUN_ID "
+                                "to re-run a recorded trial.", field="--dataset")
     tree: dict[str, Any] = {
         "dataset": {"name": dataset}, "method": {"name": method}, "seed": seed, "device": device,
     }
@@ -103,13 +132,37 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
     pre = smoke_assignments(dataset, method) if smoke else []
     if arch and smoke:
         pre = [a for a in pre if not a.startswith("eval.archs=")]
-    spec = build_run_spec(apply_overrides(tree, [*pre, *assignments]))
-    check_device(spec.device)
-    result = run_trial(spec, smoke=smoke, log=ProgressLog())
-    if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        print_result(result)
+    return tree, pre
+
+
+# What each `run` flag sets in a recorded spec when given explicitly with --from-run.
+FLAG_PATHS = {"arch": "eval.archs", "seed": "seed", "device": "device", "data_root": "dataset.root"}
+
+
+def recorded_tree(run_id: str, uri: str | None, *, dataset, method, smoke, given) -> dict:
+    """The spec tree run `run_id` recorded, with the explicitly given flags applied. The
+    dataset, method and budgets come from the record, so flags that would replace them are
+    refused rather than silently mixed in."""
+    from click.core import ParameterSource
+
+    from harness import tracking
+    from harness.config import set_path
+
+    clashing = [flag for flag, value in (("--dataset", dataset), ("--method", method),
+                                         ("--smoke", smoke)) if value]
+    if clashing:
+        raise HarnessInputError(
+            f"--from-run takes the dataset, method and budgets from run {run_id!r}; drop "
+            f"{', '.join(clashing)} (change a recorded setting with --set key=value).",
+            field="--from-run")
+    tree = tracking.recorded_spec(uri, run_id)
+    ctx = click.get_current_context()
+    for name, path in FLAG_PATHS.items():
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            value = [given[name]] if name == "arch" else given[name]
+            set_path(tree, path, value, field="--" + name.replace("_", "-"))
+    err_console.print(f"re-running the spec recorded by run {run_id}", highlight=False)
+    return tree
 
 
 def check_device(device: str) -> None:

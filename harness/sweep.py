@@ -103,7 +103,7 @@ def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke:
     final["device"] = str(spec.device)
     final["ray_node"] = ray.get_runtime_context().get_node_id()  # where the trial ran
     with tempfile.TemporaryDirectory() as tmp:
-        write_artifacts(Path(tmp), tree, result)
+        write_artifacts(Path(tmp), spec.model_dump(mode="json"), result)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -134,7 +134,9 @@ def final_metrics(result) -> dict[str, Any]:
 
 
 def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
-    """spec.yaml, the learned dataset (tensor file + image grid) and final model weights."""
+    """spec.yaml (the RunSpec with every default filled in, so `harness run --from-run`
+    repeats the trial even after a default changes), the learned dataset (tensor file +
+    image grid) and final model weights."""
     import torch
 
     (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))

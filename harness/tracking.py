@@ -4,7 +4,8 @@ Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
 - one experiment per sweep (named after the sweep);
 - one parent run per sweep (tag `harness.role=sweep`), one child run per trial (tags
   `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id`, `phase`
-  (`search` or `repeat`), `git_sha`, `device`, versions of torch/ray/mlflow);
+  (`search` or `repeat`), `device`, and from `harness.provenance` `git_sha`, `git_dirty` and
+  the versions of torch, ray, mlflow and the harness);
 - params: the resolved trial spec flattened to dotted keys, plus `method` and `dataset`, so
   the same names mean the same thing for every method in the UI's compare view;
 - metrics: the `harness run --json` keys (clean_acc, robust_acc, autoattack_acc when on,
@@ -22,7 +23,7 @@ import contextlib
 import functools
 import logging
 import os
-import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessInputError
+from harness.provenance import git_tags, version_tags
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -122,29 +124,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def version_tags() -> dict[str, str]:
-    import torch
-
-    tags = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__}
-    try:
-        import ray
-
-        tags["ray_version"] = ray.__version__
-    except ImportError:
-        pass
-    return tags
-
-
 def serialised(method):
     """Run a Tracker method under the tracker's lock: the driver's variant threads share one
     store, and sqlite allows one writer at a time."""
@@ -168,7 +147,7 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else client.create_experiment(sweep)
         self.parent_run_id = parent_run_id or self._new_parent()
         self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._common = {"sweep": sweep, "git_sha": git_sha(), **version_tags()}
+        self._common = {"sweep": sweep, **git_tags(), **version_tags()}
 
     def _new_parent(self) -> str:
         run = self.client.create_run(
@@ -313,6 +292,36 @@ def load_trial_runs(
         return _children(client, _sweep_parent(client, sweep_run_id))
     exp_id = _experiment_id(client, experiment) if experiment else _only_sweep_experiment(client)
     return [r for r in _search(client, [exp_id], "") if _is_trial(r)]
+
+
+def recorded_spec(uri: str | None, run_id: str) -> dict[str, Any]:
+    """The resolved RunSpec tree a trial run recorded (its `spec.yaml` artifact)."""
+    from harness.config import read_yaml
+
+    client = connect(require_existing_store(uri))
+    _trial_run(client, run_id)
+    if "spec.yaml" not in {f.path for f in client.list_artifacts(run_id)}:
+        raise HarnessInputError(f"run {run_id!r} has no spec.yaml artifact, so there is no "
+                                "recorded spec to re-run.", field="--from-run")
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(client.download_artifacts(run_id, "spec.yaml", tmp)).read_text("utf-8")
+    tree = read_yaml(text)
+    if not isinstance(tree, dict):
+        raise HarnessInputError(f"the spec.yaml of run {run_id!r} is not a mapping.",
+                                field="--from-run")
+    return tree
+
+
+def _trial_run(client: MlflowClient, run_id: str) -> RunData:
+    try:
+        run = _to_data(client.get_run(run_id))
+    except MlflowException:
+        raise HarnessInputError(f"no run {run_id!r} in the store; give the run id of a trial "
+                                "(a child run of a sweep).", field="--from-run") from None
+    if run.tags.get("harness.role") == "sweep":
+        raise HarnessInputError(f"run {run_id!r} is a sweep's parent run; give the run id of "
+                                "one of its trials.", field="--from-run")
+    return run
 
 
 def _to_data(run: Any) -> RunData:

@@ -14,6 +14,24 @@ import yaml
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
+# Budgets of a sweep that runs in seconds per trial on a CPU.
+TINY_RUN = {
+    "threat": {"steps": 3, "autoattack": "fast"},
+    "train": {"epochs": 2},
+    "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
+    "search": {"max_concurrent": 2, "asha": False},
+}
+
+
+def trial_runs(client, sweep: str):
+    """(trial runs, sweep parent runs) of the sweep's experiment."""
+    exp = client.get_experiment_by_name(sweep)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "trial_id" in r.data.tags], [
+        r for r in runs if r.data.tags.get("harness.role") == "sweep"
+    ]
+
+
 def write_spec(directory: Path, tree: dict) -> Path:
     path = directory / f"{tree['name']}.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -12,24 +13,12 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from sweep_helpers import kill_group, run_sweep, start_sweep, wait_for, write_spec
+from harness.config import build_run_spec
+from harness.provenance import git_tags
+from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
+                           wait_for, write_spec)
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
-
-TINY_RUN = {
-    "threat": {"steps": 3, "autoattack": "fast"},
-    "train": {"epochs": 2},
-    "eval": {"models_per_arch": 1, "archs": ["mlp"], "max_test": 100, "max_val": 100},
-    "search": {"max_concurrent": 2, "asha": False},
-}
-
-
-def trial_runs(client: MlflowClient, sweep: str):
-    exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return [r for r in runs if "trial_id" in r.data.tags], [
-        r for r in runs if r.data.tags.get("harness.role") == "sweep"
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +47,7 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
     trials, parents = trial_runs(client, "small")
     assert len(parents) == 1
     parent = parents[0].info.run_id
+    source = git_tags()  # the checkout the sweep's driver imported the harness from
     # erm: 2 Optuna trials + 1 repeat; random[ipc=3]: nothing searched -> 1 trial + 1 repeat
     counts = Counter((r.data.tags["variant"], r.data.tags["phase"]) for r in trials)
     assert counts == {("erm", "search"): 2, ("erm", "repeat"): 1,
@@ -68,7 +58,11 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         assert tags["mlflow.parentRunId"] == parent
         assert tags["sweep"] == "small" and tags["dataset"] == "digits"
         assert tags["method"] == params["method"] == params["method.name"]
-        assert {"git_sha", "torch_version", "ray_version", "mlflow_version", "device"} <= set(tags)
+        assert {"git_sha", "torch_version", "ray_version", "mlflow_version", "harness_version",
+                "device"} <= set(tags)
+        assert tags["git_sha"] == source["git_sha"]
+        known = source["git_sha"] != "unknown"
+        assert tags["git_dirty"] in ({"true", "false"} if known else {"unknown"})
         assert float(params["threat.eps"]) == pytest.approx(0.2)  # resolved default, not None
         for key in ("clean_acc", "robust_acc", "val_robust_acc", "learn_seconds",
                     "train_seconds", "work_epochs", "arch.mlp.robust_acc"):
@@ -92,6 +86,9 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         for key, value in params.items():
             if key in ran_flat and key != "threat.eps":
                 assert ran_flat[key] == value, (key, ran_flat[key], value)
+        # the resolved RunSpec, every default written out
+        assert ran == build_run_spec(ran).model_dump(mode="json")
+        assert ran["train"]["epochs"] == 2 and ran["threat"]["steps"] == 3
         if tags["method"] == "random":
             data_files = {f.path for f in client.list_artifacts(r.info.run_id, "dataset")}
             assert data_files == {"dataset/learned.pt", "dataset/grid.png"}, (tags, files)
@@ -117,6 +114,22 @@ def test_sweep_prints_leaderboard_and_refuses_to_overwrite(small_sweep):
     again = run_sweep(cwd / "small.yaml", cwd)
     assert again.returncode == 2
     assert "--resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_from_run_reproduces_a_recorded_trial(small_sweep):
+    """`harness run --from-run` on a sweep's trial gives the scores the sweep recorded."""
+    cwd, _ = small_sweep
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    trials, _ = trial_runs(MlflowClient(uri), "small")
+    for method in ("erm", "random"):
+        recorded = next(r for r in trials if r.data.tags["method"] == method)
+        res = CliRunner().invoke(main, ["run", "--from-run", recorded.info.run_id,
+                                        "--tracking-uri", uri, "--json"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert out["method"] == method and str(out["seed"]) == recorded.data.params["seed"]
+        for key in ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc"):
+            assert out[key] == recorded.data.metrics[key], (method, key)
 
 
 def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
