@@ -191,12 +191,23 @@ class RobustDatasetLearning(DatasetMethod):
 
     # Defaults tuned per dataset, used for every field the user leaves unset.
     DATASET_DEFAULTS: ClassVar[dict[str, dict]] = {
-        # 100 non-robust features need S much larger than 100 rows (ipc 50, 100 and 150 failed
-        # in 1200-1500-step runs: S fits its own noise); the features are unbounded with unit scale, so
-        # Adam takes larger steps than on [0, 1] pixels. Pool: `linear` only. No S we learned
-        # or built by hand made a naturally trained `mlp` robust here (PGD accuracy 0.0 in
-        # every run), and an mlp unroll costs ~8x a linear one (the run took over 5 minutes).
-        "synthetic-robust": {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"]},
+        # At the default d = 400 (eps 0.4), chosen on the validation split only
+        # (`harness sweep sweeps/rdl-synthetic-tuning.yaml`, data seed 1, seed 1; validation
+        # AutoAttack-fast, mean of fresh linear + mlp, 180 images), with the old d = 100
+        # recipe's ipc, Adam lr 0.1, 512-row batch and linear pool:
+        #   long-lived networks (reinit 300), unrolled 1..30 steps (the d = 100 recipe): 0.000
+        #   reinit 300, 100-step unroll, margin, soft labels: ipc 50 0.000, ipc 250 0.000
+        #   a fresh network every step, the 100-step run unrolled, margin, soft labels:
+        #       ipc 50 0.000, ipc 250 0.025, full size (1800 rows) 0.006
+        # So the digits recipe at ipc 250 is the default, and it is weak: the robust feature
+        # is 1 of 401 coordinates and a fresh linear model's random weights on the other 400
+        # are worth about as much to the attacker as the robust feature itself (issue 10).
+        # The d = 100 recipe (long-lived networks, see tests/test_rdl.py) reached the p limit
+        # there for linear models; no set made a naturally trained `mlp` robust at either d.
+        "synthetic-robust": {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"],
+                             "reinit_every": 1, "unroll_min": 100, "unroll_max": 100,
+                             "attack_steps": 10, "attack_loss": "margin", "soft_labels": True,
+                             "outer_steps": 600},
         # The embedded 8x8 digits (Linf 0.2), scored by 100-1000 steps of natural training from
         # a fresh network. The long-lived networks that synthetic-robust needs left the outer
         # loss flat here (PGD accuracy 0.075-0.09 whatever the ipc, lr, or lifetime, the same

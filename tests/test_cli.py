@@ -74,7 +74,7 @@ BAD_RUNS = [
     (["--dataset", "synthetic-robust", "--method", "erm", "--set", "dataset.p=2"], "dataset.p"),
     (["--dataset", "digits", "--method", "erm", "--set", "nonsense"], "--set"),
     (["--dataset", "mnist", "--method", "erm"], "download"),
-    (["--dataset", "synthetic-robust", "--method", "erm", "--arch", "convnet"], "(C, H, W)"),
+    (["--dataset", "synthetic-robust", "--method", "erm", "--arch", "convnet"], "image architecture"),
     (["--dataset", "digits", "--method", "erm", "--device", "cuda:7"], "--device"),
 ]
 
