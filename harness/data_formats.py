@@ -12,10 +12,11 @@ Default radii are the literature's: MNIST 0.3 (Madry et al. 2018), CIFAR and SVH
 
 from __future__ import annotations
 
-import codecs
 import gzip
+import math
 import os
 import pickle
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from harness.data import NoParams, RawData, register_dataset
 from harness.errors import HarnessInputError
+from harness.untrusted import inside, load_pickle, read_at_most, read_small_file
 
 DOWNLOAD_FLAG = "--set dataset.download=true"
 
@@ -172,33 +174,6 @@ for _name, _tv, _eps, _extra in (
 # --------------------------------------------------------------------------- CIFAR (pickles)
 
 
-def _numpy_reconstruct():
-    # The function numpy itself names in its array pickles, whichever module it lives in.
-    return np.arange(1).__reduce__()[0]
-
-
-class CifarUnpickler(pickle.Unpickler):
-    """Unpickle only what a CIFAR batch holds: a dict of bytes, lists of ints, one uint8 array.
-
-    A plain `pickle.load` would run any callable a tampered file names; here every global
-    outside this list is refused.
-    """
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 1 (the originals)
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 2
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at protocol 2
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
-
-
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR = {
     # name: (folder, train files, test files, label key, classes, torchvision class)
@@ -206,19 +181,39 @@ CIFAR = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100, "CIFAR100"),
 }
 # What unpickling a truncated or foreign file raises, and indexing a result that is no batch.
-BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError)
+BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+              IndexError, AttributeError, OverflowError)
+CIFAR_TEST_ROWS = 10_000  # rows of every official CIFAR-10 batch and CIFAR-100 test file
+CIFAR_TRAIN_ROWS = 50_000  # split over 5 CIFAR-10 batches, one CIFAR-100 file
+# An official file is its rows of 3072 pixels plus labels and file names (about 35 bytes a
+# row). Python 3 at protocol 2 writes bytes as latin-1 text, up to twice as long. A file larger
+# than that is not a CIFAR batch and is refused before it is read.
+CIFAR_ROW_BYTES = 2 * 3072 + 256
 
 
-def read_cifar_batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, torch.Tensor]:
+def cifar_labels(path: Path, labels) -> np.ndarray:
+    if not isinstance(labels, list) or not all(isinstance(v, int) for v in labels):
+        raise corrupt(path, f"its labels are of type {type(labels).__name__}, not a list of integers")
     try:
-        with open(path, "rb") as fh:
-            # encoding="bytes" as torchvision: the batches were written by Python 2.
-            batch = CifarUnpickler(fh, encoding="bytes").load()
-        data, labels = batch[b"data"], np.asarray(batch[label_key], dtype=np.int64)
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise corrupt(path, "a label does not fit in 64 bits") from None
+
+
+def read_cifar_batch(path: Path, label_key: bytes, classes: int,
+                     max_rows: int) -> tuple[np.ndarray, torch.Tensor]:
+    try:
+        batch = load_pickle(read_small_file(path, max_rows * CIFAR_ROW_BYTES + 2**20))
+        data, labels = batch[b"data"], batch[label_key]
     except BAD_PICKLE as exc:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
         raise corrupt(path, "data is not an N x 3072 uint8 array")
+    if len(data) > max_rows:
+        raise corrupt(path, f"it holds {len(data)} images, more than the {max_rows} of an "
+                      "official file")
+    labels = cifar_labels(path, labels)
     if len(labels) != len(data):
         raise corrupt(path, f"{len(labels)} labels for {len(data)} images")
     # Each row is 1024 red, 1024 green, 1024 blue values, row-major: already CHW.
@@ -234,8 +229,8 @@ def cifar_family(name: str):
     def present(root: Path) -> bool:
         return all((root / folder_name / f).is_file() for f in train_files + test_files)
 
-    def read(files: list[str], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [read_cifar_batch(folder / f, label_key, num_classes) for f in files]
+    def read(files: list[str], folder: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [read_cifar_batch(folder / f, label_key, num_classes, rows) for f in files]
         return to_unit(np.concatenate([p[0] for p in parts])), torch.cat([p[1] for p in parts])
 
     def load(root: Path, download: bool, params: NoParams) -> RawData:
@@ -243,8 +238,8 @@ def cifar_family(name: str):
             tv_download(tv_class, root, train=True)  # one archive holds both splits
         if not present(root):
             raise missing(name, root, [root / folder_name], expected, fix)
-        x_tr, y_tr = read(train_files, root / folder_name)
-        x_te, y_te = read(test_files, root / folder_name)
+        x_tr, y_tr = read(train_files, root / folder_name, CIFAR_TRAIN_ROWS // len(train_files))
+        x_te, y_te = read(test_files, root / folder_name, CIFAR_TEST_ROWS)
         return RawData(x_tr, y_tr, x_te, y_te, num_classes=num_classes)
 
     return present, load, fix

@@ -1,0 +1,136 @@
+"""Hostile data files and plugin modules (issue 11): each is refused with a `HarnessInputError`
+(exit code 2) that names the file or setting, quickly and without allocating what it asks for.
+
+Every file is built in a tmp dir in the dataset's real on-disk format, then damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from harness import data_formats
+from harness.cli import main
+from harness.data import load_dataset
+from harness.errors import HarnessInputError
+from test_data_formats import idx_bytes, py2_batch, write_cifar, write_idx_set, write_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+MEMORY_LIMIT = 256 * 2**20  # far below any array these files ask for
+
+
+@pytest.fixture(autouse=True)
+def no_system_dirs(monkeypatch):
+    monkeypatch.setattr(data_formats, "SYSTEM_DIRS", {})
+
+
+def refused(name: str, root: Path, blamed: Path, **kwargs) -> str:
+    """Load `name` from `root`; assert a quick, small refusal whose message names `blamed`.
+
+    tracemalloc sees Python's and numpy's allocations, so a refusal that first allocated the
+    array a header asks for would fail the memory bound.
+    """
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(HarnessInputError) as err:
+            load_dataset(name, root=root, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - start < 10
+    assert peak < MEMORY_LIMIT, f"peak {peak / 2**20:.0f} MiB"
+    message = str(err.value)
+    assert str(blamed) in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- CIFAR-10 pickles
+
+CIFAR_DIR = "cifar-10-batches-py"
+
+
+def num(n: int) -> bytes:  # BININT
+    return b"J" + struct.pack("<i", n)
+
+
+def text(b: bytes) -> bytes:  # SHORT_BINSTRING
+    return b"U" + bytes([len(b)]) + b
+
+
+RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+
+
+def huge_reconstruct() -> bytes:
+    """numpy's array constructor called with a 10^6 x 10^6 shape: 931 GiB if obeyed."""
+    array = RECONSTRUCT + num(1_000_000) + num(1_000_000) + b"\x86" + text(b"b") + b"\x87R"
+    return b"\x80\x02}(" + text(b"data") + array + text(b"labels") + b"](" + num(1) + b"eu."
+
+
+def huge_state() -> bytes:
+    """An array header (its pickled state) declaring 10^6 x 10^6 bytes over 6 bytes of data."""
+    good = py2_batch(np.zeros((2, 3072), np.uint8), np.array([0, 1]), b"labels")
+    shape = num(2) + num(3072) + b"\x86"
+    assert good.count(shape) == 1
+    return good.replace(shape, num(1_000_000) + num(1_000_000) + b"\x86")
+
+
+def huge_bytes() -> bytes:
+    """A bytes object (BINBYTES8) whose length field claims 10^12 bytes."""
+    return b"\x80\x04\x8e" + struct.pack("<Q", 10**12) + b"abc."
+
+
+def py3_batch(data, labels) -> bytes:
+    return pickle.dumps({b"batch_label": b"x", b"data": data, b"labels": labels}, protocol=2)
+
+
+def random_bytes(seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+
+
+ROWS = np.zeros((4, 3072), np.uint8)
+BAD_CIFAR = {
+    **{f"random-{seed}": random_bytes(seed) for seed in range(4)},
+    "pickle-header-random-body": b"\x80\x02" + random_bytes(9),
+    "reconstruct-931GiB": huge_reconstruct(),
+    "array-state-931GiB": huge_state(),
+    "bytes-length-931GiB": huge_bytes(),
+    "labels-not-a-list": py3_batch(ROWS, 5),
+    "labels-of-text": py3_batch(ROWS, [b"a", b"b", b"c", b"d"]),
+    "fewer-labels": py3_batch(ROWS, [0, 1, 2]),
+    "rows-of-3000": py3_batch(np.zeros((4, 3000), np.uint8), [0, 1, 2, 3]),
+    "flat-data": py3_batch(np.zeros(3072 * 4, np.uint8), [0, 1, 2, 3]),
+    "data-not-an-array": py3_batch(b"\x00" * 3072, [0]),
+    "not-a-dict": pickle.dumps([1, 2, 3], protocol=2),
+    "empty-file": b"",
+}
+
+
+@pytest.mark.parametrize("case", BAD_CIFAR)
+def test_cifar_hostile_batch(tmp_path, case):
+    write_cifar(tmp_path, "cifar10")
+    bad = tmp_path / CIFAR_DIR / "data_batch_2"
+    bad.write_bytes(BAD_CIFAR[case])
+    message = refused("cifar10", tmp_path, bad)
+    assert "Traceback" not in message
+
+
+def test_cifar_oversized_file_refused_unread(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    bad = tmp_path / CIFAR_DIR / "test_batch"
+    with open(bad, "r+b") as fh:  # sparse: 1 GiB on paper, nothing on disk
+        fh.truncate(2**30)
+    assert "bytes" in refused("cifar10", tmp_path, bad)
+
+
