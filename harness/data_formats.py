@@ -80,20 +80,46 @@ SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
 }
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes: magic 0x0000 08 <ndim>, big-endian uint32 dims, data."""
+# The largest official IDX file holds 60000 images; refusing counts far beyond that bounds the
+# memory a hostile header (or a gzip bomb behind it) can make the loader spend.
+IDX_MAX_COUNT = 1_000_000
+IDX_ITEM = {"images": (28, 28), "labels": ()}  # MNIST and Fashion-MNIST are 28x28 grey
+
+
+def idx_shape(path: Path, header: bytes, what: str) -> tuple[int, ...]:
+    """The dims an IDX header declares: magic 0x0000 08 <ndim>, then big-endian uint32 dims."""
+    item = IDX_ITEM[what]
+    ndim = 1 + len(item)
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes([0, 0, 0x08, ndim]):
+        raise corrupt(path, f"not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if dims[1:] != item:
+        shape = "x".join(map(str, dims[1:]))
+        raise corrupt(path, f"its {what} are {shape}, not the {'x'.join(map(str, item))} "
+                      "this dataset uses; it belongs to another dataset")
+    if dims[0] == 0:
+        raise corrupt(path, f"the file is empty: its header declares no {what}")
+    if dims[0] > IDX_MAX_COUNT:
+        raise corrupt(path, f"its header declares {dims[0]} {what}, more than any copy of this "
+                      f"dataset holds (the official files hold at most 60000)")
+    return dims
+
+
+def read_idx(path: Path, what: str) -> np.ndarray:
+    """The uint8 array of an IDX file of `what` ("images" or "labels"), checked against the
+    dataset's shape before its data is read."""
+    header_size = 4 + 4 * (1 + len(IDX_ITEM[what]))
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
-            blob = fh.read()
+            dims = idx_shape(path, fh.read(header_size), what)
+            size = math.prod(dims)
+            blob = read_at_most(fh, size + 1)  # one byte more reveals trailing data
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
-    header = 4 + 4 * ndim
-    if len(blob) < header or blob[:4] != bytes([0, 0, 0x08, ndim]):
-        raise corrupt(path, f"not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
-    dims = tuple(int(d) for d in np.frombuffer(blob, dtype=">u4", count=ndim, offset=4))
-    if len(blob) - header != int(np.prod(dims)):
-        raise corrupt(path, f"header says {dims} but holds {len(blob) - header} bytes of data")
-    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+    if len(blob) != size:
+        held = f"{len(blob)}" if len(blob) <= size else "more than that"
+        raise corrupt(path, f"header says {dims} ({size} bytes of data) but the file holds {held}")
+    return np.frombuffer(blob, dtype=np.uint8).reshape(dims)
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
@@ -113,8 +139,8 @@ def idx_folder(candidates: list[Path]) -> Path | None:
 
 def idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = (idx_file(folder, stem) for stem in IDX_FILES[split])
-    images = read_idx(images_path, ndim=3)
-    labels = read_idx(labels_path, ndim=1)
+    images = read_idx(images_path, "images")
+    labels = read_idx(labels_path, "labels")
     if len(images) != len(labels):
         raise corrupt(labels_path, f"{len(labels)} labels, {len(images)} images in {images_path}")
     return to_unit(images[:, None]), to_labels(labels, 10, labels_path)

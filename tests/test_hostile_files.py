@@ -134,3 +134,62 @@ def test_cifar_oversized_file_refused_unread(tmp_path):
     assert "bytes" in refused("cifar10", tmp_path, bad)
 
 
+# --------------------------------------------------------------------------- IDX (MNIST)
+
+MNIST_DIR = "mnist"
+
+
+def test_idx_images_of_wrong_size(tmp_path):
+    write_idx_set(tmp_path / MNIST_DIR, gz=False)
+    bad = tmp_path / MNIST_DIR / "train-images-idx3-ubyte"
+    bad.write_bytes(idx_bytes(np.zeros((40, 5, 5), np.uint8)))
+    assert "28x28" in refused("mnist", tmp_path, bad)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_empty_file_is_named_not_val_fraction(tmp_path, gz):
+    write_idx_set(tmp_path / MNIST_DIR, gz=gz)
+    for stem, empty in (("train-images-idx3-ubyte", np.zeros((0, 28, 28))),
+                        ("train-labels-idx1-ubyte", np.zeros(0))):
+        path = tmp_path / MNIST_DIR / (stem + (".gz" if gz else ""))
+        blob = idx_bytes(empty)
+        path.write_bytes(gzip_bytes(blob) if gz else blob)
+    bad = tmp_path / MNIST_DIR / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+    message = refused("mnist", tmp_path, bad)
+    assert "no images" in message and "val_fraction" not in message
+
+
+def gzip_bytes(blob: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(blob)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_count_beyond_file_size(tmp_path, gz):
+    write_idx_set(tmp_path / MNIST_DIR, gz=gz)
+    stem = "t10k-images-idx3-ubyte" + (".gz" if gz else "")
+    bad = tmp_path / MNIST_DIR / stem
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, 2**32 - 1, 28, 28)  # 3.1 TiB declared
+    blob = header + bytes(10 * 28 * 28)
+    bad.write_bytes(gzip_bytes(blob) if gz else blob)
+    refused("mnist", tmp_path, bad)
+
+
+def test_idx_label_count_differs(tmp_path):
+    write_idx_set(tmp_path / MNIST_DIR, gz=False)
+    bad = tmp_path / MNIST_DIR / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(idx_bytes(np.zeros(9, np.uint8)))
+    assert "9 labels" in refused("mnist", tmp_path, bad)
+
+
+def test_cli_exit_code_for_a_hostile_file(tmp_path):
+    write_idx_set(tmp_path / MNIST_DIR, gz=False)
+    bad = tmp_path / MNIST_DIR / "train-images-idx3-ubyte"
+    bad.write_bytes(idx_bytes(np.zeros((40, 5, 5), np.uint8)))
+    result = CliRunner().invoke(main, ["run", "--dataset", "mnist", "--method", "erm", "--smoke",
+                                       "--device", "cpu", "--data-root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert str(bad) in result.output and "Traceback" not in result.output
+
+
