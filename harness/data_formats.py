@@ -295,14 +295,47 @@ def svhn_folder(root: Path) -> Path | None:
     return None
 
 
+# Train 73257 and test 26032 images; the 531131 "extra" ones would fit too, if merged into train.
+SVHN_MAX_IMAGES = 700_000
+MAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, zlib.error)
+
+
+def svhn_v73(path: Path) -> HarnessInputError:
+    return HarnessInputError(
+        f"{path} is a MATLAB v7.3 file (HDF5 inside), which the harness does not read. Re-save "
+        "it in MATLAB as v7 (`save(file, 'X', 'y', '-v7')`), or replace it with the official "
+        f"{path.name} from http://ufldl.stanford.edu/housenumbers/ (or delete it and rerun "
+        f"with {DOWNLOAD_FLAG}).",
+        field="dataset",
+    )
+
+
+def svhn_check_header(path: Path) -> None:
+    """Refuse a file whose X and y are not SVHN's shapes, reading only the variable headers."""
+    from scipy.io import whosmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        shapes = {name: shape for name, shape, _ in whosmat(path)}
+    except NotImplementedError:  # what scipy raises for a v7.3 (HDF5) file
+        raise svhn_v73(path) from None
+    except (MatReadError, *MAT_ERRORS) as exc:
+        raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
+    x, y = shapes.get("X", ()), shapes.get("y", ())
+    if len(x) != 4 or x[:3] != (32, 32, 3) or x[3] > SVHN_MAX_IMAGES or math.prod(y) != x[3]:
+        raise corrupt(path, f"want X 32x32x3xN (N at most {SVHN_MAX_IMAGES}) and y of N labels; "
+                      f"got X {x or 'missing'}, y {y or 'missing'}")
+
+
 def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
+    svhn_check_header(path)
     try:
         mat = loadmat(path, variable_names=["X", "y"])
         x, y = mat["X"], mat["y"]
-    except (MatReadError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (MatReadError, *MAT_ERRORS) as exc:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
         raise corrupt(path, f"want X 32x32x3xN uint8, y N; got X {x.shape} {x.dtype}, y {y.shape}")

@@ -134,6 +134,53 @@ def test_cifar_oversized_file_refused_unread(tmp_path):
     assert "bytes" in refused("cifar10", tmp_path, bad)
 
 
+# --------------------------------------------------------------------------- SVHN (.mat)
+
+
+def matlab73_file(path: Path) -> None:
+    """What MATLAB's `save -v7.3` writes: a 128-byte MAT header in a 512-byte user block,
+    version 0x0200, then the HDF5 file (here only its signature)."""
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    header = header.ljust(116, b" ") + b"\x00" * 8 + struct.pack("<H", 0x0200) + b"IM"
+    path.write_bytes(header.ljust(512, b"\x00") + b"\x89HDF\r\n\x1a\n" + bytes(1024))
+
+
+def test_svhn_matlab_v73_says_resave(tmp_path):
+    from test_data_formats import write_svhn
+
+    write_svhn(tmp_path / "svhn")
+    bad = tmp_path / "svhn" / "test_32x32.mat"
+    matlab73_file(bad)
+    message = refused("svhn", tmp_path, bad)
+    assert "7.3" in message and "-v7" in message and "ufldl.stanford.edu" in message
+
+
+def test_svhn_wrong_shape_refused_before_reading(tmp_path):
+    from scipy.io import savemat
+
+    from test_data_formats import write_svhn
+
+    write_svhn(tmp_path / "svhn")
+    bad = tmp_path / "svhn" / "train_32x32.mat"
+    savemat(bad, {"X": np.zeros((28, 28, 1, 5), np.uint8), "y": np.ones((5, 1), np.uint8)})
+    assert "28" in refused("svhn", tmp_path, bad)
+
+
+def test_svhn_compressed_mat_with_bad_checksum(tmp_path):
+    from scipy.io import savemat
+
+    from test_data_formats import write_svhn
+
+    write_svhn(tmp_path / "svhn")
+    bad = tmp_path / "svhn" / "train_32x32.mat"
+    savemat(bad, {"X": np.zeros((32, 32, 3, 5), np.uint8), "y": np.ones((5, 1), np.uint8)},
+            do_compression=True)
+    blob = bytearray(bad.read_bytes())
+    blob[-1] ^= 0xFF  # the last byte of y's zlib stream: its checksum
+    bad.write_bytes(bytes(blob))
+    refused("svhn", tmp_path, bad)
+
+
 # --------------------------------------------------------------------------- IDX (MNIST)
 
 MNIST_DIR = "mnist"
