@@ -393,9 +393,48 @@ def tiny_required(path: Path, base: Path) -> Path:
 Pairs = list[tuple[Path, int]]
 
 
+TINY_LISTING_LIMIT = 16 * 2**20  # wnids.txt is 2 KB, val_annotations.txt 300 KB
+
+
+def tiny_lines(path: Path, base: Path) -> list[str]:
+    """The lines of a listing, read within a byte budget and required to be UTF-8."""
+    try:
+        return read_small_file(tiny_required(path, base), TINY_LISTING_LIMIT).decode().splitlines()
+    except UnicodeDecodeError as exc:
+        raise corrupt(path, f"not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}",
+                      base) from None
+    except (OSError, ValueError) as exc:
+        raise corrupt(path, str(exc), base) from None
+
+
+def tiny_contained(entry: str, folder: Path, base: Path, listing: Path, line_no: int) -> Path:
+    """`folder / entry`, refused when the listing's entry leads outside `folder`."""
+    path = folder / entry
+    if inside(path, folder):
+        return path
+    raise HarnessInputError(
+        f"{listing}, line {line_no}, names {entry[:200]!r}, which lies outside {folder}; the "
+        f"harness reads no file outside the dataset folder. Replace {base} with the official "
+        f"one ({TINY_FIX.replace('<root>', str(base.parent))}).",
+        field="dataset",
+    )
+
+
+def tiny_wnids(base: Path) -> list[str]:
+    listing = base / "wnids.txt"
+    wnids = []
+    for line_no, line in enumerate(tiny_lines(listing, base), 1):
+        for wnid in line.split():
+            tiny_contained(wnid, base / "train", base, listing, line_no)
+            wnids.append(wnid)
+    if not wnids:
+        raise corrupt(listing, "it names no classes", base)
+    return sorted(wnids)
+
+
 def tiny_index(base: Path) -> tuple[int, Pairs, Pairs]:
     """Class count and (file, label) pairs of both splits; labels follow the sorted wnids."""
-    wnids = sorted(tiny_required(base / "wnids.txt", base).read_text().split())
+    wnids = tiny_wnids(base)
     label_of = {w: i for i, w in enumerate(wnids)}
     train = [
         (path, label_of[wnid])
@@ -403,14 +442,32 @@ def tiny_index(base: Path) -> tuple[int, Pairs, Pairs]:
         for path in sorted(tiny_required(base / "train" / wnid / "images", base).glob("*.JPEG"))
     ]
     # The official test split has no labels, so the labelled val split serves as the test split.
-    annotations = tiny_required(base / "val" / "val_annotations.txt", base)
+    annotations = base / "val" / "val_annotations.txt"
+    images = base / "val" / "images"
     test = []
-    for line_no, line in enumerate(annotations.read_text().splitlines(), 1):
+    for line_no, line in enumerate(tiny_lines(annotations, base), 1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in label_of:
             raise corrupt(annotations, f"line {line_no} names no image and known wnid", base)
-        test.append((tiny_required(base / "val" / "images" / fields[0], base), label_of[fields[1]]))
+        path = tiny_contained(fields[0], images, base, annotations, line_no)
+        test.append((tiny_required(path, base), label_of[fields[1]]))
     return len(wnids), train, test
+
+
+def decode_image(path: Path, base: Path) -> np.ndarray:
+    """One 64x64 image as HWC uint8 RGB; its size is checked before its pixels are decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            if img.size != (64, 64):
+                raise corrupt(path, f"image is {img.size[0]}x{img.size[1]}, not 64x64", base)
+            return np.asarray(img.convert("RGB"))  # a few Tiny ImageNet images are greyscale
+    except Image.DecompressionBombError:
+        raise corrupt(path, f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels, not 64x64",
+                      base) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
+        raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
 
 
 def decode_jpegs(pairs: Pairs, base: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,15 +475,11 @@ def decode_jpegs(pairs: Pairs, base: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
     out = np.empty((len(pairs), 64, 64, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(pairs):
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")  # a few Tiny ImageNet images are greyscale
-        except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
-            raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
-        if rgb.size != (64, 64):
-            raise corrupt(path, f"image is {rgb.size[0]}x{rgb.size[1]}, not 64x64", base)
-        out[i] = np.asarray(rgb)
+    with warnings.catch_warnings():
+        # PIL warns on opening a huge image; decode_image refuses it before decoding anyway.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for i, (path, _) in enumerate(pairs):
+            out[i] = decode_image(path, base)
     labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
 

@@ -181,6 +181,81 @@ def test_svhn_compressed_mat_with_bad_checksum(tmp_path):
     refused("svhn", tmp_path, bad)
 
 
+# --------------------------------------------------------------------------- Tiny ImageNet
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG, all black: about 100 KB on disk at 30000 x 30000."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then 8 pixels a byte
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row * 1000) for _ in range(height // 1000))
+    idat += packer.compress(row * (height % 1000)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [30000, 10000, 65])  # over PIL's bomb limit, over its warning, off by one
+def test_tinyimagenet_large_png_refused_before_decoding(tmp_path, side):
+    base = write_tiny(tmp_path)
+    bad = base / "train" / "n01" / "images" / "n01_1.JPEG"  # PIL goes by content, not name
+    bad.write_bytes(png_bytes(side, side))
+    message = refused("tinyimagenet", tmp_path, bad)
+    assert "64x64" in message
+    if side < 20000:  # beyond that PIL refuses the header before the size can be read
+        assert f"{side}x{side}" in message
+
+
+@pytest.mark.parametrize("listing", ["wnids.txt", "val/val_annotations.txt"])
+def test_tinyimagenet_non_utf8_listing(tmp_path, listing):
+    base = write_tiny(tmp_path)
+    bad = base / listing
+    bad.write_bytes(b"\xff\xfe" + bad.read_bytes())
+    assert "UTF-8" in refused("tinyimagenet", tmp_path, bad)
+
+
+def outside_image(tmp_path: Path) -> Path:
+    """A valid 64x64 image outside the data root, which an escaping path would load."""
+    from PIL import Image
+
+    target = tmp_path / "elsewhere" / "images" / "secret.JPEG"
+    target.parent.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(target)
+    return target
+
+
+@pytest.mark.parametrize("style", ["relative", "absolute", "passwd"])
+def test_tinyimagenet_annotation_escaping_root(tmp_path, style):
+    base = write_tiny(tmp_path)
+    target = outside_image(tmp_path)
+    name = {"relative": "../../../elsewhere/images/secret.JPEG", "absolute": str(target),
+            "passwd": "../../../../../../../../etc/passwd"}[style]
+    annotations = base / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    lines[1] = f"{name}\tn01\t0\t0\t63\t63"
+    annotations.write_text("\n".join(lines) + "\n")
+    assert "outside" in refused("tinyimagenet", tmp_path, annotations)
+
+
+def test_tinyimagenet_wnid_escaping_root(tmp_path):
+    base = write_tiny(tmp_path)
+    outside_image(tmp_path)
+    wnids = base / "wnids.txt"
+    wnids.write_text(wnids.read_text() + "../../elsewhere\n")
+    assert "outside" in refused("tinyimagenet", tmp_path, wnids)
+
+
+def test_tinyimagenet_no_classes(tmp_path):
+    base = write_tiny(tmp_path)
+    (base / "wnids.txt").write_text("\n")
+    assert "no class" in refused("tinyimagenet", tmp_path, base / "wnids.txt")
+
+
 # --------------------------------------------------------------------------- IDX (MNIST)
 
 MNIST_DIR = "mnist"
