@@ -315,3 +315,30 @@ def test_cli_exit_code_for_a_hostile_file(tmp_path):
     assert str(bad) in result.output and "Traceback" not in result.output
 
 
+# --------------------------------------------------------------------------- plugins
+
+PLUGINS = {
+    "syntax": ("bad_syntax", "def broken(:\n", "syntax error"),
+    "raises": ("bad_raises", "raise RuntimeError('plugin exploded on import')\n",
+               "plugin exploded on import"),
+    "duplicate": ("bad_duplicate",
+                  "from methods.base import ModelMethod, register_method\n\n\n"
+                  "@register_method('erm')\nclass Again(ModelMethod):\n    pass\n",
+                  "'erm'"),
+    "relative": (".bad_relative", None, "relative"),
+}
+
+
+@pytest.mark.parametrize("case", PLUGINS)
+def test_bad_plugin_exits_2(tmp_path, case):
+    module, source, summary = PLUGINS[case]
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    env = {**os.environ, "HARNESS_PLUGINS": f"{module}",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    err = " ".join(result.stderr.split())
+    assert "HARNESS_PLUGINS" in err and module in err and summary in err, err
