@@ -12,10 +12,11 @@ Default radii are the literature's: MNIST 0.3 (Madry et al. 2018), CIFAR and SVH
 
 from __future__ import annotations
 
-import codecs
 import gzip
+import math
 import os
 import pickle
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from harness.data import NoParams, RawData, register_dataset
 from harness.errors import HarnessInputError
+from harness.untrusted import inside, load_pickle, read_at_most, read_small_file
 
 DOWNLOAD_FLAG = "--set dataset.download=true"
 
@@ -78,20 +80,46 @@ SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
 }
 
 
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes: magic 0x0000 08 <ndim>, big-endian uint32 dims, data."""
+# The largest official IDX file holds 60000 images; refusing counts far beyond that bounds the
+# memory a hostile header (or a gzip bomb behind it) can make the loader spend.
+IDX_MAX_COUNT = 1_000_000
+IDX_ITEM = {"images": (28, 28), "labels": ()}  # MNIST and Fashion-MNIST are 28x28 grey
+
+
+def idx_shape(path: Path, header: bytes, what: str) -> tuple[int, ...]:
+    """The dims an IDX header declares: magic 0x0000 08 <ndim>, then big-endian uint32 dims."""
+    item = IDX_ITEM[what]
+    ndim = 1 + len(item)
+    if len(header) < 4 + 4 * ndim or header[:4] != bytes([0, 0, 0x08, ndim]):
+        raise corrupt(path, f"not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if dims[1:] != item:
+        shape = "x".join(map(str, dims[1:]))
+        raise corrupt(path, f"its {what} are {shape}, not the {'x'.join(map(str, item))} "
+                      "this dataset uses; it belongs to another dataset")
+    if dims[0] == 0:
+        raise corrupt(path, f"the file is empty: its header declares no {what}")
+    if dims[0] > IDX_MAX_COUNT:
+        raise corrupt(path, f"its header declares {dims[0]} {what}, more than any copy of this "
+                      f"dataset holds (the official files hold at most 60000)")
+    return dims
+
+
+def read_idx(path: Path, what: str) -> np.ndarray:
+    """The uint8 array of an IDX file of `what` ("images" or "labels"), checked against the
+    dataset's shape before its data is read."""
+    header_size = 4 + 4 * (1 + len(IDX_ITEM[what]))
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
-            blob = fh.read()
+            dims = idx_shape(path, fh.read(header_size), what)
+            size = math.prod(dims)
+            blob = read_at_most(fh, size + 1)  # one byte more reveals trailing data
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
-    header = 4 + 4 * ndim
-    if len(blob) < header or blob[:4] != bytes([0, 0, 0x08, ndim]):
-        raise corrupt(path, f"not an IDX file of {ndim}-d unsigned bytes (bad magic number)")
-    dims = tuple(int(d) for d in np.frombuffer(blob, dtype=">u4", count=ndim, offset=4))
-    if len(blob) - header != int(np.prod(dims)):
-        raise corrupt(path, f"header says {dims} but holds {len(blob) - header} bytes of data")
-    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+    if len(blob) != size:
+        held = f"{len(blob)}" if len(blob) <= size else "more than that"
+        raise corrupt(path, f"header says {dims} ({size} bytes of data) but the file holds {held}")
+    return np.frombuffer(blob, dtype=np.uint8).reshape(dims)
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
@@ -111,8 +139,8 @@ def idx_folder(candidates: list[Path]) -> Path | None:
 
 def idx_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = (idx_file(folder, stem) for stem in IDX_FILES[split])
-    images = read_idx(images_path, ndim=3)
-    labels = read_idx(labels_path, ndim=1)
+    images = read_idx(images_path, "images")
+    labels = read_idx(labels_path, "labels")
     if len(images) != len(labels):
         raise corrupt(labels_path, f"{len(labels)} labels, {len(images)} images in {images_path}")
     return to_unit(images[:, None]), to_labels(labels, 10, labels_path)
@@ -172,33 +200,6 @@ for _name, _tv, _eps, _extra in (
 # --------------------------------------------------------------------------- CIFAR (pickles)
 
 
-def _numpy_reconstruct():
-    # The function numpy itself names in its array pickles, whichever module it lives in.
-    return np.arange(1).__reduce__()[0]
-
-
-class CifarUnpickler(pickle.Unpickler):
-    """Unpickle only what a CIFAR batch holds: a dict of bytes, lists of ints, one uint8 array.
-
-    A plain `pickle.load` would run any callable a tampered file names; here every global
-    outside this list is refused.
-    """
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 1 (the originals)
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),  # numpy 2
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at protocol 2
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed") from None
-
-
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR = {
     # name: (folder, train files, test files, label key, classes, torchvision class)
@@ -206,19 +207,39 @@ CIFAR = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100, "CIFAR100"),
 }
 # What unpickling a truncated or foreign file raises, and indexing a result that is no batch.
-BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError)
+BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+              IndexError, AttributeError, OverflowError)
+CIFAR_TEST_ROWS = 10_000  # rows of every official CIFAR-10 batch and CIFAR-100 test file
+CIFAR_TRAIN_ROWS = 50_000  # split over 5 CIFAR-10 batches, one CIFAR-100 file
+# An official file is its rows of 3072 pixels plus labels and file names (about 35 bytes a
+# row). Python 3 at protocol 2 writes bytes as latin-1 text, up to twice as long. A file larger
+# than that is not a CIFAR batch and is refused before it is read.
+CIFAR_ROW_BYTES = 2 * 3072 + 256
 
 
-def read_cifar_batch(path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, torch.Tensor]:
+def cifar_labels(path: Path, labels) -> np.ndarray:
+    if not isinstance(labels, list) or not all(isinstance(v, int) for v in labels):
+        raise corrupt(path, f"its labels are of type {type(labels).__name__}, not a list of integers")
     try:
-        with open(path, "rb") as fh:
-            # encoding="bytes" as torchvision: the batches were written by Python 2.
-            batch = CifarUnpickler(fh, encoding="bytes").load()
-        data, labels = batch[b"data"], np.asarray(batch[label_key], dtype=np.int64)
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise corrupt(path, "a label does not fit in 64 bits") from None
+
+
+def read_cifar_batch(path: Path, label_key: bytes, classes: int,
+                     max_rows: int) -> tuple[np.ndarray, torch.Tensor]:
+    try:
+        batch = load_pickle(read_small_file(path, max_rows * CIFAR_ROW_BYTES + 2**20))
+        data, labels = batch[b"data"], batch[label_key]
     except BAD_PICKLE as exc:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
         raise corrupt(path, "data is not an N x 3072 uint8 array")
+    if len(data) > max_rows:
+        raise corrupt(path, f"it holds {len(data)} images, more than the {max_rows} of an "
+                      "official file")
+    labels = cifar_labels(path, labels)
     if len(labels) != len(data):
         raise corrupt(path, f"{len(labels)} labels for {len(data)} images")
     # Each row is 1024 red, 1024 green, 1024 blue values, row-major: already CHW.
@@ -234,8 +255,8 @@ def cifar_family(name: str):
     def present(root: Path) -> bool:
         return all((root / folder_name / f).is_file() for f in train_files + test_files)
 
-    def read(files: list[str], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [read_cifar_batch(folder / f, label_key, num_classes) for f in files]
+    def read(files: list[str], folder: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [read_cifar_batch(folder / f, label_key, num_classes, rows) for f in files]
         return to_unit(np.concatenate([p[0] for p in parts])), torch.cat([p[1] for p in parts])
 
     def load(root: Path, download: bool, params: NoParams) -> RawData:
@@ -243,8 +264,8 @@ def cifar_family(name: str):
             tv_download(tv_class, root, train=True)  # one archive holds both splits
         if not present(root):
             raise missing(name, root, [root / folder_name], expected, fix)
-        x_tr, y_tr = read(train_files, root / folder_name)
-        x_te, y_te = read(test_files, root / folder_name)
+        x_tr, y_tr = read(train_files, root / folder_name, CIFAR_TRAIN_ROWS // len(train_files))
+        x_te, y_te = read(test_files, root / folder_name, CIFAR_TEST_ROWS)
         return RawData(x_tr, y_tr, x_te, y_te, num_classes=num_classes)
 
     return present, load, fix
@@ -274,14 +295,47 @@ def svhn_folder(root: Path) -> Path | None:
     return None
 
 
+# Train 73257 and test 26032 images; the 531131 "extra" ones would fit too, if merged into train.
+SVHN_MAX_IMAGES = 700_000
+MAT_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, zlib.error)
+
+
+def svhn_v73(path: Path) -> HarnessInputError:
+    return HarnessInputError(
+        f"{path} is a MATLAB v7.3 file (HDF5 inside), which the harness does not read. Re-save "
+        "it in MATLAB as v7 (`save(file, 'X', 'y', '-v7')`), or replace it with the official "
+        f"{path.name} from http://ufldl.stanford.edu/housenumbers/ (or delete it and rerun "
+        f"with {DOWNLOAD_FLAG}).",
+        field="dataset",
+    )
+
+
+def svhn_check_header(path: Path) -> None:
+    """Refuse a file whose X and y are not SVHN's shapes, reading only the variable headers."""
+    from scipy.io import whosmat
+    from scipy.io.matlab import MatReadError
+
+    try:
+        shapes = {name: shape for name, shape, _ in whosmat(path)}
+    except NotImplementedError:  # what scipy raises for a v7.3 (HDF5) file
+        raise svhn_v73(path) from None
+    except (MatReadError, *MAT_ERRORS) as exc:
+        raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
+    x, y = shapes.get("X", ()), shapes.get("y", ())
+    if len(x) != 4 or x[:3] != (32, 32, 3) or x[3] > SVHN_MAX_IMAGES or math.prod(y) != x[3]:
+        raise corrupt(path, f"want X 32x32x3xN (N at most {SVHN_MAX_IMAGES}) and y of N labels; "
+                      f"got X {x or 'missing'}, y {y or 'missing'}")
+
+
 def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
+    svhn_check_header(path)
     try:
         mat = loadmat(path, variable_names=["X", "y"])
         x, y = mat["X"], mat["y"]
-    except (MatReadError, OSError, ValueError, TypeError, KeyError) as exc:
+    except (MatReadError, *MAT_ERRORS) as exc:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
         raise corrupt(path, f"want X 32x32x3xN uint8, y N; got X {x.shape} {x.dtype}, y {y.shape}")
@@ -339,9 +393,48 @@ def tiny_required(path: Path, base: Path) -> Path:
 Pairs = list[tuple[Path, int]]
 
 
+TINY_LISTING_LIMIT = 16 * 2**20  # wnids.txt is 2 KB, val_annotations.txt 300 KB
+
+
+def tiny_lines(path: Path, base: Path) -> list[str]:
+    """The lines of a listing, read within a byte budget and required to be UTF-8."""
+    try:
+        return read_small_file(tiny_required(path, base), TINY_LISTING_LIMIT).decode().splitlines()
+    except UnicodeDecodeError as exc:
+        raise corrupt(path, f"not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}",
+                      base) from None
+    except (OSError, ValueError) as exc:
+        raise corrupt(path, str(exc), base) from None
+
+
+def tiny_contained(entry: str, folder: Path, base: Path, listing: Path, line_no: int) -> Path:
+    """`folder / entry`, refused when the listing's entry leads outside `folder`."""
+    path = folder / entry
+    if inside(path, folder):
+        return path
+    raise HarnessInputError(
+        f"{listing}, line {line_no}, names {entry[:200]!r}, which lies outside {folder}; the "
+        f"harness reads no file outside the dataset folder. Replace {base} with the official "
+        f"one ({TINY_FIX.replace('<root>', str(base.parent))}).",
+        field="dataset",
+    )
+
+
+def tiny_wnids(base: Path) -> list[str]:
+    listing = base / "wnids.txt"
+    wnids = []
+    for line_no, line in enumerate(tiny_lines(listing, base), 1):
+        for wnid in line.split():
+            tiny_contained(wnid, base / "train", base, listing, line_no)
+            wnids.append(wnid)
+    if not wnids:
+        raise corrupt(listing, "it names no classes", base)
+    return sorted(wnids)
+
+
 def tiny_index(base: Path) -> tuple[int, Pairs, Pairs]:
     """Class count and (file, label) pairs of both splits; labels follow the sorted wnids."""
-    wnids = sorted(tiny_required(base / "wnids.txt", base).read_text().split())
+    wnids = tiny_wnids(base)
     label_of = {w: i for i, w in enumerate(wnids)}
     train = [
         (path, label_of[wnid])
@@ -349,14 +442,32 @@ def tiny_index(base: Path) -> tuple[int, Pairs, Pairs]:
         for path in sorted(tiny_required(base / "train" / wnid / "images", base).glob("*.JPEG"))
     ]
     # The official test split has no labels, so the labelled val split serves as the test split.
-    annotations = tiny_required(base / "val" / "val_annotations.txt", base)
+    annotations = base / "val" / "val_annotations.txt"
+    images = base / "val" / "images"
     test = []
-    for line_no, line in enumerate(annotations.read_text().splitlines(), 1):
+    for line_no, line in enumerate(tiny_lines(annotations, base), 1):
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in label_of:
             raise corrupt(annotations, f"line {line_no} names no image and known wnid", base)
-        test.append((tiny_required(base / "val" / "images" / fields[0], base), label_of[fields[1]]))
+        path = tiny_contained(fields[0], images, base, annotations, line_no)
+        test.append((tiny_required(path, base), label_of[fields[1]]))
     return len(wnids), train, test
+
+
+def decode_image(path: Path, base: Path) -> np.ndarray:
+    """One 64x64 image as HWC uint8 RGB; its size is checked before its pixels are decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            if img.size != (64, 64):
+                raise corrupt(path, f"image is {img.size[0]}x{img.size[1]}, not 64x64", base)
+            return np.asarray(img.convert("RGB"))  # a few Tiny ImageNet images are greyscale
+    except Image.DecompressionBombError:
+        raise corrupt(path, f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels, not 64x64",
+                      base) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
+        raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
 
 
 def decode_jpegs(pairs: Pairs, base: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,15 +475,11 @@ def decode_jpegs(pairs: Pairs, base: Path) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
 
     out = np.empty((len(pairs), 64, 64, 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(pairs):
-        try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")  # a few Tiny ImageNet images are greyscale
-        except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
-            raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
-        if rgb.size != (64, 64):
-            raise corrupt(path, f"image is {rgb.size[0]}x{rgb.size[1]}, not 64x64", base)
-        out[i] = np.asarray(rgb)
+    with warnings.catch_warnings():
+        # PIL warns on opening a huge image; decode_image refuses it before decoding anyway.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for i, (path, _) in enumerate(pairs):
+            out[i] = decode_image(path, base)
     labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
 
