@@ -72,15 +72,31 @@ class ProgressLog:
         err_console.print(f"[dim]step {step}[/]  {shown}", highlight=False)
 
 
+def with_options(options):
+    def wrap(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+# Options of the commands that run one trial (`run`, `score`).
+trial_options = [
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                 help="Override a spec field by dotted key, e.g. --set threat.eps=0.5 "
+                      "(repeatable)."),
+    click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+]
+
+
 @main.command(short_help="Run one trial and score it (--json for scripts).")
 @click.option("--dataset", default=None, help="Dataset name (see `harness datasets`).")
 @click.option("--method", default=None, help="Method name (see `harness methods`).")
 @click.option("--arch", default=None, help="Evaluate this architecture only.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec field by dotted key, e.g. --set threat.eps=0.5 (repeatable).")
-@click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@with_options(trial_options)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--data-root", default=None, help="Data directory (default $HARNESS_DATA or ~/.cache/harness/data).")
 @click.option("--from-run", default=None, metavar="RUN_ID",
@@ -243,15 +259,6 @@ sweep_options = [
                  help="Override a spec field by dotted key (repeatable)."),
     click.option("--smoke", is_flag=True, help="Shrink every budget: minutes on a laptop CPU."),
 ]
-
-
-def with_options(options):
-    def wrap(fn):
-        for opt in reversed(options):
-            fn = opt(fn)
-        return fn
-
-    return wrap
 
 
 @main.command(short_help="Check a sweep spec; print its trial plan.")
@@ -509,11 +516,7 @@ def ui(tracking_uri, port) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--dataset", required=True, help="The dataset the set stands for (its test split scores it).")
 @click.option("--archs", default=None, help="Comma-separated evaluation architectures (default: the dataset's).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec field by dotted key, e.g. --set eval.epochs=300 (repeatable).")
-@click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@with_options(trial_options)
 def score(path, dataset, archs, seed, assignments, smoke, as_json) -> None:
     """Score a dataset made outside the harness (a distilled or robust set from another
     codebase) under the harness's protocol: fresh models naturally trained on it, attacked on
