@@ -68,11 +68,12 @@ def test_local_sweep_listens_on_loopback_only_and_cleans_up(tmp_path):
 
 
 def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
-    spec = write_spec(tmp_path, spec_tree("interrupt", epochs=400))
+    spec = write_spec(tmp_path, spec_tree("interrupt", epochs=50_000))  # minutes: still running
     proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
     try:
         assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5)
         time.sleep(5)  # a trial is under way
+        assert proc.poll() is None, "the sweep ended before Ctrl-C: the test would prove nothing"
         proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver ...
         assert proc.wait(timeout=90) == 130, (tmp_path / "out.log").read_text()
         # ... and nothing it started survives it: no raylet, GCS, worker or agent.
