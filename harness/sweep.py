@@ -508,11 +508,12 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
                                              "smoke": str(smoke).lower()})
     if not resume or not existing:
         tracker.log_spec(spec_text)
-    started = start_ray(address, cpus=None)
-    try:
+    local = not ray.is_initialized()  # a Ray this call starts is this call's to stop
+    try:  # start_ray inside: a Ctrl-C while Ray is still starting stops it too
+        start_ray(address, cpus=None)
         failed = run_variants(spec, phases, tracker, smoke=smoke, resume=resume, console=console)
     finally:
-        if started:
+        if local:
             stop_ray()
     tracker.finish_sweep(ok=True)
     return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,

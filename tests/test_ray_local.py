@@ -39,6 +39,19 @@ def ray_is_up(pids: list[int]) -> bool:
     return "raylet" in names and "gcs_server" in names
 
 
+def trial_started(store: Path) -> bool:
+    import sqlite3
+
+    if not store.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
+            rows = db.execute("select count(*) from tags where key = 'trial_id'").fetchone()
+    except sqlite3.Error:  # the store is still being created
+        return False
+    return rows[0] > 0
+
+
 def watch_sockets(proc, seconds: float) -> dict[str, set[int]]:
     """Every listening address seen in the sweep's session while it runs (polled)."""
     seen: dict[str, set[int]] = {}
@@ -71,8 +84,10 @@ def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
     spec = write_spec(tmp_path, spec_tree("interrupt", epochs=50_000))  # minutes: still running
     proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
     try:
-        assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5)
-        time.sleep(5)  # a trial is under way
+        # Ctrl-C once a trial has started (its MLflow run exists): Ray is up and working.
+        assert wait_for(lambda: trial_started(tmp_path / "mlflow.db"), timeout=180, every=0.5), \
+            (tmp_path / "out.log").read_text()
+        time.sleep(2)
         assert proc.poll() is None, "the sweep ended before Ctrl-C: the test would prove nothing"
         proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver ...
         assert proc.wait(timeout=90) == 130, (tmp_path / "out.log").read_text()
