@@ -307,6 +307,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
 
     from harness.sweep import run_sweep
 
+    arm_interrupt_watchdog(spec_path)
     try:
         outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
                             storage=storage, resume=resume, smoke=smoke, console=err_console)
@@ -320,6 +321,33 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
     show_leaderboard(uri, outcome.experiment)
     click.echo(f"browse the runs: harness ui --tracking-uri {uri}")
+
+
+INTERRUPT_GRACE_S = 45  # after Ctrl-C: time to shut Ray down before the process just exits
+
+
+def arm_interrupt_watchdog(spec_path: str) -> None:
+    """Ctrl-C raises KeyboardInterrupt as usual (run_sweep then shuts Ray down), and also
+    starts a watchdog thread: if the process has not exited INTERRUPT_GRACE_S seconds later,
+    it shuts Ray down itself and exits 130. A sweep must never outlive a Ctrl-C."""
+    import signal
+    import threading
+
+    def watchdog() -> None:
+        time.sleep(INTERRUPT_GRACE_S)
+        from harness.sweep import stop_ray
+
+        stop_ray(timeout=15)
+        err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
+        os._exit(130)
+
+    def on_interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+        threading.Thread(target=watchdog, name="interrupt-watchdog", daemon=True).start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_interrupt)
 
 
 def check_local_data(spec) -> None:
