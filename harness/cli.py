@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.config import format_eps
 from harness.errors import HarnessInputError
 
 err_console = Console(stderr=True)
@@ -201,6 +200,8 @@ def check_device(device: str) -> None:
 
 
 def print_result(result) -> None:
+    from harness.config import format_eps
+
     table = Table(title=f"{result.method} on {result.dataset} "
                         f"({result.threat['norm']} eps {format_eps(result.threat['eps'])})")
     for col in ("arch", "n", "clean", "PGD", "AutoAttack"):
@@ -400,6 +401,8 @@ def datasets(data_root, as_json) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from harness.config import format_eps
+
     click.echo(f"data root: {resolve_root(data_root)}")
     click.echo(f"{'name':18s} {'files':9s} {'Linf eps':>9s}  {'archs':18s} description")
     for r in rows:

@@ -160,7 +160,8 @@ def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
     (`harness score`, `harness.api.load_learned`). Plain values only, so it loads with
     torch.load(weights_only=True)."""
     import json
-    from importlib.metadata import version
+
+    import harness
 
     learned = result.learned
     meta = {
@@ -168,7 +169,7 @@ def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
         "input_shape": list(learned.x.shape[1:]),
         "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
         "threat": result.threat, "seed": tree.get("seed"),
-        "harness_version": version("robust-dataset-harness"), "info": learned.info,
+        "harness_version": harness.__version__, "info": learned.info,
     }
     return json.loads(json.dumps(meta, default=str))
 
@@ -259,10 +260,9 @@ class DriverCallback(tune.Callback):
                    k in ("outer_loss", "probe_robust_acc", "epoch")}
         self.tracker.log_metrics(run_id, numeric, step=int(result.get("training_iteration", 0)))
         if result.get("final") and self.objective in result:
-            self.tracker.set_tags(run_id, {k: result[k] for k in ("device", "ray_node")
-                                           if k in result})
-            if result.get("masking_flags"):
-                self.tracker.set_tags(run_id, {"masking_flags": result["masking_flags"]})
+            self.tracker.set_tags(run_id, {k: result[k] for k in ("device", "ray_node",
+                                                                  "masking_flags")
+                                           if result.get(k)})
             if self.progress.better(self.state.best, result[self.objective]):
                 self.state.best = result[self.objective]
         self._refresh()
