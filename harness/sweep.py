@@ -18,6 +18,7 @@ import math
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -342,6 +343,7 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
             with _single_machine_mode():
                 ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
+            _become_subreaper()
             with _single_machine_mode():
                 ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -396,39 +398,84 @@ class _single_machine_mode:
 def stop_ray(timeout: float = 60.0) -> None:
     """Shut Ray down (a local one with all its processes, agents included), bounded in time.
 
-    Runs in a helper thread so a wedged shutdown cannot keep a Ctrl-C'd sweep alive. The
-    driver's descendants (the GCS, raylet, workers and agents of a local Ray) are listed
-    first, and any still alive once the shutdown returns or times out are killed: seen after
-    a slow Ctrl-C in a loaded test run, where two of them outlived the driver."""
+    Runs in a helper thread so a wedged shutdown cannot keep a Ctrl-C'd sweep alive. Then
+    every Ray process below this one still alive is killed: seen after a slow Ctrl-C in a
+    loaded test run, where two of them outlived the driver. A driver that starts a local Ray
+    is made a child subreaper (`start_ray`), so Ray processes orphaned during the shutdown
+    stay below it and are found too. Other children of this process are left alone, and
+    joining someone else's cluster starts no process here, so nothing is killed then."""
     if not ray.is_initialized():
         return
-    started = _descendants(os.getpid())
+    before = ray_processes(os.getpid())
     done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
     done.start()
     done.join(timeout)
-    for pid in started:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
+    _kill_until_gone(set(before), os.getpid())
 
 
-def _descendants(root: int) -> list[int]:
-    """Processes below `root` in the process tree, read from /proc ([] where there is none)."""
+def _kill_until_gone(known: set[int], root: int, patience: float = 10.0) -> None:
+    """SIGKILL `known` and every Ray process below `root`, again until none is left (one may
+    be starting a child as it is killed); killed children of ours are reaped."""
+    end = time.monotonic() + patience
+    while known and time.monotonic() < end:
+        for pid in known:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # already gone
+        for pid in known:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # not left as a zombie of ours
+            except ChildProcessError:
+                pass  # not our child, or already reaped by its owner (Ray's Popen)
+        time.sleep(0.1)
+        known = set(ray_processes(root))
+
+
+def ray_processes(root: int) -> list[int]:
+    """Live Ray processes below `root` (Linux /proc; [] elsewhere): its children that run
+    Ray's programs (GCS, raylet, monitors) or Ray workers and agents (`ray::...`), and every
+    process below those."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found = [pid for pid in children.get(root, []) if _runs_ray(pid)]
+    todo = list(found)
     while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
     return found
+
+
+_RAY_DIR = os.path.dirname(ray.__file__)  # its programs run from below here
+
+
+def _runs_ray(pid: int) -> bool:
+    try:
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return cmdline.startswith("ray::") or _RAY_DIR + os.sep in cmdline
+
+
+def _become_subreaper() -> None:
+    """Linux: orphaned processes below this one are re-parented to it, not to init, so a
+    Ray process whose parent dies first is still found and stopped by `stop_ray`."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # then orphans go to init, as everywhere else
 
 
 def storage_root(storage: str | None) -> str:

@@ -102,6 +102,20 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def describe(pids: list[int]) -> str:
+    """`pid (parent) command line` for each process, for a failure message."""
+    lines = []
+    for pid in pids:
+        try:
+            stat = (Path("/proc") / str(pid) / "stat").read_text()
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        ppid = stat[stat.rindex(")") + 2:].split()[1]
+        lines.append(f"{pid} (parent {ppid}) {cmd.decode(errors='replace')[:160]}")
+    return "\n".join(lines)
+
+
 def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     try:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sweep_helpers import (
-    is_loopback, kill_group, listening_addresses, session_pids, start_sweep, wait_for, write_spec,
+    describe, is_loopback, kill_group, listening_addresses, session_pids, start_sweep, wait_for,
+    write_spec,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -78,7 +79,8 @@ def test_local_sweep_listens_on_loopback_only_and_cleans_up(tmp_path):
     exposed = {a: p for a, p in seen.items() if not is_loopback(a)}
     assert not exposed, f"Ray listened beyond loopback: {exposed}"
     # Normal exit: the GCS, raylet, workers and agents are gone with the driver.
-    assert wait_for(lambda: not session_pids(proc.pid), timeout=30), session_pids(proc.pid)
+    assert wait_for(lambda: not session_pids(proc.pid), timeout=30), \
+        describe(session_pids(proc.pid))
 
 
 # Known issue (issue 11): once, in two full-suite CI runs, the driver had not exited 90 s
@@ -104,8 +106,8 @@ def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
             raise
         assert code == 130, (tmp_path / "out.log").read_text()
         # ... and nothing it started survives it: no raylet, GCS, worker or agent.
-        left = session_pids(proc.pid)
-        assert wait_for(lambda: not session_pids(proc.pid), timeout=30), left
+        assert wait_for(lambda: not session_pids(proc.pid), timeout=30), \
+            describe(session_pids(proc.pid))
     finally:
         kill_group(proc)
     assert "--resume" in (tmp_path / "out.log").read_text()
