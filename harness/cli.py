@@ -302,9 +302,9 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
 
     client = tracking.connect(tracking_uri)
 
-    def tracker_factory(resuming: bool):
+    def tracker_factory(resuming: bool, outbox: str):
         parent = tracking.find_sweep_parent(client, spec.name) if resuming else None
-        return tracking.Tracker(client, spec.name, parent)
+        return tracking.Tracker(client, spec.name, parent, outbox=outbox)
 
     from harness.sweep import run_sweep
 
@@ -320,6 +320,14 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     uri = tracking.resolve_uri(tracking_uri)
     click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
+    if outcome.unsent:
+        note = (f"the tracking store {uri} stopped answering during the sweep: "
+                f"{outcome.unsent} records (runs, metrics, tags, artifacts) are kept in "
+                f"{outcome.outbox}, nothing is lost. Once the store is back, "
+                f"`harness sweep {spec_path} --resume` logs them.")
+        err_console.print(f"[yellow]{escape(tracking.masked(note, uri))}[/yellow]",
+                          highlight=False)
+        return  # the leaderboard would read an incomplete store
     show_leaderboard(uri, outcome.experiment)
     click.echo(f"browse the runs: harness ui --tracking-uri {uri}")
 

@@ -560,6 +560,8 @@ class SweepOutcome:
     storage: str
     failed: int
     variants: list[str]
+    unsent: int = 0  # tracking writes still in the outbox (the server did not come back)
+    outbox: str = ""
 
 
 def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_factory,
@@ -578,7 +580,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
             "or change `name` in the spec (or --storage) to start a new one; nothing was changed.",
             field="name",
         )
-    tracker: Tracker = tracker_factory(resume)
+    tracker: Tracker = tracker_factory(resume, outbox_path(root, spec.name))
     tracker.set_tags(tracker.parent_run_id, {"ray_storage": f"{root}/{spec.name}",
                                              "smoke": str(smoke).lower()})
     if not resume or not existing:
@@ -590,9 +592,18 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
     finally:
         if local:
             stop_ray()
-    tracker.finish_sweep(ok=True)
+    unsent = tracker.finish_sweep(ok=True)
     return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
-                        [v.label for v in plan])
+                        [v.label for v in plan], unsent=unsent,
+                        outbox=str(tracker.outbox.root) if tracker.outbox else "")
+
+
+def outbox_path(root: str, sweep: str) -> str:
+    """Where tracking writes wait while the server is away: beside the sweep's Ray results
+    when those are local (so `--resume` finds them), else under the working directory."""
+    if "://" in root:
+        return str(Path.cwd() / ".mlflow-outbox" / sweep)
+    return f"{root}/{sweep}/mlflow-outbox"
 
 
 def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool, resume: bool,

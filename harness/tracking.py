@@ -14,13 +14,13 @@ Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
 - artifacts: `spec.yaml` (resolved), `dataset/` (learned tensor file and image grid) and
   `model/` (final weights) of each trial.
 
-Only the sweep driver writes, so concurrent trials never contend for an sqlite store.
+Only the sweep driver writes, so concurrent trials never contend for an sqlite store. Writes a
+server cannot take while it is down wait in an `Outbox` on disk and are sent once it is back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import tempfile
@@ -124,22 +124,85 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def serialised(method):
-    """Run a Tracker method under the tracker's lock: the driver's variant threads share one
-    store, and sqlite allows one writer at a time."""
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the tracking server could not be reached or answered 5xx (down,
+    restarting, behind a failing proxy), as opposed to a request it refused."""
+    import requests
 
-    @functools.wraps(method)
-    def locked(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        if text.startswith("API request to") and (
+            "failed with exception" in text or "failed with timeout" in text
+            or any(f"failed with error code {code}" in text for code in (502, 503, 504))
+        ):
+            return True
+        return exc.error_code == "TEMPORARILY_UNAVAILABLE"
+    return False
 
-    return locked
+
+class Outbox:
+    """Tracking writes that could not reach the server, kept on disk in order until they can:
+    `ops.jsonl` (one write per line) and `artifacts/<n>/` (copies of artifact folders, which
+    may be temporary). A sweep that outlives its server loses nothing; what is here is sent
+    when the server answers again, or by `harness sweep ... --resume`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.ops_file = self.root / "ops.jsonl"
+
+    def pending(self) -> list[dict[str, Any]]:
+        if not self.ops_file.exists():
+            return []
+        import json
+
+        lines = self.ops_file.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def add(self, op: dict[str, Any]) -> None:
+        import json
+        import shutil
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if op["op"] == "artifacts":  # the folder may be gone by the time the server is back
+            copy = self.root / "artifacts" / f"{time.time_ns()}"
+            shutil.copytree(op["dir"], copy)
+            op = {**op, "dir": str(copy)}
+        with open(self.ops_file, "a") as out:
+            out.write(json.dumps(op) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+    def keep_only(self, ops: list[dict[str, Any]]) -> None:
+        """Rewrite the outbox with `ops` (the ones still unsent), atomically."""
+        import json
+        import shutil
+
+        kept = {op["dir"] for op in ops if op["op"] == "artifacts"}
+        tmp = self.ops_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
+        os.replace(tmp, self.ops_file)
+        for folder in (self.root / "artifacts").glob("*"):
+            if str(folder) not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 class Tracker:
-    """Writes one sweep's parent run and its trial runs (thread-safe)."""
+    """Writes one sweep's parent run and its trial runs (thread-safe).
 
-    def __init__(self, client: MlflowClient, sweep: str, parent_run_id: str | None = None):
+    With an `outbox`, a write the server cannot take (down, restarting: see `unavailable`)
+    is kept there instead of failing the sweep, and so is every later write until the
+    outbox is sent: order is kept, and a trial whose run could not be created yet gets a
+    placeholder id `trial:<trial_id>` that is resolved when its run is made. Sending is tried
+    again at most every RETRY_S seconds, at the end of the sweep, and when a tracker is made
+    for the same outbox (`--resume`)."""
+
+    RETRY_S = 15.0
+
+    def __init__(self, client: MlflowClient, sweep: str, parent_run_id: str | None = None,
+                 outbox: str | Path | None = None):
         self._lock = threading.RLock()
         self.client = client
         self.sweep = sweep
@@ -147,7 +210,13 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else client.create_experiment(sweep)
         self.parent_run_id = parent_run_id or self._new_parent()
         self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._waiting: set[str] = set()  # placeholders of runs not made yet
         self._common = {"sweep": sweep, **git_tags(), **version_tags()}
+        self.outbox = Outbox(outbox) if outbox is not None else None
+        self._retry_at = 0.0
+        self.down_since: float | None = None  # when the server stopped answering
+        if self.outbox is not None:
+            self.send_outbox()
 
     def _new_parent(self) -> str:
         run = self.client.create_run(
@@ -155,76 +224,161 @@ class Tracker:
         )
         return run.info.run_id
 
-    @serialised
-    def log_spec(self, spec_text: str) -> None:
-        self.client.log_text(self.parent_run_id, spec_text, "spec.yaml")
+    # -- writes: each is an op, applied now or kept in the outbox
 
-    @serialised
+    def log_spec(self, spec_text: str) -> None:
+        self.log_text(self.parent_run_id, spec_text, "spec.yaml")
+
     def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """The run of `trial_id`, created once: a resumed sweep finds the run it made before."""
-        if trial_id in self._runs:
-            return self._runs[trial_id]
+        """The run of `trial_id`, created once: a resumed sweep finds the run it made before.
+        While the server is away: the placeholder `trial:<trial_id>`."""
+        with self._lock:
+            if trial_id in self._runs:
+                return self._runs[trial_id]
+            placeholder = f"trial:{trial_id}"
+            if placeholder in self._waiting:  # its opening is in the outbox already
+                return placeholder
+            params = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
+            made = self._write({"op": "open", "trial": trial_id, "params": params,
+                                "tags": {k: str(v) for k, v in tags.items()}})
+            if made is None:
+                self._waiting.add(placeholder)
+            return made or placeholder
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._write({"op": "metrics", "run": run_id, "metrics": numeric, "step": step,
+                     "time": int(time.time() * 1000)})
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self._write({"op": "text", "run": run_id, "text": text, "name": name})
+
+    def log_artifacts(self, run_id: str, directory: str | Path) -> None:
+        self._write({"op": "artifacts", "run": run_id, "dir": str(directory)})
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._write({"op": "tags", "run": run_id, "tags": {k: str(v) for k, v in tags.items()}})
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self._write({"op": "finish", "run": run_id, "ok": ok})
+
+    def finish_sweep(self, ok: bool = True) -> int:
+        """End the parent run and send what the outbox holds; returns the writes still kept
+        (0 unless the server is still away)."""
+        self.finish(self.parent_run_id, ok)
+        return self.send_outbox()
+
+    def unsent(self) -> int:
+        return len(self.outbox.pending()) if self.outbox is not None else 0
+
+    def send_outbox(self) -> int:
+        """Apply the outbox's writes in order, keeping from the first one that still fails;
+        returns how many are left."""
+        with self._lock:
+            if self.outbox is None:
+                return 0
+            ops = self.outbox.pending()
+            for i, op in enumerate(ops):
+                try:
+                    self._apply(op)
+                except Exception as exc:  # noqa: BLE001 (classified just below)
+                    if not unavailable(exc):
+                        raise
+                    self.outbox.keep_only(ops[i:])
+                    self._retry_at = time.monotonic() + self.RETRY_S
+                    return len(ops) - i
+            if ops:
+                self.outbox.keep_only([])
+            self.down_since = None
+            return 0
+
+    def _write(self, op: dict[str, Any]) -> str | None:
+        with self._lock:
+            if self.outbox is not None and self.outbox.ops_file.exists():
+                if time.monotonic() >= self._retry_at:
+                    self.send_outbox()
+                if self.outbox.pending():  # nothing overtakes what is waiting
+                    self.outbox.add(op)
+                    return None
+            try:
+                return self._apply(op)
+            except Exception as exc:  # noqa: BLE001 (classified just below)
+                if self.outbox is None or not unavailable(exc):
+                    raise
+                self.down_since = self.down_since or time.time()
+                self._retry_at = time.monotonic() + self.RETRY_S
+                self.outbox.add(op)
+                return None
+
+    def _resolve(self, run_id: str) -> str:
+        """A real run id for a placeholder `trial:<id>` (its run was made by a later write)."""
+        if not run_id.startswith("trial:"):
+            return run_id
+        trial_id = run_id.split(":", 1)[1]
+        if trial_id not in self._runs:
+            found = self._find_trial(trial_id)
+            if found is None:
+                raise RuntimeError(f"no run was made for trial {trial_id}")
+            self._runs[trial_id] = found
+        return self._runs[trial_id]
+
+    def _find_trial(self, trial_id: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
             max_results=1,
         )
-        if found:
-            run_id = found[0].info.run_id
+        return found[0].info.run_id if found else None
+
+    def _apply(self, op: dict[str, Any]) -> str | None:
+        kind = op["op"]
+        if kind == "open":
+            return self._open(op["trial"], op["params"], op["tags"])
+        run_id = self._resolve(op["run"])
+        if kind == "metrics":
+            items = [Metric(k, v, op["time"], op["step"]) for k, v in op["metrics"].items()]
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        elif kind == "text":
+            self.client.log_text(run_id, op["text"], op["name"])
+        elif kind == "artifacts":
+            for sub in sorted(Path(op["dir"]).iterdir()):
+                if sub.is_dir():
+                    self.client.log_artifacts(run_id, str(sub), artifact_path=sub.name)
+                else:
+                    self.client.log_artifact(run_id, str(sub))
+        elif kind == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
+        elif kind == "finish":
+            self.client.set_terminated(run_id, status="FINISHED" if op["ok"] else "FAILED")
+        return None
+
+    def _open(self, trial_id: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        run_id = self._find_trial(trial_id)
+        if run_id is not None:  # resumed, or made by an attempt cut short
             self.client.update_run(run_id, status="RUNNING")
         else:
             all_tags = {**self._common, **tags, "trial_id": trial_id,
                         "mlflow.parentRunId": self.parent_run_id}
-            run = self.client.create_run(self.experiment_id, run_name=trial_id, tags=all_tags)
-            run_id = run.info.run_id
-            items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
-            for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-                self.client.log_batch(run_id, params=items[i : i + 100])
+            run_id = self.client.create_run(self.experiment_id, run_name=trial_id,
+                                            tags=all_tags).info.run_id
+        items = [Param(k, v) for k, v in sorted(params.items())]  # same values: re-logging is fine
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(run_id, params=items[i : i + 100])
         self._runs[trial_id] = run_id
+        self._waiting.discard(f"trial:{trial_id}")
         return run_id
 
-    @serialised
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
-
-    @serialised
-    def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
-
-    @serialised
-    def log_artifacts(self, run_id: str, directory: str | Path) -> None:
-        directory = Path(directory)
-        for sub in sorted(p for p in directory.iterdir()):
-            if sub.is_dir():
-                self.client.log_artifacts(run_id, str(sub), artifact_path=sub.name)
-            else:
-                self.client.log_artifact(run_id, str(sub))
-
-    @serialised
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    @serialised
-    def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
-
-    @serialised
-    def finish_sweep(self, ok: bool = True) -> None:
-        self.finish(self.parent_run_id, ok)
-
-    @serialised
     def trial_runs(self) -> Iterable[Any]:
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-            max_results=10_000,
-        )
+        with self._lock:
+            return self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+                max_results=10_000,
+            )
 
 
 def find_sweep_parent(client: MlflowClient, sweep: str) -> str | None:

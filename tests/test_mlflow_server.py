@@ -52,28 +52,35 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """http://127.0.0.1:PORT of a fresh `mlflow server` on an sqlite store, one worker."""
-    if not MLFLOW.exists():
-        pytest.skip(f"{MLFLOW} is not installed")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port over root's sqlite store, one worker, checked up."""
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
     cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'store.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
     env = {**os.environ, **LOCAL, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    up = wait_for(lambda: proc.poll() is not None or healthy(url), timeout=180)
+    if not (up and proc.poll() is None):
+        stop(proc)
+        raise AssertionError(f"server did not come up:\n{log.read_text()[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """http://127.0.0.1:PORT of a fresh `mlflow server` on an sqlite store, one worker."""
+    if not MLFLOW.exists():
+        pytest.skip(f"{MLFLOW} is not installed")
+    port = free_port()
+    proc = start_server(tmp_path_factory.mktemp("mlflow-server"), port)
     try:
-        up = wait_for(lambda: proc.poll() is not None or healthy(url), timeout=180)
-        assert up and proc.poll() is None, f"server did not come up:\n{log.read_text()[-3000:]}"
         bound = listening_addresses(session_pids(proc.pid))
         assert bound and all(is_loopback(a) for a in bound), bound
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
 
@@ -101,10 +108,10 @@ def test_sweep_records_every_trial_in_a_tracking_server(server, tmp_path, monkey
         check_trial(client, run, parents[0].info.run_id)
 
 
-def check_trial(client: MlflowClient, run, parent: str) -> None:
+def check_trial(client: MlflowClient, run, parent: str, sweep: str = "served") -> None:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert run.info.status == "FINISHED"
-    assert tags["mlflow.parentRunId"] == parent and tags["sweep"] == "served"
+    assert tags["mlflow.parentRunId"] == parent and tags["sweep"] == sweep
     assert tags["method"] == params["method"] and tags["dataset"] == params["dataset"] == "digits"
     assert {"trial_id", "git_sha", "git_dirty", "torch_version", "ray_version",
             "mlflow_version", "harness_version", "device"} <= set(tags)
@@ -130,3 +137,56 @@ def test_sweep_with_the_tracking_server_down_exits_2_quickly(tmp_path):
     assert uri in proc.stderr and "Traceback" not in proc.stderr
     assert took < 10, f"took {took:.1f} s to report the server down"
     assert not (tmp_path / "ray_results").exists()
+
+
+def test_a_server_that_goes_down_mid_sweep_loses_no_result(tmp_path, monkeypatch):
+    """The server is killed once the first trial is recorded and stays down to the end of
+    the sweep: the sweep still finishes (exit 0) and says where its records wait; with the
+    server back, `--resume` logs them, and every trial is there as if nothing happened."""
+    if not MLFLOW.exists():
+        pytest.skip(f"{MLFLOW} is not installed")
+    for key, value in LOCAL.items():
+        monkeypatch.setenv(key, value)
+    store = tmp_path / "server"
+    store.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    spec = write_spec(tmp_path, {
+        "name": "outage", "dataset": {"name": "digits", "subset": 10}, **TINY_RUN,
+        "train": {"epochs": 6}, "search": {"max_concurrent": 1, "asha": False}, "trials": 3,
+        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}}},
+    })
+    server_proc = start_server(store, port)
+    try:
+        log = tmp_path / "out.log"
+        sweep = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(spec),
+                                  "--tracking-uri", url], cwd=tmp_path, env=sweep_env(LOCAL),
+                                 stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        client = MlflowClient(tracking_uri=url)
+
+        def first_trial_recorded() -> bool:
+            try:
+                return bool(trial_runs(client, "outage")[0])
+            except Exception:  # noqa: BLE001 (experiment not made yet)
+                return False
+
+        assert wait_for(first_trial_recorded, timeout=240, every=0.5), log.read_text()
+        stop(server_proc)  # the server goes away with two trials still to run
+        assert sweep.wait(timeout=400) == 0, log.read_text()
+        out = log.read_text()
+        assert "stopped answering" in out and "--resume" in out, out
+        outbox = tmp_path / "ray_results" / "outage" / "mlflow-outbox" / "ops.jsonl"
+        assert outbox.read_text().strip(), "nothing was kept while the server was down"
+
+        server_proc = start_server(store, port)
+        resumed = run_sweep(spec, tmp_path, "--tracking-uri", url, "--resume", env=LOCAL)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "stopped answering" not in resumed.stderr
+        assert not outbox.read_text().strip()
+        trials, parents = trial_runs(client, "outage")
+        assert len(parents) == 1 and len(trials) == 3
+        assert parents[0].info.status == "FINISHED"
+        for run in trials:
+            check_trial(client, run, parents[0].info.run_id, sweep="outage")
+    finally:
+        stop(server_proc)
