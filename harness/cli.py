@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -246,6 +247,10 @@ def print_plan(spec, plan) -> None:
         trials = r["trials"] if r["searched"] else 1
         click.echo(f"  {r['dataset']:{dwidth}s}  {r['variant']:{width}s}  {trials:3d} trials "
                    f"+ {r['repeats']} repeats  ({searched})")
+        if r["settings"]:  # what the method runs with, the dataset's tuned defaults included
+            shown = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+            click.echo(textwrap.fill(shown, width=100, initial_indent="      settings: ",
+                                     subsequent_indent=" " * 16))
     total = sum((r["trials"] if r["searched"] else 1) + r["repeats"] for r in rows)
     budgets = {r["trials"] for r in rows if r["searched"]}
     click.echo(f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "
@@ -376,11 +381,11 @@ def check_local_data(spec) -> None:
 
 def show_leaderboard(uri: str, experiment: str) -> None:
     try:
-        from harness import leaderboard
+        from harness import leaderboard, report
     except ImportError:
         return
     records = leaderboard.load_records(tracking_uri=uri, experiment=experiment)
-    click.echo(leaderboard.render(records, "md"))
+    click.echo(report.render(records, "md"))
 
 
 # ------------------------------------------------------------------------------ listings
@@ -475,13 +480,14 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> N
     from pathlib import Path
 
     from harness import leaderboard as board
+    from harness.report import render
 
     if output is not None:
         check_output(Path(output), force)
     records = board.load_records(tracking_uri, experiment, sweep_run_id)
     sweeps = ", ".join(sorted({r.sweep for r in records if r.sweep}))
     title = f"Leaderboard: {sweeps}" if sweeps else "Leaderboard"
-    text = board.render(records, fmt, title)
+    text = render(records, fmt, title)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
         return

@@ -25,8 +25,9 @@ from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
 from harness.config import RunSpec
-from harness.data import DATASETS, DatasetSplits, load_dataset
+from harness.data import DATASETS, DatasetSplits, default_eps_for, load_dataset
 from harness.errors import HarnessInputError
+from harness.record import METRIC
 from harness.models import IMAGE_ARCHS, MODELS
 from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
 from methods import (
@@ -68,26 +69,29 @@ class ArchSummary:
 
 @dataclass
 class TrialResult:
-    """One trial's outcome; `to_json()` is the `harness run --json` contract."""
+    """One trial's outcome; `to_json()` is the `harness run --json` contract. Fields with
+    `metadata=METRIC` are the trial's metrics in MLflow and the leaderboard (harness.record)."""
 
     method: str
     kind: str
     dataset: str
     seed: int
     threat: dict[str, Any]
-    clean_acc: float
-    robust_acc: float
-    autoattack_acc: float | None
-    val_clean_acc: float
-    val_robust_acc: float
-    val_autoattack_acc: float | None
+    clean_acc: float = field(metadata=METRIC)
+    robust_acc: float = field(metadata=METRIC)
+    autoattack_acc: float | None = field(metadata=METRIC)
+    val_clean_acc: float = field(metadata=METRIC)
+    val_robust_acc: float = field(metadata=METRIC)
+    val_autoattack_acc: float | None = field(metadata=METRIC)
     masking_flags: list[str]  # every gradient-masking flag raised on any model (harness.masking)
-    learn_seconds: float  # one-time dataset learning (0 for model-producing methods)
-    train_seconds: float  # mean per trained model
-    learn_work_epochs: float
-    train_work_epochs: float  # mean per trained model
-    work_epochs: float  # learn + one model: the cost of the first robust model
-    dataset_size: int  # examples the models were trained on
+    # one-time dataset learning (0 for model-producing methods)
+    learn_seconds: float = field(metadata=METRIC)
+    train_seconds: float = field(metadata=METRIC)  # mean per trained model
+    learn_work_epochs: float = field(metadata=METRIC)
+    train_work_epochs: float = field(metadata=METRIC)  # mean per trained model
+    # learn + one model: the cost of the first robust model
+    work_epochs: float = field(metadata=METRIC)
+    dataset_size: int = field(metadata=METRIC)  # examples the models were trained on
     per_arch: list[ArchSummary]
     models: list[ModelScore]
     learned: LearnedDataset | None = field(default=None, repr=False)
@@ -125,6 +129,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, std
+
+
+def resolve_spec(spec: RunSpec) -> RunSpec:
+    """`spec` with every default decided, the one place they are: `threat.eps` from the
+    dataset (and its parameters), and the method's effective settings (its config's defaults
+    and per-dataset tuned values under the user's own). What a trial records and runs;
+    resolving a resolved spec changes nothing."""
+    tree = spec.model_dump(mode="json")
+    if tree["threat"]["eps"] is None:
+        tree["threat"]["eps"] = default_eps_for(spec.dataset.name, spec.dataset.params())
+    if spec.method.name in METHODS:
+        method = make_method(spec.method.name, spec.method.params())
+        settings = method.config_for(spec.dataset.name).model_dump(mode="json")
+        tree["method"] = {"name": spec.method.name, **settings}
+    return RunSpec.model_validate(tree)
 
 
 def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
@@ -253,6 +272,7 @@ def run_trial(
     `method`: an already built method to score instead of the spec's (`harness.api` passes a
     dataset made outside the harness this way)."""
     log = log or (lambda metrics, step: None)
+    spec = resolve_spec(spec)
     device = pick_device(spec.device)
     method = method or make_method(spec.method.name, spec.method.params())
     archs = resolve_archs(spec)

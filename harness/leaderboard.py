@@ -2,7 +2,8 @@
 
 RobustBench style: the leaderboard is data. `build_records` is a pure function from plain run
 data (`harness.tracking.RunData`, or anything with the same attributes) to `Record`s;
-`harness.report.render` is a pure function from records to text.
+`harness.report.render` (which imports this module, never the other way) is a pure
+function from records to text.
 
 Groups. Runs are grouped by (dataset, threat norm, threat eps, AutoAttack version), where the
 version is the `threat.autoattack` param: "standard", "fast" or "off" (older runs logged "True"
@@ -36,28 +37,18 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 from harness.errors import HarnessInputError
+from harness.record import RunLike, TrialRecord
 
 SELECTION_METRIC = "val_robust_acc"
 REQUIRED_METRICS = ("clean_acc", "robust_acc", SELECTION_METRIC)
 SCORES = ("clean_acc", "robust_acc", "autoattack_acc")
 FAILED_STATUSES = {"FAILED", "KILLED"}
-ARCH_PREFIX = "arch."
-FLAGS_TAG = "masking_flags"
 # Older runs logged threat.autoattack as a bool, and the only version then was standard.
 LEGACY_AA = {"true": "standard", "false": "off"}
 AA_ORDER = {"standard": 0, "fast": 1, "off": 2}  # other values after these, by name
-
-
-class RunLike(Protocol):
-    run_id: str
-    status: str
-    start_time: int
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -134,23 +125,28 @@ class Summary:
 # ---------------------------------------------------------------------------- selection
 
 
-def build_records(runs: Iterable[RunLike]) -> list[Record]:
-    """All rows, sorted by group and rank."""
-    cells: dict[tuple, list[RunLike]] = defaultdict(list)
+def build_records(runs: Iterable[RunLike | TrialRecord]) -> list[Record]:
+    """All rows, sorted by group and rank, from stored runs (read as `TrialRecord`s) or
+    records."""
+    cells: dict[tuple, list[TrialRecord]] = defaultdict(list)
     for run in runs:
-        if run.tags.get("harness.role") != "sweep":
-            cells[(*group_key(run), variant_of(run))].append(run)
+        if isinstance(run, TrialRecord):
+            trial = run
+        elif run.tags.get("harness.role") == "sweep":
+            continue
+        else:
+            trial = TrialRecord.from_mlflow(run)
+        cells[(*group_key(trial), variant_of(trial))].append(trial)
     rows = [row for key in cells if (row := variant_row(key, cells[key])) is not None]
     return rank_rows(rows)
 
 
-def group_key(run: RunLike) -> tuple[str, str, float | None, str]:
-    dataset = run.tags.get("dataset") or run.params.get("dataset.name") or "?"
-    return (dataset, run.params.get("threat.norm", "?"), to_float(run.params.get("threat.eps")),
-            autoattack_version(run))
+def group_key(run: TrialRecord) -> tuple[str, str, float | None, str]:
+    return (run.dataset, run.params.get("threat.norm", "?"),
+            to_float(run.params.get("threat.eps")), autoattack_version(run))
 
 
-def autoattack_version(run: RunLike) -> str:
+def autoattack_version(run: TrialRecord) -> str:
     raw = run.params.get("threat.autoattack")
     if raw is None or not raw.strip():
         return "off" if metric(run, "autoattack_acc") is None else "unknown"
@@ -158,8 +154,8 @@ def autoattack_version(run: RunLike) -> str:
     return LEGACY_AA.get(text.lower(), text)
 
 
-def variant_of(run: RunLike) -> str:
-    return run.tags.get("variant") or run.tags.get("method") or run.params.get("method", "?")
+def variant_of(run: TrialRecord) -> str:
+    return run.variant or run.method
 
 
 def to_float(text: Any) -> float | None:
@@ -170,29 +166,28 @@ def to_float(text: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def objective(run: RunLike) -> tuple[str, str]:
+def objective(run: TrialRecord) -> tuple[str, str]:
     """The metric and mode the run's sweep selected on (tags `objective`, `objective_mode`);
     runs recorded before those tags selected on max val_robust_acc."""
-    return (run.tags.get("objective") or SELECTION_METRIC,
-            run.tags.get("objective_mode") or "max")
+    return run.objective or SELECTION_METRIC, run.objective_mode or "max"
 
 
-def usable(run: RunLike) -> bool:
+def usable(run: TrialRecord) -> bool:
     needed = (*REQUIRED_METRICS, objective(run)[0])
     if autoattack_version(run) != "off":
         needed = (*needed, "autoattack_acc")
     return run.status == "FINISHED" and all(metric(run, k) is not None for k in needed)
 
 
-def is_failed(run: RunLike) -> bool:
+def is_failed(run: TrialRecord) -> bool:
     return run.status in FAILED_STATUSES or (run.status == "FINISHED" and not usable(run))
 
 
-def metric(run: RunLike, key: str) -> float | None:
-    return to_float(run.metrics.get(key))
+def metric(run: TrialRecord, key: str) -> float | None:
+    return run.metric(key)
 
 
-def selection_key(run: RunLike) -> tuple:
+def selection_key(run: TrialRecord) -> tuple:
     """Sorts the best search run first: best value of its sweep's objective (a validation
     metric, by default PGD accuracy), then least work, then earliest start, then run id."""
     work = metric(run, "work_epochs")
@@ -202,25 +197,25 @@ def selection_key(run: RunLike) -> tuple:
             run.start_time, run.run_id)
 
 
-def configuration(run: RunLike) -> dict[str, str]:
+def configuration(run: TrialRecord) -> dict[str, str]:
     """A run's params without its seeds: equal configurations differ only in randomness."""
     return {k: v for k, v in run.params.items() if k != "seed" and not k.endswith(".seed")}
 
 
-def variant_row(key: tuple, runs: list[RunLike]) -> Record | None:
+def variant_row(key: tuple, runs: list[TrialRecord]) -> Record | None:
     good = [r for r in runs if usable(r)]
-    search = sorted((r for r in good if r.tags.get("phase", "search") == "search"),
+    search = sorted((r for r in good if (r.phase or "search") == "search"),
                     key=selection_key)
     if not search:
         return None
     best = search[0]
-    repeats = sorted((r for r in good if r.tags.get("phase") == "repeat"
+    repeats = sorted((r for r in good if r.phase == "repeat"
                       and configuration(r) == configuration(best)),
                      key=lambda r: (r.start_time, r.run_id))
     return make_record(key, best, repeats, search, failed=sum(is_failed(r) for r in runs))
 
 
-def make_record(key: tuple, best: RunLike, repeats: list[RunLike], search: list[RunLike],
+def make_record(key: tuple, best: TrialRecord, repeats: list[TrialRecord], search: list[TrialRecord],
                 failed: int) -> Record:
     dataset, norm, eps, aa_version, variant = key
     pooled = repeats or [best]
@@ -231,9 +226,8 @@ def make_record(key: tuple, best: RunLike, repeats: list[RunLike], search: list[
     train_work = mean_of(pooled, "train_work_epochs")
     models = models_pooled(pooled)
     return Record(
-        sweep=best.tags.get("sweep", ""), dataset=dataset, threat_norm=norm, threat_eps=eps,
-        autoattack_version=aa_version, rank=0,
-        method=best.tags.get("method") or best.params.get("method", variant), variant=variant,
+        sweep=best.sweep, dataset=dataset, threat_norm=norm, threat_eps=eps,
+        autoattack_version=aa_version, rank=0, method=best.method, variant=variant,
         size=size_label(best), n=len(pooled),
         scores_from="repeats" if repeats else "search", failed=failed,
         **score_fields(stats), autoattack_n=stats["autoattack_acc"].n,
@@ -262,9 +256,13 @@ def score_fields(stats: dict[str, Summary]) -> dict[str, float | None]:
     return out
 
 
-def summary(runs: list[RunLike], key: str) -> Summary:
+def summary(runs: list[TrialRecord], key: str) -> Summary:
     """Mean, count, sample std and t-interval half-width over the runs that have `key`."""
-    values = [v for r in runs if (v := metric(r, key)) is not None]
+    return summary_of([v for r in runs if (v := metric(r, key)) is not None])
+
+
+def summary_of(values: list[float]) -> Summary:
+    """Mean, count, sample std and 95% t half-width of `values`."""
     if not values:
         return Summary(None, 0, None, None)
     n, mean = len(values), statistics.fmean(values)
@@ -281,29 +279,27 @@ def t_quantile(dof: int, level: float = 0.95) -> float:
     return float(t.ppf(0.5 + level / 2, dof))
 
 
-def mean_of(runs: list[RunLike], key: str) -> float | None:
+def mean_of(runs: list[TrialRecord], key: str) -> float | None:
     return summary(runs, key).mean
 
 
-def models_pooled(runs: list[RunLike]) -> list[int]:
-    """Models scored per run (sum of its `arch.<a>.n`); empty unless every run logged them."""
+def models_pooled(runs: list[TrialRecord]) -> list[int]:
+    """Models scored per run (summed over its architectures); empty unless every run said."""
     counts = []
     for run in runs:
-        keys = [k for k in run.metrics if k.startswith(ARCH_PREFIX) and k.endswith(".n")]
-        ns = [v for k in keys if (v := metric(run, k)) is not None]
+        ns = [a.n for a in run.per_arch if a.n is not None]
         if not ns:
             return []
-        counts.append(int(sum(ns)))
+        counts.append(sum(ns))
     return counts
 
 
-def flags_of(runs: list[RunLike]) -> tuple[str, ...]:
-    """The distinct codes of the runs' comma-separated `masking_flags` tags, sorted."""
-    codes = {c.strip() for r in runs for c in (r.tags.get(FLAGS_TAG) or "").split(",")}
-    return tuple(sorted(codes - {""}))
+def flags_of(runs: list[TrialRecord]) -> tuple[str, ...]:
+    """The distinct gradient-masking codes of the runs, sorted."""
+    return tuple(sorted({c for r in runs for c in r.masking_flags}))
 
 
-def size_label(run: RunLike) -> str:
+def size_label(run: TrialRecord) -> str:
     ipc = to_float(run.params.get("method.ipc"))
     if ipc is not None:
         return f"ipc={ipc:g}"
@@ -311,26 +307,29 @@ def size_label(run: RunLike) -> str:
     return "?" if size is None else f"{size:g}"
 
 
-def tuned_params(best: RunLike, search: list[RunLike]) -> dict[str, str]:
+def tuned_params(best: TrialRecord, search: list[TrialRecord]) -> dict[str, str]:
     """The best run's values of the params that differ between the variant's search runs."""
     keys = sorted({k for r in search for k in configuration(r)})
     varying = [k for k in keys if len({r.params.get(k) for r in search}) > 1]
     return {k: best.params.get(k, "") for k in varying}
 
 
-def arch_scores(runs: list[RunLike]) -> tuple[ArchScore, ...]:
-    """Per-architecture scores (metrics `arch.<name>.<metric>`), architectures by name."""
-    archs = sorted({k[len(ARCH_PREFIX):].rsplit(".", 1)[0]
-                    for r in runs for k in r.metrics if k.startswith(ARCH_PREFIX)})
+def arch_scores(runs: list[TrialRecord]) -> tuple[ArchScore, ...]:
+    """Per-architecture scores over the runs, architectures by name."""
+    archs = sorted({a.arch for r in runs for a in r.per_arch})
     return tuple(arch_score(runs, arch) for arch in archs)
 
 
-def arch_score(runs: list[RunLike], arch: str) -> ArchScore:
-    prefix = f"{ARCH_PREFIX}{arch}."
-    robust = summary(runs, prefix + "robust_acc")
-    n = sum(int(v) for r in runs if (v := metric(r, prefix + "n")) is not None)
-    return ArchScore(arch, n, mean_of(runs, prefix + "clean_acc"), robust.mean, robust.std,
-                     mean_of(runs, prefix + "autoattack_acc"))
+def arch_score(runs: list[TrialRecord], arch: str) -> ArchScore:
+    results = [a for r in runs for a in r.per_arch if a.arch == arch]
+
+    def over_runs(key: str) -> Summary:
+        return summary_of([v for a in results if (v := getattr(a, key)) is not None])
+
+    robust = over_runs("robust_acc")
+    n = sum(a.n for a in results if a.n is not None)
+    return ArchScore(arch, n, over_runs("clean_acc").mean, robust.mean, robust.std,
+                     over_runs("autoattack_acc").mean)
 
 
 def rank_rows(rows: list[Record]) -> list[Record]:
@@ -379,10 +378,3 @@ def load_records(tracking_uri: str | None = None, experiment: str | None = None,
             field="--sweep" if sweep_run_id else "--experiment",
         )
     return records
-
-
-def render(records: list[Record], fmt: str, title: str = "Leaderboard") -> str:
-    """md, csv, json or html text of the records (see `harness.report`)."""
-    from harness.report import render as render_report
-
-    return render_report(records, fmt, title)

@@ -17,7 +17,8 @@ from harness.config import (
     parse_dimension, set_path,
 )
 from harness.data import DATASETS, validate_params
-from harness.evaluate import resolve_archs, smoke_assignments
+from harness.config import RunSpec
+from harness.evaluate import resolve_archs, resolve_spec, smoke_assignments
 from methods import make_method
 
 SMOKE_MAX_TRIALS = 2
@@ -123,6 +124,17 @@ def sample_tree(variant: Variant, values: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def resolve_trial(variant: Variant, config: dict[str, Any]) -> RunSpec:
+    """The resolved RunSpec of one trial, the one way a trial's settings are decided (the
+    worker runs it, the driver records it): the variant's tree, the searched values and seed
+    Tune chose (`config`: spec path -> value, plus `seed` for repeats), then every default
+    (`harness.evaluate.resolve_spec`: the dataset's eps, the method's effective settings)."""
+    tree = sample_tree(variant, {k: v for k, v in config.items() if k != "seed"})
+    if "seed" in config:
+        tree["seed"] = config["seed"]
+    return resolve_spec(build_run_spec(tree))
+
+
 FIXED_BY_STRUCTURE = ("method.name", "dataset.name")
 
 
@@ -133,9 +145,8 @@ def check_variant(variant: Variant, where: str) -> None:
     first = {p: d.example() for p, d in variant.dims.items()}
     samples = [first] + [{**first, p: v} for p, d in variant.dims.items() for v in d.extremes()]
     for values in samples:
-        tree = sample_tree(variant, values)
         try:
-            run = build_run_spec(tree)
+            run = resolve_trial(variant, values)
             make_method(run.method.name, run.method.params())
             resolve_archs(run)
             validate_params(DATASETS.get(run.dataset.name), run.dataset.params())
@@ -167,6 +178,15 @@ def describe(plan: list[Variant]) -> list[dict[str, Any]]:
             "trials": v.trials,
             "repeats": v.repeats,
             "searched": {p: f"{d.kind}{d.values}" for p, d in v.dims.items()},
+            "settings": effective_settings(v),
         }
         for v in plan
     ]
+
+
+def effective_settings(variant: Variant) -> dict[str, Any]:
+    """The method settings a trial of `variant` runs with, per-dataset defaults included
+    (searched ones at their first value; `harness validate` shows them)."""
+    first = {p: d.example() for p, d in variant.dims.items()}
+    method = resolve_trial(variant, first).method.params()
+    return {k: method[k] for k in sorted(method)}

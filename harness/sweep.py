@@ -1,10 +1,14 @@
-"""`harness sweep`: the only module that imports Ray.
+"""`harness sweep`'s driver: Ray Tune experiments, their MLflow records, the live view.
+
+With `harness.ray_node` (the driver's Ray), the only modules that import Ray: a trial itself
+is `harness.trial`, plain Python, and the live view is `harness.progress`.
 
 Each variant (dataset x method x grid point, see `harness.plan`) is one Ray Tune experiment
 with its own seeded OptunaSearch and the same trial budget; ASHA stops weak trials on the
 per-epoch / per-probe validation metric; then `repeats` extra seeds of the variant's best
 configuration run as a second experiment. Trials run in Ray workers; only this driver
-writes to MLflow (through `harness.tracking`), from Tune callbacks.
+writes to MLflow (through `harness.tracking`, records shaped by `harness.record`), from
+Tune callbacks.
 
 Resume: Tune saves every experiment's state under `<storage>/<sweep>/<variant>`; `--resume`
 restores each with `Tuner.restore`, so finished trials are kept and unfinished ones rerun,
@@ -17,23 +21,20 @@ import logging
 import math
 import os
 import re
-import signal
-import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import SweepSpec, build_run_spec
-from harness.data import default_eps_for
+from harness.config import SweepSpec
 from harness.errors import HarnessInputError
-from harness.plan import Variant, sample_tree
-from harness.tracking import Tracker, flatten
+from harness.plan import Variant, resolve_trial
+from harness.progress import SweepProgress, VariantProgress
+from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
+from harness.tracking import Tracker
+from harness.trial import run_sweep_trial
 
 # Save experiment state often: a killed driver loses at most this many seconds of bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -42,6 +43,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+
+from harness.ray_node import start_ray, stop_ray  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402
@@ -70,240 +73,105 @@ def _guard_tune_registry() -> None:
 
 _guard_tune_registry()
 
-FINAL_KEYS = (
-    "clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc",
-    "val_autoattack_acc",
-    "learn_seconds", "train_seconds", "learn_work_epochs", "train_work_epochs", "work_epochs",
-    "dataset_size",
-)
-
-
-# ------------------------------------------------------------------------ inside a worker
-
-
-def trial_fn(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool) -> None:
-    """One trial in a Ray worker: resolve the spec, run it, report progress and results."""
-    import torch
-
-    from harness.evaluate import run_trial
-
-    torch.set_num_threads(max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))))
-    searched = {k: v for k, v in config.items() if k != "seed"}
-    tree = sample_tree(variant, searched)
-    if "seed" in config:
-        tree["seed"] = config["seed"]
-    spec = build_run_spec(tree)
-
-    def progress(metrics: dict[str, float], step: int) -> None:
-        probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
-        if probe is not None and objective == "val_robust_acc":
-            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            tune.report({**numeric, objective: float(probe), "progress_step": step})
-
-    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
-    final = final_metrics(result)
-    final["device"] = str(spec.device)
-    final["ray_node"] = ray.get_runtime_context().get_node_id()  # where the trial ran
-    with tempfile.TemporaryDirectory() as tmp:
-        write_artifacts(Path(tmp), spec.model_dump(mode="json"), result)
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def variant_trainable(variant: Variant, objective: str, smoke: bool):
-    """The trial function of one variant, under a name of its own.
-
-    Tune registers trainables by name in one global registry; variants running side by side
-    must not share a name, or one variant's trials would run another's settings.
-    """
-
-    def trainable(config: dict[str, Any]) -> None:
-        trial_fn(config, variant=variant, objective=objective, smoke=smoke)
-
-    trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
-    return trainable
-
-
-def final_metrics(result) -> dict[str, Any]:
-    out = {k: getattr(result, k) for k in FINAL_KEYS if getattr(result, k) is not None}
-    for a in result.per_arch:
-        for key in ("clean_acc", "robust_acc", "autoattack_acc", "n"):
-            value = getattr(a, key)
-            if value is not None:
-                out[f"arch.{a.arch}.{key}"] = value
-    out["masking_flags"] = ",".join(result.masking_flags)  # a tag, not a metric
-    out["final"] = 1
-    return out
-
-
-def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
-    """spec.yaml (the RunSpec with every default filled in, so `harness run --from-run`
-    repeats the trial even after a default changes), the learned dataset (tensor file +
-    image grid) and final model weights."""
-    import torch
-
-    (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    if result.learned is not None:
-        (root / "dataset").mkdir()
-        learned = result.learned
-        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
-                   root / "dataset" / "learned.pt")
-        if learned.x.dim() == 4:
-            from harness.images import save_grid
-
-            save_grid(learned.x, learned.y, root / "dataset" / "grid.png")
-    if result.weights:
-        (root / "model").mkdir()
-        for arch, state in result.weights.items():
-            torch.save(state, root / "model" / f"{arch}.pt")
-
-
-def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
-    """What a learned-set file says about itself: enough to score it again elsewhere
-    (`harness score`, `harness.api.load_learned`). Plain values only, so it loads with
-    torch.load(weights_only=True)."""
-    import json
-
-    import harness
-
-    learned = result.learned
-    meta = {
-        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
-        "input_shape": list(learned.x.shape[1:]),
-        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
-        "threat": result.threat, "seed": tree.get("seed"),
-        "harness_version": harness.__version__, "info": learned.info,
-    }
-    return json.loads(json.dumps(meta, default=str))
-
-
 # ----------------------------------------------------------------------------- the driver
 
 
 @dataclass
-class VariantProgress:
-    label: str
-    dataset: str
-    planned: int
-    done: int = 0
-    running: int = 0
-    failed: int = 0
-    best: float | None = None
+class PhaseContext:
+    """The live objects one experiment's callback writes to."""
 
-
-@dataclass
-class SweepProgress:
-    """What the live view shows: trials done / running / failed and best objective."""
-
-    mode: str
-    variants: dict[str, VariantProgress] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-
-    def better(self, a: float | None, b: float) -> bool:
-        return a is None or (b > a if self.mode == "max" else b < a)
-
-    def table(self):
-        from rich.table import Table
-
-        elapsed = time.monotonic() - self.started
-        t = Table(title=f"sweep progress  ({elapsed:.0f} s)", title_justify="left")
-        for col in ("dataset", "variant", "done", "running", "failed", "planned", "best objective"):
-            t.add_column(col, justify="right" if col not in ("dataset", "variant") else "left")
-        for v in self.variants.values():
-            best = "-" if v.best is None else f"{v.best:.4f}"
-            t.add_row(v.dataset, v.label, str(v.done), str(v.running), str(v.failed),
-                      str(v.planned), best)
-        return t
-
-
-# Live driver objects (tracker, progress view) by phase key. Tune pickles its callbacks into
-# the experiment state and restores *those* on --resume, so a callback holds only its key
-# and finds the current run's live objects here.
-_DRIVER: dict[str, dict[str, Any]] = {}
-
-
-class DriverCallback(tune.Callback):
-    """Mirrors trials into MLflow (driver only) and keeps the progress view current."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return _DRIVER[self.__dict__["key"]][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    tracker: Tracker
+    variant: Variant
+    phase: str  # "search" or "repeat"
+    progress: SweepProgress
+    objective: str
+    live: Any  # the rich Live display, or None
 
     @property
     def state(self) -> VariantProgress:
         return self.progress.variants[self.variant.key]
 
-    def _run(self, trial) -> str:
-        searched = {k: v for k, v in trial.config.items() if k != "seed"}
-        tree = sample_tree(self.variant, searched)
-        if "seed" in trial.config:
-            tree["seed"] = trial.config["seed"]
-        if tree["threat"].get("eps") is None:  # record the radius actually used
-            tree["threat"]["eps"] = default_eps_for(self.variant.dataset, tree["dataset"])
-        params = {**flatten(tree), "method": self.variant.method, "dataset": self.variant.dataset,
-                  "variant": self.variant.label}
-        tags = {"method": self.variant.method, "dataset": self.variant.dataset,
+    def identity(self) -> dict[str, str]:
+        return {"method": self.variant.method, "dataset": self.variant.dataset,
                 "variant": self.variant.label, "phase": self.phase,
-                "objective": self.objective, "objective_mode": self.mode}
-        return self.tracker.trial_run(trial.trial_id, params, tags)
+                "objective": self.objective, "objective_mode": self.progress.mode}
+
+
+# The phase whose experiment the current variant thread is running (`Tuner.fit` calls its
+# callbacks in the thread that called it).
+_serving: ContextVar[PhaseContext] = ContextVar("harness_phase")
+
+
+class DriverCallback(tune.Callback):
+    """Mirrors trials into MLflow (driver only) and keeps the progress view current.
+
+    Tune pickles its callbacks into the experiment state and, on `--resume`, calls the
+    unpickled ones; so a callback keeps no state of its own and writes to the phase that the
+    thread running its experiment serves (`run_phase` sets it)."""
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    @property
+    def ctx(self) -> PhaseContext:
+        return _serving.get()
+
+    def _run(self, trial) -> str:
+        """The trial's MLflow run, opened with its resolved settings as params."""
+        spec = resolve_trial(self.ctx.variant, trial.config)
+        params = TrialRecord(method=self.ctx.variant.method, dataset=self.ctx.variant.dataset,
+                             params=spec_params(spec.model_dump(mode="json")),
+                             metrics={}).mlflow_params()
+        return self.ctx.tracker.trial_run(trial.trial_id, params, self.ctx.identity())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
-        self.state.running += 1
+        self.ctx.state.running += 1
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self._run(trial)
-        numeric = {k: v for k, v in result.items() if k in FINAL_KEYS or "." in k or
-                   k in ("outer_loss", "probe_robust_acc", "epoch")}
-        self.tracker.log_metrics(run_id, numeric, step=int(result.get("training_iteration", 0)))
-        if result.get("final") and self.objective in result:
-            self.tracker.set_tags(run_id, {k: result[k] for k in ("device", "ray_node",
-                                                                  "masking_flags")
-                                           if result.get(k)})
-            if self.progress.better(self.state.best, result[self.objective]):
-                self.state.best = result[self.objective]
+        run_id, ctx = self._run(trial), self.ctx
+        step = int(result.get("training_iteration", 0))
+        if "record" in result:  # the trial's end: its whole record
+            record = replace(TrialRecord.from_json(result["record"]), **ctx.identity())
+            ctx.tracker.log_metrics(run_id, record.mlflow_metrics(), step=step)
+            ctx.tracker.set_tags(run_id, record.mlflow_tags())
+            value = record.metric(ctx.objective)
+            if value is not None and ctx.progress.better(ctx.state.best, value):
+                ctx.state.best = value
+        else:  # progress while it trains
+            shown = {k: v for k, v in result.items()
+                     if k in (*PROGRESS_METRICS, ctx.objective) or k.startswith(ARCH_PREFIX)}
+            ctx.tracker.log_metrics(run_id, shown, step=step)
         self._refresh()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         with checkpoint.as_directory() as local:
-            self.tracker.log_artifacts(self._run(trial), local)
+            self.ctx.tracker.log_artifacts(self._run(trial), local)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run(trial)
-        if not (trial.last_result or {}).get("final"):
-            self.tracker.set_tags(run_id, {"stopped_early": "asha"})  # no final scores
-        self.tracker.finish(run_id, ok=True)
-        self.state.running -= 1
-        self.state.done += 1
+        run_id, ctx = self._run(trial), self.ctx
+        if "record" not in (trial.last_result or {}):
+            ctx.tracker.set_tags(run_id, {"stopped_early": "asha"})  # no final scores
+        ctx.tracker.finish(run_id, ok=True)
+        ctx.state.running -= 1
+        ctx.state.done += 1
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self._run(trial)
+        run_id, ctx = self._run(trial), self.ctx
         trace = trial_error_text(trial)
-        self.tracker.set_tags(run_id, {"error": error_summary(trace, trial)})
+        ctx.tracker.set_tags(run_id, {"error": error_summary(trace, trial)})
         if trace:
-            self.tracker.log_text(run_id, trace, "error.txt")
-        self.tracker.finish(run_id, ok=False)
-        self.state.running -= 1
-        self.state.failed += 1
+            ctx.tracker.log_text(run_id, trace, "error.txt")
+        ctx.tracker.finish(run_id, ok=False)
+        ctx.state.running -= 1
+        ctx.state.failed += 1
         self._refresh()
 
     def _refresh(self):
-        if self.live is not None:
-            self.live.update(self.progress.table())
-
-
-# Ray's switch for a single-machine node (its default on macOS and Windows): the node takes the
-# loopback address, so the GCS, raylet, object manager, workers and agents all listen on
-# 127.0.0.1 only. Ray has no per-server bind option; without this every gRPC server of a
-# local sweep listens on all interfaces, where anyone who reaches the machine can submit code.
-_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+        if self.ctx.live is not None:
+            self.ctx.live.update(self.ctx.progress.table())
 
 
 def trial_error_text(trial) -> str:
@@ -321,161 +189,6 @@ def error_summary(trace: str, trial) -> str:
     named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
     chosen = named[-1] if named else (lines[-1] if lines else str(trial.error_file or "see Ray logs"))
     return chosen[:500]
-
-
-def start_ray(address: str | None, cpus: float | None = None) -> bool:
-    """Join the cluster at `address`, or start a loopback-only local Ray; True if we started it.
-
-    A local Ray is checked after start: if its node is not on a loopback address it is shut
-    down again and the sweep refuses to run (an internal error: Ray changed underneath us)."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return False
-    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
-    try:
-        if address and not is_loopback_address(address):
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        elif address:  # a cluster on this machine's loopback: its nodes say 127.0.0.1 too
-            with _single_machine_mode():
-                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        else:
-            _become_subreaper()
-            with _single_machine_mode():
-                ray.init(num_cpus=int(cpus or os.cpu_count() or 1), **quiet)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise HarnessInputError(
-            f"cannot join the Ray cluster at {address!r} ({exc}). Check that `ray status` works "
-            "on this machine, or leave --address out to run locally.",
-            field="--address",
-        ) from None
-    if not address:
-        node_ip = ray.util.get_node_ip_address()
-        if node_ip not in _LOOPBACK:
-            stop_ray()
-            raise RuntimeError(
-                f"the local Ray node came up on {node_ip}, not on the loopback address, so it "
-                "would be reachable from the network; refusing to run. Start a cluster yourself "
-                "(`ray start --head`) and pass --address if that is what you want."
-            )
-    return True
-
-
-def is_loopback_address(address: str) -> bool:
-    """True for `127.0.0.1:6379`, `localhost:6379`, `[::1]:6379` (not `auto`, not ray://)."""
-    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
-    return host in _LOOPBACK or host.startswith("127.")
-
-
-class _single_machine_mode:
-    """Ray's single-machine switch, on for the processes `ray.init` starts, then put back.
-
-    The variable reaches the GCS, raylet and agents (their environment is copied at start);
-    the constant is what this already-imported driver reads."""
-
-    def __enter__(self):
-        from ray._private import ray_constants
-
-        self.constants = ray_constants
-        self.saved = (os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER)
-        os.environ[_SINGLE_MACHINE_ENV] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        return self
-
-    def __exit__(self, *exc):
-        env, flag = self.saved
-        if env is None:
-            os.environ.pop(_SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[_SINGLE_MACHINE_ENV] = env
-        self.constants.ENABLE_RAY_CLUSTER = flag
-        return False
-
-
-def stop_ray(timeout: float = 60.0) -> None:
-    """Shut Ray down (a local one with all its processes, agents included), bounded in time.
-
-    Runs in a helper thread so a wedged shutdown cannot keep a Ctrl-C'd sweep alive. Then
-    every Ray process below this one still alive is killed: seen after a slow Ctrl-C in a
-    loaded test run, where two of them outlived the driver. A driver that starts a local Ray
-    is made a child subreaper (`start_ray`), so Ray processes orphaned during the shutdown
-    stay below it and are found too. Other children of this process are left alone, and
-    joining someone else's cluster starts no process here, so nothing is killed then."""
-    if not ray.is_initialized():
-        return
-    before = ray_processes(os.getpid())
-    done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-    done.start()
-    done.join(timeout)
-    _kill_until_gone(set(before), os.getpid())
-
-
-def _kill_until_gone(known: set[int], root: int, patience: float = 10.0) -> None:
-    """SIGKILL `known` and every Ray process below `root`, again until none is left (one may
-    be starting a child as it is killed); killed children of ours are reaped."""
-    end = time.monotonic() + patience
-    while known and time.monotonic() < end:
-        for pid in known:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass  # already gone
-        for pid in known:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # not left as a zombie of ours
-            except ChildProcessError:
-                pass  # not our child, or already reaped by its owner (Ray's Popen)
-        time.sleep(0.1)
-        known = set(ray_processes(root))
-
-
-def ray_processes(root: int) -> list[int]:
-    """Live Ray processes below `root` (Linux /proc; [] elsewhere): its children that run
-    Ray's programs (GCS, raylet, monitors) or Ray workers and agents (`ray::...`), and every
-    process below those."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found = [pid for pid in children.get(root, []) if _runs_ray(pid)]
-    todo = list(found)
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
-_RAY_DIR = os.path.dirname(ray.__file__)  # its programs run from below here
-
-
-def _runs_ray(pid: int) -> bool:
-    try:
-        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
-    return cmdline.startswith("ray::") or _RAY_DIR + os.sep in cmdline
-
-
-def _become_subreaper() -> None:
-    """Linux: orphaned processes below this one are re-parented to it, not to init, so a
-    Ray process whose parent dies first is still found and stopped by `stop_ray`."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass  # then orphans go to init, as everywhere else
 
 
 def storage_root(storage: str | None) -> str:
@@ -510,8 +223,28 @@ class Phase:
     path: str
 
 
-def make_tuner(phase: Phase, spec: SweepSpec, param_space: dict, num_samples: int,
-               callback: DriverCallback, smoke: bool, resume: bool):
+def variant_trainable(variant: Variant, objective: str, smoke: bool):
+    """The trial function of one variant, under a name of its own.
+
+    Tune registers trainables by name in one global registry; variants running side by side
+    must not share a name, or one variant's trials would run another's settings."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        def report(metrics: dict[str, Any], folder: Path | None) -> None:
+            checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder else None
+            tune.report(metrics, checkpoint=checkpoint)
+
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+        run_sweep_trial(config, variant=variant, objective=objective, smoke=smoke,
+                        report=report, threads=int(cpus),
+                        node=ray.get_runtime_context().get_node_id())
+
+    trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
+    return trainable
+
+
+def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples: int,
+               smoke: bool, resume: bool):
     trainable = tune.with_resources(
         variant_trainable(phase.variant, spec.objective.metric, smoke),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
@@ -539,7 +272,7 @@ def make_tuner(phase: Phase, spec: SweepSpec, param_space: dict, num_samples: in
             max_concurrent_trials=spec.search.max_concurrent,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, verbose=0, callbacks=[callback],
+            name=name, storage_path=root, verbose=0, callbacks=[DriverCallback()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
         ),
     )
@@ -585,6 +318,10 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
                                              "smoke": str(smoke).lower()})
     if not resume or not existing:
         tracker.log_spec(spec_text)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     local = not ray.is_initialized()  # a Ray this call starts is this call's to stop
     try:  # start_ray inside: a Ctrl-C while Ray is still starting stops it too
         start_ray(address, cpus=None)
@@ -623,8 +360,9 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
     try:
         with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
-            jobs = [pool.submit(run_variant, spec, v, p, tracker, progress, live, smoke, resume)
-                    for v, p in phases]
+            jobs = [pool.submit(run_variant, spec, p, tracker=tracker, progress=progress,
+                                live=live, smoke=smoke, resume=resume)
+                    for _, p in phases]
             for job in as_completed(jobs):
                 failed += job.result()
                 live.update(progress.table())
@@ -646,27 +384,36 @@ def default_parallel_variants(spec: SweepSpec) -> int:
     return max(1, min(16, math.ceil(slots / per_variant) + 1))
 
 
-def driver_callback(phase: Phase, tracker, progress, objective, live) -> DriverCallback:
-    key = f"{phase.variant.key}:{phase.name}"
-    _DRIVER[key] = dict(tracker=tracker, variant=phase.variant, phase=phase.name,
-                        progress=progress, objective=objective, mode=progress.mode, live=live)
-    return DriverCallback(key)
+def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: dict,
+              num_samples: int, smoke: bool, resume: bool):
+    """Run one experiment to its end, its callbacks writing to `ctx`; Tune's result grid."""
+    token = _serving.set(ctx)
+    try:
+        return make_tuner(phase, spec, param_space=param_space, num_samples=num_samples,
+                          smoke=smoke, resume=resume).fit()
+    finally:
+        _serving.reset(token)
 
 
-def run_variant(spec, variant, search: Phase, tracker, progress, live, smoke, resume) -> int:
+def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: SweepProgress,
+                live, smoke: bool, resume: bool) -> int:
+    """A variant's Optuna search, then its repeats; returns its failed trials."""
+    variant = search.variant
     space = search_space(variant)
     samples = variant.trials if space else 1  # nothing to search: one trial says it all
     progress.variants[variant.key].planned = samples + variant.repeats
-    cb = driver_callback(search, tracker, progress, spec.objective.metric, live)
-    grid = make_tuner(search, spec, space, samples, cb, smoke, resume).fit()
+    context = dict(tracker=tracker, variant=variant, progress=progress,
+                   objective=spec.objective.metric, live=live)
+    grid = run_phase(PhaseContext(phase="search", **context), search, spec, param_space=space,
+                     num_samples=samples, smoke=smoke, resume=resume)
     failed = sum(1 for r in grid if r.error is not None)
     if variant.repeats:
         best = best_config(grid, spec.objective.metric, spec.objective.mode)
         if best is not None:
             seeds = [spec.seed + 1 + i for i in range(variant.repeats)]
             repeat = Phase(variant, "repeat", search.path + "__repeats")
-            cb = driver_callback(repeat, tracker, progress, spec.objective.metric, live)
-            rgrid = make_tuner(repeat, spec, {**best, "seed": tune.grid_search(seeds)}, 1, cb,
-                               smoke, resume).fit()
+            rgrid = run_phase(PhaseContext(phase="repeat", **context), repeat, spec,
+                              param_space={**best, "seed": tune.grid_search(seeds)},
+                              num_samples=1, smoke=smoke, resume=resume)
             failed += sum(1 for r in rgrid if r.error is not None)
     return failed

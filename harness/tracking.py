@@ -113,17 +113,6 @@ def connect(uri: str | None = None) -> MlflowClient:
     return client
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
-
-
 def unavailable(exc: BaseException) -> bool:
     """True when `exc` says the tracking server could not be reached or answered 5xx (down,
     restarting, behind a failing proxy), as opposed to a request it refused."""

@@ -91,6 +91,11 @@ class Method:
     def __init__(self, config: MethodConfig | None = None):
         self.cfg = config if config is not None else self.Config()
 
+    def config_for(self, dataset: str) -> MethodConfig:
+        """The settings a run on `dataset` uses (methods with per-dataset tuned defaults
+        override this); `harness.evaluate.resolve_spec` records them with the trial."""
+        return self.cfg
+
 
 class ModelMethod(Method):
     kind = "model"

@@ -28,7 +28,8 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.leaderboard import build_records, load_records, render
+from harness.leaderboard import build_records, load_records
+from harness.report import render
 from harness.plots import pareto_front
 from harness.tracking import RunData, Tracker, connect
 

@@ -113,6 +113,30 @@ def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path):
     assert "--resume" in (tmp_path / "out.log").read_text()
 
 
+def test_a_local_ray_tolerates_a_raylet_that_stops_answering_for_minutes():
+    """A starved machine's raylet can miss the GCS's health checks for a minute or more;
+    with Ray's default (5 misses) the node is declared dead and the sweep dies with it
+    (benchmarks/starvation.py stops a raylet for 180 s to show both). The local Ray the
+    harness starts runs with the longer tolerance, in its workers too."""
+    import ray
+
+    from harness.ray_node import LOCAL_RAY_CONFIG, start_ray, stop_ray
+
+    assert not ray.is_initialized()
+    assert start_ray(None, cpus=1)
+    try:
+        @ray.remote
+        def threshold() -> int:
+            from ray._raylet import Config
+
+            return Config.health_check_failure_threshold()
+
+        assert ray.get(threshold.remote()) == LOCAL_RAY_CONFIG["health_check_failure_threshold"]
+        assert LOCAL_RAY_CONFIG["health_check_failure_threshold"] >= 30  # minutes, not seconds
+    finally:
+        stop_ray()
+
+
 def test_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path, monkeypatch):
     """A real two-node Ray cluster on this machine's loopback (head + one more node, one CPU
     each), started and stopped by the test; `harness sweep --address` runs trials on both."""

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.config import build_run_spec
 from harness.provenance import git_tags
+from methods import make_method
 from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
                            wait_for, write_spec)
 
@@ -80,14 +81,15 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         assert ran["method"]["name"] == tags["method"]
         assert ran["dataset"]["name"] == tags["dataset"]
         assert str(ran["seed"]) == params["seed"]
-        # every logged param is the value of the spec the worker ran (eps resolved from null)
-        from harness.tracking import flatten
+        # every logged param is the value of the resolved spec the worker ran
+        from harness.record import flatten
         ran_flat = {k: str(v) for k, v in flatten(ran).items()}
         for key, value in params.items():
-            if key in ran_flat and key != "threat.eps":
+            if key in ran_flat:
                 assert ran_flat[key] == value, (key, ran_flat[key], value)
-        # the resolved RunSpec, every default written out
+        # the resolved RunSpec, every default written out (the method's settings too)
         assert ran == build_run_spec(ran).model_dump(mode="json")
+        assert set(params) >= {f"method.{k}" for k in make_method(tags["method"]).cfg.model_fields}
         assert ran["train"]["epochs"] == 2 and ran["threat"]["steps"] == 3
         if tags["method"] == "random":
             data_files = {f.path for f in client.list_artifacts(r.info.run_id, "dataset")}

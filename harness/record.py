@@ -1,0 +1,202 @@
+"""One trial's record: the schema between a trial, MLflow and the leaderboard, both ways.
+
+A trial's worker turns its `TrialResult` into a `TrialRecord` (`from_result`); the record
+travels to the sweep driver inside Tune's final result (`to_json` / `from_json`); the driver
+adds who ran it (sweep, variant, phase, objective) and writes it to MLflow (`to_mlflow`);
+the leaderboard reads runs back into records (`from_mlflow`). Nothing else knows how a
+field is spelled in MLflow.
+
+In MLflow a record is:
+- params: the trial's resolved RunSpec (every default filled in, the method's effective
+  settings included) flattened to dotted keys, plus `method` and `dataset`;
+- metrics: the `TrialResult` fields marked as metrics (`METRIC` in their field metadata), and
+  per architecture `arch.<name>.<clean_acc|robust_acc|autoattack_acc|n>`;
+- tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
+  `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
+  `stopped_early`, and `info.<key>` for what the method says about its learned set.
+
+Adding a metric is one change in one place: a field of `harness.evaluate.TrialResult` with
+`metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
+leaderboard's records by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+METRIC = {"metric": True}  # field metadata of the TrialResult fields that are metrics
+ARCH_PREFIX = "arch."
+ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
+PROGRESS_METRICS = ("epoch", "outer_loss", "probe_robust_acc")  # per-step, while a trial runs
+FLAGS_TAG = "masking_flags"
+INFO_PREFIX = "info."
+IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",
+                 "objective_mode")
+OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early")
+
+
+class RunLike(Protocol):
+    """A run as MLflow keeps it (`harness.tracking.RunData` or anything alike)."""
+
+    run_id: str
+    status: str
+    start_time: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ArchResult:
+    """One evaluation architecture of a trial: means over its models."""
+
+    arch: str
+    n: int | None
+    clean_acc: float | None
+    robust_acc: float | None
+    autoattack_acc: float | None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one trial ran, where, how it scored and what it cost (see the module docstring)."""
+
+    method: str
+    dataset: str
+    params: dict[str, str]  # the resolved RunSpec, flattened; MLflow keeps params as text
+    metrics: dict[str, float]  # finite values only
+    per_arch: tuple[ArchResult, ...] = ()
+    masking_flags: tuple[str, ...] = ()
+    info: dict[str, str] = field(default_factory=dict)
+    variant: str = ""
+    phase: str = "search"  # or "repeat"
+    sweep: str = ""
+    trial_id: str = ""
+    objective: str = "val_robust_acc"
+    objective_mode: str = "max"
+    device: str = ""
+    ray_node: str = ""
+    error: str = ""
+    stopped_early: str = ""
+    status: str = "FINISHED"  # as MLflow says: FINISHED, FAILED, KILLED, RUNNING
+    run_id: str = ""
+    start_time: int = 0  # ms since the epoch
+
+    def metric(self, key: str) -> float | None:
+        return self.metrics.get(key)
+
+    # -- the worker's side
+
+    @classmethod
+    def from_result(cls, result: Any, spec_tree: dict[str, Any], **tags: str) -> TrialRecord:
+        """The record of a finished `TrialResult` run from the resolved spec `spec_tree`."""
+        metrics = {}
+        for f in dataclasses.fields(result):
+            if f.metadata.get("metric"):
+                value = finite(getattr(result, f.name))
+                if value is not None:
+                    metrics[f.name] = value
+        per_arch = tuple(ArchResult(a.arch, a.n, a.clean_acc, a.robust_acc, a.autoattack_acc)
+                         for a in result.per_arch)
+        learned = getattr(result, "learned", None)
+        info = {k: str(v) for k, v in (learned.info if learned is not None else {}).items()}
+        return cls(method=result.method, dataset=result.dataset, params=spec_params(spec_tree),
+                   metrics=metrics, per_arch=per_arch,
+                   masking_flags=tuple(sorted(result.masking_flags)), info=info, **tags)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialRecord:
+        raw = json.loads(text)
+        raw["per_arch"] = tuple(ArchResult(**a) for a in raw.get("per_arch", ()))
+        raw["masking_flags"] = tuple(raw.get("masking_flags", ()))
+        return cls(**raw)
+
+    # -- MLflow, both ways
+
+    def mlflow_params(self) -> dict[str, str]:
+        return {**self.params, "method": self.method, "dataset": self.dataset}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        out = dict(self.metrics)
+        for a in self.per_arch:
+            for key in ARCH_METRICS:
+                value = finite(getattr(a, key))
+                if value is not None:
+                    out[f"{ARCH_PREFIX}{a.arch}.{key}"] = value
+        return out
+
+    def mlflow_tags(self) -> dict[str, str]:
+        tags = {k: getattr(self, k) for k in (*IDENTITY_TAGS, *OUTCOME_TAGS) if getattr(self, k)}
+        if self.masking_flags:
+            tags[FLAGS_TAG] = ",".join(self.masking_flags)
+        tags.update({f"{INFO_PREFIX}{k}": v for k, v in self.info.items()})
+        return tags
+
+    @classmethod
+    def from_mlflow(cls, run: RunLike) -> TrialRecord:
+        """A stored run read back; runs from before a field existed get its default."""
+        tags, params = run.tags, run.params
+        metrics = {k: v for k, v in ((k, finite(v)) for k, v in run.metrics.items()
+                                     if not k.startswith(ARCH_PREFIX)) if v is not None}
+        return cls(
+            method=tags.get("method") or params.get("method", "?"),
+            dataset=tags.get("dataset") or params.get("dataset") or params.get("dataset.name", "?"),
+            params={k: v for k, v in params.items() if k not in ("method", "dataset")},
+            metrics=metrics, per_arch=arch_results(run.metrics),
+            masking_flags=tuple(sorted({c.strip() for c in tags.get(FLAGS_TAG, "").split(",")}
+                                       - {""})),
+            info={k[len(INFO_PREFIX):]: v for k, v in tags.items() if k.startswith(INFO_PREFIX)},
+            **{k: tags[k] for k in (*IDENTITY_TAGS, *OUTCOME_TAGS) if tags.get(k)
+               and k not in ("method", "dataset")},
+            status=run.status, run_id=run.run_id, start_time=run.start_time or 0,
+        )
+
+
+def spec_params(tree: dict[str, Any]) -> dict[str, str]:
+    """A resolved RunSpec tree as MLflow params: dotted keys, text values."""
+    return {k: str(v) for k, v in flatten(tree).items()}
+
+
+def arch_results(metrics: dict[str, float]) -> tuple[ArchResult, ...]:
+    """`arch.<name>.<metric>` metrics as per-architecture results, architectures by name."""
+    values: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith(ARCH_PREFIX):
+            arch, _, name = key[len(ARCH_PREFIX):].rpartition(".")
+            if arch and name in ARCH_METRICS:
+                values.setdefault(arch, {})[name] = finite(value)
+    return tuple(
+        ArchResult(arch, None if v.get("n") is None else int(v["n"]), v.get("clean_acc"),
+                   v.get("robust_acc"), v.get("autoattack_acc"))
+        for arch, v in sorted(values.items())
+    )
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a finite float; None for None, NaN, infinities, bools and non-numbers."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out

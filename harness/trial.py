@@ -1,0 +1,85 @@
+"""One sweep trial, as a Ray worker runs it. No Ray here: the driver (`harness.sweep`)
+hands in how to report, so this is plain Python that a test or script can call directly."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from harness.plan import Variant, resolve_trial
+from harness.record import TrialRecord
+
+# report(metrics, artifacts_dir or None): Tune's report (with a checkpoint of the folder)
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool,
+                    report: Report, threads: int = 1, node: str = "") -> TrialRecord:
+    """Resolve the trial's spec (once: `plan.resolve_trial`), run it, report progress while
+    it runs and, at the end, its metrics with its record (`harness.record`) and artifacts."""
+    import torch
+
+    from harness.evaluate import run_trial
+    from harness.train import pick_device
+
+    torch.set_num_threads(max(1, threads))
+    spec = resolve_trial(variant, config)
+
+    def progress(metrics: dict[str, float], step: int) -> None:
+        probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
+        if probe is not None and objective == "val_robust_acc":  # what ASHA stops on
+            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            report({**numeric, objective: float(probe), "progress_step": step}, None)
+
+    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
+    tree = spec.model_dump(mode="json")
+    record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
+                                     ray_node=node, variant=variant.label)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_artifacts(Path(tmp), tree, result)
+        report({**record.metrics, "record": record.to_json()}, Path(tmp))
+    return record
+
+
+def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
+    """spec.yaml (the RunSpec with every default filled in, so `harness run --from-run`
+    repeats the trial even after a default changes), the learned dataset (tensor file +
+    image grid) and final model weights."""
+    import torch
+
+    (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    if result.learned is not None:
+        (root / "dataset").mkdir()
+        learned = result.learned
+        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
+                   root / "dataset" / "learned.pt")
+        if learned.x.dim() == 4:
+            from harness.images import save_grid
+
+            save_grid(learned.x, learned.y, root / "dataset" / "grid.png")
+    if result.weights:
+        (root / "model").mkdir()
+        for arch, state in result.weights.items():
+            torch.save(state, root / "model" / f"{arch}.pt")
+
+
+def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
+    """What a learned-set file says about itself: enough to score it again elsewhere
+    (`harness score`, `harness.api.load_learned`). Plain values only, so it loads with
+    torch.load(weights_only=True)."""
+    import json
+
+    import harness
+
+    learned = result.learned
+    meta = {
+        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
+        "input_shape": list(learned.x.shape[1:]),
+        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
+        "threat": result.threat, "seed": tree.get("seed"),
+        "harness_version": harness.__version__, "info": learned.info,
+    }
+    return json.loads(json.dumps(meta, default=str))
