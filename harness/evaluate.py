@@ -25,7 +25,7 @@ from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
 from harness.config import RunSpec
-from harness.data import DATASETS, DatasetSplits, load_dataset
+from harness.datasets import DATASETS, DatasetSplits, load_dataset
 from harness.errors import HarnessInputError
 from harness.models import IMAGE_ARCHS, MODELS
 from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model

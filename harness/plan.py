@@ -16,7 +16,7 @@ from harness.config import (
     Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, format_eps,
     parse_dimension, set_path,
 )
-from harness.data import DATASETS, validate_params
+from harness.datasets import DATASETS, validate_params
 from harness.evaluate import resolve_archs, smoke_assignments
 from methods import make_method
 

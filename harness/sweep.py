@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from harness.config import SweepSpec, build_run_spec
-from harness.data import default_eps_for
+from harness.datasets import default_eps_for
 from harness.errors import HarnessInputError
 from harness.plan import Variant, sample_tree
 from harness.tracking import Tracker, flatten
