@@ -72,7 +72,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.attacks import Threat, accuracy
-from harness.data import DatasetSplits, load_dataset
+from harness.datasets import DatasetSplits, load_dataset
 from harness.train import TrainConfig, WorkMeter, pick_device, train_model
 from methods import MethodContext, make_method
 

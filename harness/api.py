@@ -136,7 +136,7 @@ def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = 
     """Clean, PGD and AutoAttack accuracy (and the masking flags) of a trained model on the
     dataset's test split, and the same on validation, as the harness scores its own models.
     The model takes raw inputs in the dataset's bounds (normalisation inside)."""
-    from harness.data import load_dataset
+    from harness.datasets import load_dataset
 
     spec = build_spec(dataset, EXTERNAL, seed=seed, sections={**sections, "device": device})
     ds = spec.dataset

@@ -365,7 +365,7 @@ def arm_interrupt_watchdog(spec_path: str) -> None:
 
 
 def check_local_data(spec) -> None:
-    from harness.data import DATASETS, files_present, resolve_root
+    from harness.datasets import DATASETS, files_present, resolve_root
 
     for ds in spec.datasets():
         if not ds.download and not files_present(ds.name, ds.root):
@@ -401,7 +401,7 @@ def datasets(data_root, as_json) -> None:
     Example:
       harness datasets --data-root /data
     """
-    from harness.data import DATASETS, files_present, resolve_root
+    from harness.datasets import DATASETS, files_present, resolve_root
 
     rows = []
     for name in DATASETS:

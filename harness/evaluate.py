@@ -25,7 +25,7 @@ from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
 from harness.config import RunSpec
-from harness.data import DATASETS, DatasetSplits, default_eps_for, load_dataset
+from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
 from harness.errors import HarnessInputError
 from harness.record import METRIC
 from harness.models import IMAGE_ARCHS, MODELS

@@ -16,8 +16,8 @@ from harness.config import (
     Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, format_eps,
     parse_dimension, set_path,
 )
-from harness.data import DATASETS, validate_params
 from harness.config import RunSpec
+from harness.datasets import DATASETS, validate_params
 from harness.evaluate import resolve_archs, resolve_spec, smoke_assignments
 from methods import make_method
 

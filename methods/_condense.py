@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.data import DatasetSplits
+from harness.datasets import DatasetSplits
 
 
 def class_slice(c: int, ipc: int) -> slice:

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from harness.attacks import Bounds, accuracy, pgd, robust_accuracy
-from harness.data import DatasetSplits
+from harness.datasets import DatasetSplits
 from harness.train import TrainConfig, train_model
 
 Init = Literal["real", "noise"]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from harness.attacks import Threat
-from harness.data import DatasetSplits
+from harness.datasets import DatasetSplits
 from harness.errors import HarnessInputError
 from harness.models import build_model
 from harness.registry import Registry

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from harness.attacks import Threat, pgd
 from harness.cli import main
 from harness.config import build_run_spec
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 from harness.evaluate import run_trial
 from harness.train import TrainConfig, WorkMeter

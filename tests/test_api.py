@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from harness import api
 from harness.cli import main
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 
 SECTIONS = dict(threat={"steps": 5, "autoattack": "fast"},

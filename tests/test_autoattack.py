@@ -8,7 +8,7 @@ import torch
 
 from harness.attacks import AttackModeError, Threat, robust_accuracy
 from harness.autoattack import ITERATIONS, SQUARE_QUERIES, autoattack, build_attacks, robust_mask
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 from harness.models import build_model
 from harness.train import TrainConfig, WorkMeter, train_model

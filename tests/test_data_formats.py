@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data_formats
-from harness.data import DATASETS, files_present, load_dataset
+from harness.datasets import DATASETS, files_present, idx, load_dataset, tinyimagenet
 from harness.errors import HarnessInputError
 
 N_TRAIN, N_TEST = 40, 10
@@ -23,7 +22,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(autouse=True)
 def no_system_dirs(monkeypatch):
     """Keep the Debian Fashion-MNIST files out of tests that expect their own fixtures."""
-    monkeypatch.setattr(data_formats, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {})
 
 
 def pixels(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -99,7 +98,7 @@ def test_idx_loads_exact_pixels(tmp_path, name, sub, gz):
 def test_fashion_mnist_reads_system_dir(tmp_path, monkeypatch):
     system = tmp_path / "usr-share"
     write_idx_set(system, gz=True)
-    monkeypatch.setattr(data_formats, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
     root = tmp_path / "empty-root"
     assert files_present("fashion-mnist", root) and not files_present("mnist", root)
     assert load_dataset("fashion-mnist", root=root).x_test.shape == (N_TEST, 1, 28, 28)
@@ -144,7 +143,7 @@ def test_idx_truncated_gzip_names_file(tmp_path):
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_formats, "SYSTEM_DIRS", {"fashion-mnist": (DEBIAN_FASHION,)})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {"fashion-mnist": (DEBIAN_FASHION,)})
     s = load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.1)
     assert s.x_train.shape == (54000, 1, 28, 28) and s.x_val.shape == (6000, 1, 28, 28)
     assert s.x_test.shape == (10000, 1, 28, 28) and s.n_train_full == 54000
@@ -358,7 +357,7 @@ def test_tinyimagenet_loads_and_caches(tmp_path, monkeypatch):
     def no_decoding(pairs, base):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(data_formats, "decode_jpegs", no_decoding)
+    monkeypatch.setattr(tinyimagenet, "decode_jpegs", no_decoding)
     again = load_dataset("tinyimagenet", root=tmp_path, val_fraction=0.25)
     assert torch.equal(again.x_test, s.x_test) and torch.equal(again.x_train, s.x_train)
 

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from harness import data_formats
 from harness.cli import main
-from harness.data import load_dataset
+from harness.datasets import idx, load_dataset
 from harness.errors import HarnessInputError
 from test_data_formats import idx_bytes, py2_batch, write_cifar, write_idx_set, write_tiny
 
@@ -32,7 +31,7 @@ MEMORY_LIMIT = 256 * 2**20  # far below any array these files ask for
 
 @pytest.fixture(autouse=True)
 def no_system_dirs(monkeypatch):
-    monkeypatch.setattr(data_formats, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(idx, "SYSTEM_DIRS", {})
 
 
 def refused(name: str, root: Path, blamed: Path, **kwargs) -> str:

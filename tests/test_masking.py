@@ -8,7 +8,7 @@ from torch import nn
 
 from harness import masking
 from harness.attacks import Threat, robust_accuracy
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.models import build_model
 
 EPS = 0.2

@@ -166,7 +166,7 @@ def conv_blocks(model):
 @pytest.mark.parametrize("depth", [2, 4])
 def test_arch_settings_reach_every_network_a_method_builds(depth):
     from harness.attacks import Threat
-    from harness.data import load_dataset
+    from harness.datasets import load_dataset
     from harness.train import TrainConfig, WorkMeter
     from methods.base import MethodContext
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.cli import main
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.train import TrainConfig, WorkMeter, train_model
 from methods import make_method
 from methods._synthetic_set import RowOptimizer, init_synthetic_set

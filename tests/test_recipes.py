@@ -9,7 +9,7 @@ import torch
 
 import harness.evaluate as evaluate
 from harness.config import build_run_spec
-from harness.data import load_dataset
+from harness.datasets import load_dataset
 from harness.evaluate import run_trial
 from methods._augment import DSATrainAugment
 

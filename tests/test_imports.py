@@ -1,0 +1,71 @@
+"""Import layering: the dataset modules import one way, none imports a module that imports it.
+
+The graph is read from the source (every import statement, those inside functions too), so
+the check costs no imports and also sees the lazy imports the CLI uses to stay fast.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKED = "harness.datasets"  # widen to "harness" once every package is free of circles
+
+
+def module_files() -> dict[str, Path]:
+    files = {}
+    for package in ("harness", "methods"):
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports. `from pkg import name` counts as importing
+    pkg.name when that is a module, else pkg."""
+    files = module_files()
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in files}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    target = f"{node.module}.{alias.name}"
+                    target = target if target in files else node.module
+                    if target in files:
+                        graph[name].add(target)
+    return graph
+
+
+def reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name == goal:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return False
+
+
+def test_no_import_circle_through_datasets():
+    graph = import_graph()
+    circles = [
+        (name, dep)
+        for name in graph if name.startswith(CHECKED)
+        for dep in graph[name] if reaches(graph, dep, name)
+    ]
+    assert not circles, f"each imports a module that leads back to it: {circles}"
+
+
+def test_dataset_modules_never_import_their_package():
+    """A submodule names its siblings (harness.datasets.registry), never the package, whose
+    __init__ imports every reader and so would import the submodule back."""
+    graph = import_graph()
+    offenders = [name for name in graph
+                 if name.startswith(f"{CHECKED}.") and CHECKED in graph[name]]
+    assert not offenders, offenders
