@@ -442,7 +442,7 @@ def methods() -> None:
     Example:
       HARNESS_PLUGINS=my_methods harness methods
     """
-    from methods import METHODS
+    from harness.methods import METHODS
 
     for name in METHODS:
         cls = METHODS.get(name)

@@ -27,11 +27,11 @@ from harness.autoattack import autoattack
 from harness.config import RunSpec
 from harness.data import DATASETS, DatasetSplits, load_dataset
 from harness.errors import HarnessInputError
-from harness.models import IMAGE_ARCHS, MODELS
-from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
-from methods import (
+from harness.methods import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
 )
+from harness.models import IMAGE_ARCHS, MODELS
+from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
 
 LogFn = Callable[[dict[str, float], int], None]
 

@@ -9,7 +9,7 @@ import os
 import pkgutil
 
 from harness.errors import HarnessInputError
-from methods.base import (
+from harness.methods.base import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
 )
 

@@ -193,8 +193,8 @@ PLUGIN = '''
 """Test-only methods: one fails its first attempt, one always fails."""
 from pathlib import Path
 
+from harness.methods.base import ModelMethod, MethodConfig, register_method
 from harness.train import natural_loss
-from methods.base import ModelMethod, MethodConfig, register_method
 
 MARKER = Path(__file__).with_name("attempted")
 
