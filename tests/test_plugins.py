@@ -49,6 +49,17 @@ def test_a_users_own_methods_folder_does_not_shadow_the_built_in_methods(tmp_pat
     assert set(listed(result.stdout)) >= set(BUILT_IN), result.stdout
 
 
+
+def test_a_checkout_finds_its_methods_without_an_install(tmp_path):
+    """With no site-packages at all (`-S`: neither a regular nor an editable install), the
+    checkout on PYTHONPATH still resolves `harness.methods` to its own `methods/` folder."""
+    code = "import importlib.util as u; print(u.find_spec('harness.methods').origin)"
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == REPO / "methods" / "__init__.py"
+
 # ----------------------------------------------------------------------------- entry points
 
 PLAIN = '''
