@@ -73,8 +73,8 @@ import torch
 
 from harness.attacks import Threat, accuracy
 from harness.datasets import DatasetSplits, load_dataset
+from harness.methods import MethodContext, make_method
 from harness.train import TrainConfig, WorkMeter, pick_device, train_model
-from methods import MethodContext, make_method
 
 ARCH = "convnet"
 ARCH_SETTINGS = {"width": 128, "depth": 3, "norm": "instance"}  # DC's ConvNet-3

@@ -30,7 +30,7 @@ from harness.errors import HarnessInputError
 from harness.evaluate import (
     TrialResult, resolve_threat, run_trial, score_model as _score_model, smoke_assignments,
 )
-from methods import DatasetMethod, LearnedDataset, MethodContext
+from harness.methods import DatasetMethod, LearnedDataset, MethodContext
 
 EXTERNAL = "external"  # the method name a scored outside dataset is recorded under
 

@@ -441,13 +441,14 @@ def archs() -> None:
 
 @main.command(short_help="List the registered methods and their papers.")
 def methods() -> None:
-    """List the registered methods with their kind and paper.
+    """List the registered methods with their kind and paper: the built-in ones, those of
+    installed packages' `harness.methods` entry points, and those of $HARNESS_PLUGINS.
 
     \b
     Example:
       HARNESS_PLUGINS=my_methods harness methods
     """
-    from methods import METHODS
+    from harness.methods import METHODS
 
     for name in METHODS:
         cls = METHODS.get(name)

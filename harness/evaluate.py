@@ -27,12 +27,12 @@ from harness.autoattack import autoattack
 from harness.config import RunSpec
 from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
 from harness.errors import HarnessInputError
-from harness.record import METRIC
-from harness.models import IMAGE_ARCHS, MODELS
-from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
-from methods import (
+from harness.methods import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
 )
+from harness.models import IMAGE_ARCHS, MODELS
+from harness.record import METRIC
+from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
 
 LogFn = Callable[[dict[str, float], int], None]
 

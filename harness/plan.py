@@ -19,7 +19,7 @@ from harness.config import (
 from harness.config import RunSpec
 from harness.datasets import DATASETS, validate_params
 from harness.evaluate import resolve_archs, resolve_spec, smoke_assignments
-from methods import make_method
+from harness.methods import make_method
 
 SMOKE_MAX_TRIALS = 2
 SMOKE_MAX_REPEATS = 1

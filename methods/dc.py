@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
-from methods._condense import NormalizedSet, RealSampler, class_slice
-from methods._synthetic_set import init_synthetic_set
-from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
+from harness.methods._condense import NormalizedSet, RealSampler, class_slice
+from harness.methods._synthetic_set import init_synthetic_set
+from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
 
 # (outer_loop, inner_loop) by ipc, from the authors' code (`get_loops`); other ipc values
 # take the entry of the nearest listed ipc.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from harness.methods.base import MethodContext, ModelMethod, register_method
 from harness.train import LossStep, natural_loss
-from methods.base import MethodContext, ModelMethod, register_method
 
 
 @register_method("erm")

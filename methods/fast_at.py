@@ -8,8 +8,8 @@ from typing import ClassVar
 from pydantic import Field
 
 from harness.attacks import pgd
+from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
 from harness.train import LossStep, TrainConfig, soft_cross_entropy
-from methods.base import MethodConfig, MethodContext, ModelMethod, register_method
 
 
 @register_method("fast_at")

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from methods._synthetic_set import init_synthetic_set
-from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods._synthetic_set import init_synthetic_set
+from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
 
 
 @register_method("random")

@@ -14,8 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from harness.attacks import margin_loss, pgd
-from harness.train import lr_factor, soft_cross_entropy
-from methods._synthetic_set import (
+from harness.methods._synthetic_set import (
     RowOptimizer,
     clamp_to_bounds_,
     draw_seed,
@@ -23,7 +22,8 @@ from methods._synthetic_set import (
     robust_probe,
     soft_label_logits,
 )
-from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.train import lr_factor, soft_cross_entropy
 
 Tensors = dict[str, torch.Tensor]
 

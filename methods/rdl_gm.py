@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.attacks import pgd
-from methods._synthetic_set import (
+from harness.methods._synthetic_set import (
     RowOptimizer,
     clamp_to_bounds_,
     draw_seed,
@@ -19,7 +19,7 @@ from methods._synthetic_set import (
     init_synthetic_set,
     robust_probe,
 )
-from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
 
 
 def layerwise_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:

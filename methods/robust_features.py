@@ -10,10 +10,10 @@ from pydantic import Field
 from torch import nn
 
 from harness.attacks import pgd
+from harness.methods._synthetic_set import init_synthetic_set
+from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.pgd_at import PGDAT
 from harness.train import train_model
-from methods._synthetic_set import init_synthetic_set
-from methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
-from methods.pgd_at import PGDAT
 
 
 def representation_gap(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

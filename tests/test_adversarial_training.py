@@ -28,9 +28,9 @@ from harness.config import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 from harness.evaluate import run_trial
+from harness.methods import MethodContext, make_method
+from harness.methods.trades import kl_to
 from harness.train import TrainConfig, WorkMeter
-from methods import MethodContext, make_method
-from methods.trades import kl_to
 
 ADVERSARIAL = ("pgd_at", "trades", "fast_at")
 

@@ -18,8 +18,8 @@ from harness.config import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 from harness.evaluate import run_trial
-from methods._augment import FAMILIES, SiameseAugment
-from methods.dc import gradient_distance, loops_for
+from harness.methods._augment import FAMILIES, SiameseAugment
+from harness.methods.dc import gradient_distance, loops_for
 
 
 @pytest.fixture(autouse=True, scope="module")

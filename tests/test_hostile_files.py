@@ -321,7 +321,7 @@ PLUGINS = {
     "raises": ("bad_raises", "raise RuntimeError('plugin exploded on import')\n",
                "plugin exploded on import"),
     "duplicate": ("bad_duplicate",
-                  "from methods.base import ModelMethod, register_method\n\n\n"
+                  "from harness.methods.base import ModelMethod, register_method\n\n\n"
                   "@register_method('erm')\nclass Again(ModelMethod):\n    pass\n",
                   "'erm'"),
     "relative": (".bad_relative", None, "relative"),

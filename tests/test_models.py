@@ -168,7 +168,7 @@ def test_arch_settings_reach_every_network_a_method_builds(depth):
     from harness.attacks import Threat
     from harness.datasets import load_dataset
     from harness.train import TrainConfig, WorkMeter
-    from methods.base import MethodContext
+    from harness.methods.base import MethodContext
 
     data = load_dataset("digits", subset=2)
     ctx = MethodContext(

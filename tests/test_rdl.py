@@ -12,12 +12,12 @@ from torch import nn
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.cli import main
 from harness.datasets import load_dataset
+from harness.methods import make_method
+from harness.methods._synthetic_set import RowOptimizer, init_synthetic_set
+from harness.methods.base import MethodContext
+from harness.methods.rdl import NetState, unroll_sgd
+from harness.methods.rdl_gm import layerwise_distance
 from harness.train import TrainConfig, WorkMeter, train_model
-from methods import make_method
-from methods._synthetic_set import RowOptimizer, init_synthetic_set
-from methods.base import MethodContext
-from methods.rdl import NetState, unroll_sgd
-from methods.rdl_gm import layerwise_distance
 
 CPU = torch.device("cpu")
 
@@ -171,7 +171,7 @@ def test_rdl_gm_image_update_lowers_the_matching_loss_on_a_fixed_network():
     """Sign check: a descent step on S, with the network and the (adversarial) real batches
     held fixed, lowers rdl_gm's matching loss (digits, 3 steps of lr 1: 16.8 -> 1.4; an
     ascent step instead fails this test)."""
-    import methods.rdl_gm as R
+    import harness.methods.rdl_gm as R
 
     data = load_dataset("digits", subset=20)
     method = make_method("rdl_gm", {"ipc": 3, "real_batch": 16, "attack_steps": 3})
@@ -311,7 +311,7 @@ def test_dataset_defaults_fill_only_unset_fields_and_keep_ranges_whole():
 
 
 def test_clip_norm_caps_the_norm_and_keeps_the_direction():
-    from methods.rdl import clip_norm
+    from harness.methods.rdl import clip_norm
 
     g = torch.tensor([3e8, -4e8])
     clipped = clip_norm(g, 1e6)
@@ -322,7 +322,7 @@ def test_clip_norm_caps_the_norm_and_keeps_the_direction():
 
 
 def test_a_non_finite_hypergradient_leaves_the_set_untouched():
-    from methods.rdl import _Learner
+    from harness.methods.rdl import _Learner
 
     data = load_dataset("digits", subset=4)
     method = make_method("rdl", {"ipc": 1, "unroll_min": 3, "unroll_max": 3, "attack_steps": 1,

@@ -11,7 +11,7 @@ import harness.evaluate as evaluate
 from harness.config import build_run_spec
 from harness.datasets import load_dataset
 from harness.evaluate import run_trial
-from methods._augment import DSATrainAugment
+from harness.methods._augment import DSATrainAugment
 
 
 def spec(name, **sections):

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.config import build_run_spec
 from harness.provenance import git_tags
-from methods import make_method
+from harness.methods import make_method
 from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
                            wait_for, write_spec)
 
@@ -195,8 +195,8 @@ PLUGIN = '''
 """Test-only methods: one fails its first attempt, one always fails."""
 from pathlib import Path
 
+from harness.methods.base import ModelMethod, MethodConfig, register_method
 from harness.train import natural_loss
-from methods.base import ModelMethod, MethodConfig, register_method
 
 MARKER = Path(__file__).with_name("attempted")
 
