@@ -196,7 +196,8 @@ class Tracker:
         self.client = client
         self.sweep = sweep
         exp = client.get_experiment_by_name(sweep)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(sweep)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(
+            sweep, artifact_location=artifact_location(client.tracking_uri, sweep))
         self.parent_run_id = parent_run_id or self._new_parent()
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._waiting: set[str] = set()  # placeholders of runs not made yet
@@ -421,6 +422,16 @@ def local_store_path(uri: str) -> Path | None:
     if "://" not in uri and uri:
         return Path(uri)
     return None
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local sqlite store's experiment go beside the database file
+    (`<store dir>/mlruns/<experiment>`), whatever the working directory; MLflow's default
+    (`./mlruns` under the current directory) would scatter them. None: the server decides."""
+    path = local_store_path(uri)
+    if path is None or not uri.startswith("sqlite:"):
+        return None
+    return (path.expanduser().resolve().parent / "mlruns" / experiment).as_uri()
 
 
 def load_trial_runs(
