@@ -261,17 +261,22 @@ def early_stop_selector(data: DatasetSplits, threat: Threat, device: torch.devic
     return val_robust_probe(data, threat, device, slice(-PROBE_EXAMPLES, None))
 
 
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total): "learning" or "models"
+
+
 def run_trial(
     spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False,
-    method: Method | None = None,
+    method: Method | None = None, progress: ProgressFn | None = None,
 ) -> TrialResult:
     """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
 
     `probe_epochs`: while the first model of a model-producing method trains, log a cheap
     validation robust accuracy after every epoch (early stopping of weak sweep trials).
     `method`: an already built method to score instead of the spec's (`harness.api` passes a
-    dataset made outside the harness this way)."""
+    dataset made outside the harness this way). `progress(phase, done, total)`: told after
+    each learning step (of `method.planned_steps`) and each downstream model."""
     log = log or (lambda metrics, step: None)
+    progress = progress or (lambda phase, done, total: None)
     spec = resolve_spec(spec)
     device = pick_device(spec.device)
     method = method or make_method(spec.method.name, spec.method.params())
@@ -284,9 +289,16 @@ def run_trial(
     threat = resolve_threat(spec, data)
     generator = torch.Generator().manual_seed(spec.seed)
     learn_meter = WorkMeter()
+    planned = method.planned_steps()
+
+    def learning_log(metrics: dict[str, float], step: int) -> None:
+        log(metrics, step)
+        if planned and "outer_loss" in metrics:  # one per learning step, by convention
+            progress("learning", min(step + 1, planned), planned)
+
     ctx = MethodContext(
         data=data, threat=threat, train=spec.train.config(), device=device, generator=generator,
-        seed=spec.seed, archs=archs, meter=learn_meter, log=log, smoke=smoke,
+        seed=spec.seed, archs=archs, meter=learn_meter, log=learning_log, smoke=smoke,
         arch_settings=spec.eval.arch_settings,
     )
 
@@ -312,7 +324,7 @@ def run_trial(
         for k in range(spec.eval.models_per_arch):
             model_seed = spec.seed * 1000 + k
             meter = WorkMeter()
-            model = ctx.build(arch, seed=model_seed)
+            model = ctx.build(arch, seed=model_seed, metered=False)
             stats = train_model(
                 model, train_x, train_y, cfg, generator=torch.Generator().manual_seed(model_seed),
                 device=device, loss_step=loss_step, meter=meter,
@@ -326,6 +338,7 @@ def run_trial(
                 **scores,
             ))
             weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            progress("models", len(models), len(archs) * spec.eval.models_per_arch)
             log({f"arch.{arch}.{key}": v for key, v in scores.items()
                  if isinstance(v, (int, float))}, len(models))
     result = summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter,

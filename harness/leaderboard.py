@@ -1,7 +1,7 @@
 """Leaderboard: a sweep's trial runs -> one typed record per row -> md, csv, json or html.
 
 RobustBench style: the leaderboard is data. `build_records` is a pure function from plain run
-data (`harness.tracking.RunData`, or anything with the same attributes) to `Record`s;
+data (`harness.runs.RunData`, or anything with the same attributes) to `Record`s;
 `harness.report.render` (which imports this module, never the other way) is a pure
 function from records to text.
 
@@ -100,6 +100,7 @@ class Record:
     models: int | None  # models behind each pooled accuracy (sum of `arch.<a>.n` over runs)
     models_per_run: int | None  # when every pooled run scored the same number of models
     flags: tuple[str, ...]  # gradient-masking codes (`masking_flags` tag), sorted
+    smoke: bool  # some pooled run had --smoke's shrunken budgets
     dataset_size: float | None
     learn_seconds: float | None  # one-time dataset learning
     learn_work_epochs: float | None
@@ -237,7 +238,7 @@ def make_record(key: tuple, best: TrialRecord, repeats: list[TrialRecord], searc
         val_robust_acc=metric(best, SELECTION_METRIC),
         models=sum(models) if models else None,
         models_per_run=models[0] if models and len(set(models)) == 1 else None,
-        flags=flags_of([best, *pooled]),
+        flags=flags_of([best, *pooled]), smoke=any(r.smoke for r in [best, *pooled]),
         dataset_size=mean_of(pooled, "dataset_size"),
         learn_seconds=mean_of(pooled, "learn_seconds"),
         learn_work_epochs=mean_of(pooled, "learn_work_epochs"),
@@ -366,8 +367,8 @@ def groups(records: list[Record]) -> dict[tuple, list[Record]]:
 
 def load_records(tracking_uri: str | None = None, experiment: str | None = None,
                  sweep_run_id: str | None = None) -> list[Record]:
-    """Records of one sweep in the store (see `harness.tracking.load_trial_runs`)."""
-    from harness.tracking import load_trial_runs
+    """Records of one sweep in the store (see `harness.runs.load_trial_runs`)."""
+    from harness.runs import load_trial_runs
 
     runs = load_trial_runs(tracking_uri, experiment=experiment, sweep_run_id=sweep_run_id)
     records = build_records(runs)

@@ -13,7 +13,8 @@ In MLflow a record is:
   per architecture `arch.<name>.<clean_acc|robust_acc|autoattack_acc|n>`;
 - tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
   `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
-  `stopped_early`, and `info.<key>` for what the method says about its learned set.
+  `stopped_early`, `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
+  method says about its learned set.
 
 Adding a metric is one change in one place: a field of `harness.evaluate.TrialResult` with
 `metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
@@ -40,7 +41,7 @@ OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early")
 
 
 class RunLike(Protocol):
-    """A run as MLflow keeps it (`harness.tracking.RunData` or anything alike)."""
+    """A run as MLflow keeps it (`harness.runs.RunData` or anything alike)."""
 
     run_id: str
     status: str
@@ -82,6 +83,7 @@ class TrialRecord:
     ray_node: str = ""
     error: str = ""
     stopped_early: str = ""
+    smoke: bool = False  # run with --smoke's shrunken budgets: a check, not a result
     status: str = "FINISHED"  # as MLflow says: FINISHED, FAILED, KILLED, RUNNING
     run_id: str = ""
     start_time: int = 0  # ms since the epoch
@@ -136,6 +138,8 @@ class TrialRecord:
         tags = {k: getattr(self, k) for k in (*IDENTITY_TAGS, *OUTCOME_TAGS) if getattr(self, k)}
         if self.masking_flags:
             tags[FLAGS_TAG] = ",".join(self.masking_flags)
+        if self.smoke:
+            tags["smoke"] = "true"
         tags.update({f"{INFO_PREFIX}{k}": v for k, v in self.info.items()})
         return tags
 
@@ -155,6 +159,7 @@ class TrialRecord:
             info={k[len(INFO_PREFIX):]: v for k, v in tags.items() if k.startswith(INFO_PREFIX)},
             **{k: tags[k] for k in (*IDENTITY_TAGS, *OUTCOME_TAGS) if tags.get(k)
                and k not in ("method", "dataset")},
+            smoke=tags.get("smoke") == "true",
             status=run.status, run_id=run.run_id, start_time=run.start_time or 0,
         )
 

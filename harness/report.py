@@ -157,6 +157,9 @@ def ranked_by(aa_version: str) -> str:
 
 # ------------------------------------------------------------------ row markers, footnotes
 
+SMOKE_NOTE = ("smoke run (--smoke): budgets shrunk to seconds to check the pipeline; "
+              "its scores are not results.")
+
 
 def flag_numbers(rows: list[Record]) -> dict[str, int]:
     """Footnote number of each flag code in a group: known codes first, in FLAG_TEXT order."""
@@ -168,6 +171,7 @@ def flag_numbers(rows: list[Record]) -> dict[str, int]:
 
 def markers(record: Record, numbers: dict[str, int]) -> str:
     marks = ["†"] if record.scores_from == "search" else []
+    marks += ["§"] if record.smoke else []
     return " ".join(marks + [f"⚠{i}" for i in sorted(numbers[c] for c in record.flags)])
 
 
@@ -196,6 +200,8 @@ def pooled_models(r: Record) -> str:
 
 def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
     notes = ["† " + SEARCH_ONLY_NOTE] if any(r.scores_from == "search" for r in rows) else []
+    if any(r.smoke for r in rows):
+        notes.append("§ " + SMOKE_NOTE)
     for code, i in numbers.items():
         text = FLAG_TEXT.get(code)
         notes.append(f"⚠{i} {code}" + (f": {text}" if text else ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
@@ -109,15 +110,25 @@ def resolve_augment(name: str, x: torch.Tensor) -> Augment | None:
 
 
 class WorkMeter:
-    """Counts the examples every attached model sees in forward passes."""
+    """Counts the examples the watched models see in forward passes (their work).
+
+    The hook sits on a model's input layer (its first module with parameters of its own), so
+    a pass through the whole network and a pass through its feature extractor alone (as DM
+    and robust_features make) both count once, and watching a model twice counts it once."""
 
     def __init__(self) -> None:
         self.examples = 0
         self.counting = True
+        self._hooks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> handle
 
     def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
         if self.counting and args and isinstance(args[0], torch.Tensor):
             self.examples += int(args[0].shape[0])
+
+    def add(self, examples: int) -> None:
+        """Work the hooks cannot see, in examples (e.g. a second-order backward pass)."""
+        if self.counting:
+            self.examples += int(examples)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -128,16 +139,36 @@ class WorkMeter:
         finally:
             self.counting = was
 
+    def watch(self, model: nn.Module) -> nn.Module:
+        """Count `model`'s forward passes from now on, for as long as it lives."""
+        layer = input_layer(model)
+        if layer not in self._hooks:
+            self._hooks[layer] = layer.register_forward_hook(self._hook)
+        return model
+
     @contextmanager
     def attach(self, model: nn.Module) -> Iterator[None]:
-        handle = model.register_forward_hook(self._hook)
+        """Count `model`'s forward passes inside the block (a no-op if already watched)."""
+        layer = input_layer(model)
+        if layer in self._hooks:
+            yield
+            return
+        self._hooks[layer] = layer.register_forward_hook(self._hook)
         try:
             yield
         finally:
-            handle.remove()
+            self._hooks.pop(layer).remove()
 
     def epochs(self, n_train_full: int) -> float:
         return self.examples / max(1, n_train_full)
+
+
+def input_layer(model: nn.Module) -> nn.Module:
+    """The first module of `model` with parameters of its own (the model if it has none)."""
+    for module in model.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            return module
+    return model
 
 
 def pick_device(requested: str | None = None) -> torch.device:

@@ -37,7 +37,7 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
     result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
-                                     ray_node=node, variant=variant.label)
+                                     ray_node=node, variant=variant.label, smoke=smoke)
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tree, result)
         report({**record.metrics, "record": record.to_json()}, Path(tmp))

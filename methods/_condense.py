@@ -1,4 +1,5 @@
-"""Pieces shared by the dataset-condensation methods `dc` and `dm` (not a method itself).
+"""Pieces shared by the condensation methods `dc`, `dm` and `rdl_gm` (not a method itself):
+the per-class real sampler, DC's layer-wise gradient distance, natural steps on the set.
 
 A condensed set is stored class-major (as `_synthetic_set.init_synthetic_set` builds it):
 rows `c * ipc ... (c + 1) * ipc - 1` belong to class `c`, so per-class slices are views.
@@ -7,6 +8,8 @@ rows `c * ipc ... (c + 1) * ipc - 1` belong to class `c`, so per-class slices ar
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from harness.datasets import DatasetSplits
 
@@ -14,6 +17,41 @@ from harness.datasets import DatasetSplits
 def class_slice(c: int, ipc: int) -> slice:
     """Rows of class `c` in a class-major set."""
     return slice(c * ipc, (c + 1) * ipc)
+
+
+def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers and output units of 1 - cos(real row, synthetic row) (DC, Zhao et al.
+    2021, arXiv 2006.05929).
+
+    A weight's gradient is viewed as one row per output unit (a conv kernel's row holds its
+    in_channels x kh x kw entries). One-dimensional parameters (biases, norm affines) are
+    skipped, as in the authors' code: their per-unit "row" is a single number whose cosine
+    is only its sign.
+    """
+    total = g_syn[0].new_zeros(())
+    for gr, gs in zip(g_real, g_syn):
+        if gs.dim() < 2:
+            continue
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+        cos = (gr * gs).sum(dim=1) / (gr.norm(dim=1) * gs.norm(dim=1) + 1e-6)
+        total = total + (1 - cos).sum()
+    return total
+
+
+def natural_steps(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                  *, steps: int, batch: int, generator: torch.Generator, augment=None) -> None:
+    """`steps` natural SGD steps of `net` on random minibatches of the set (x, y), each
+    batch optionally augmented: how the condensation loops train their network on S."""
+    net.train()
+    for _ in range(steps):
+        idx = torch.randperm(x.shape[0], generator=generator)[:batch].to(x.device)
+        xb = x[idx]
+        if augment is not None:
+            (xb,) = augment(xb)
+        loss = F.cross_entropy(net(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 class RealSampler:

@@ -45,15 +45,17 @@ class MethodContext:
     generator: torch.Generator
     seed: int
     archs: list[str]  # the evaluation architectures; dataset methods learn with these
-    meter: WorkMeter  # attach every network used while learning: it is the learning cost
+    meter: WorkMeter  # the learning cost: every network `build` makes is counted in it
     log: LogFn = lambda metrics, step: None  # progress metrics (tracker, progress bar)
     smoke: bool = False
     # the spec's `eval.arch_settings`: keyword settings of each arch, for every network built
     arch_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def build(self, arch: str, seed: int | None = None) -> nn.Module:
+    def build(self, arch: str, seed: int | None = None, *, metered: bool = True) -> nn.Module:
         """A fresh network of `arch` for this data, initialised from `seed` (or the generator),
-        with the spec's settings of that arch."""
+        with the spec's settings of that arch. Its forward passes count in `meter` (the
+        method's learning cost) unless `metered=False` (the harness's downstream models,
+        which have meters of their own)."""
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
         mean, std = self.data.channel_stats()
@@ -61,7 +63,8 @@ class MethodContext:
             torch.manual_seed(seed)
             net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std,
                               **self.arch_settings.get(arch, {}))
-        return net.to(self.device)
+        net = net.to(self.device)
+        return self.meter.watch(net) if metered else net
 
 
 @dataclass
@@ -90,6 +93,15 @@ class Method:
 
     def __init__(self, config: MethodConfig | None = None):
         self.cfg = config if config is not None else self.Config()
+
+    def planned_steps(self) -> int | None:
+        """Learning steps this run will take, for progress displays: the config's
+        `outer_steps` or `iterations` (each step logs `outer_loss` once); None if neither."""
+        for name in ("outer_steps", "iterations"):
+            value = getattr(self.cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     def config_for(self, dataset: str) -> MethodConfig:
         """The settings a run on `dataset` uses (methods with per-dataset tuned defaults

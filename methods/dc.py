@@ -10,7 +10,9 @@ from pydantic import Field
 from torch import nn
 
 from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
-from harness.methods._condense import NormalizedSet, RealSampler, class_slice
+from harness.methods._condense import (
+    NormalizedSet, RealSampler, class_slice, gradient_distance, natural_steps,
+)
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
 
@@ -22,24 +24,6 @@ LOOPS_BY_IPC = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15
 def loops_for(ipc: int) -> tuple[int, int]:
     nearest = min(LOOPS_BY_IPC, key=lambda k: (abs(k - ipc), k))
     return LOOPS_BY_IPC[nearest]
-
-
-def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers and output units of 1 - cos(real row, synthetic row).
-
-    A weight's gradient is viewed as one row per output unit (a conv kernel's row holds its
-    in_channels x kh x kw entries). One-dimensional parameters (biases, norm affines) are
-    skipped, as in the authors' code: their per-unit "row" is a single number whose cosine
-    is only its sign.
-    """
-    total = g_syn[0].new_zeros(())
-    for gr, gs in zip(g_real, g_syn):
-        if gs.dim() < 2:
-            continue
-        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
-        cos = (gr * gs).sum(dim=1) / (gr.norm(dim=1) * gs.norm(dim=1) + 1e-6)
-        total = total + (1 - cos).sum()
-    return total
 
 
 class DCLoop:
@@ -85,17 +69,8 @@ class DCLoop:
 
     def train_net(self, net: nn.Module, opt: torch.optim.Optimizer) -> None:
         """`inner` SGD steps of the network on (augmented) minibatches of the synthetic set."""
-        x, y = self.set.x().detach(), self.y
-        n = x.shape[0]
-        for _ in range(self.inner):
-            idx = torch.randperm(n, generator=self.ctx.generator)[: self.cfg.batch_train].to(x.device)
-            xb = x[idx]
-            if self.aug is not None:
-                (xb,) = self.aug(xb)
-            loss = F.cross_entropy(net(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        natural_steps(net, opt, self.set.x().detach(), self.y, steps=self.inner,
+                      batch=self.cfg.batch_train, generator=self.ctx.generator, augment=self.aug)
 
     def iteration(self, arch: str) -> float:
         """One outer iteration: a fresh network, `outer` image steps with training between."""
@@ -103,11 +78,10 @@ class DCLoop:
         net.train()
         opt_net = torch.optim.SGD(net.parameters(), lr=self.cfg.lr_net)  # plain SGD, as the code
         losses = []
-        with self.ctx.meter.attach(net):
-            for k in range(self.outer):
-                losses.append(self.image_step(net))
-                if k < self.outer - 1:  # the last image step needs no more training
-                    self.train_net(net, opt_net)
+        for k in range(self.outer):
+            losses.append(self.image_step(net))
+            if k < self.outer - 1:  # the last image step needs no more training
+                self.train_net(net, opt_net)
         return sum(losses) / (len(losses) * self.ctx.data.num_classes)
 
 

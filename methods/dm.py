@@ -84,7 +84,8 @@ class DM(DatasetMethod):
         net.requires_grad_(False)  # only the images are learned
         x_syn_all = syn.x()
         loss = x_syn_all.new_zeros(())
-        # The meter hooks the feature extractor: DM never calls the head.
+        # DM never calls the head: the feature passes are its work (the net is watched on its
+        # input layer already; this also counts parameter-free features, as `linear`'s).
         with ctx.meter.attach(net.features):
             for c in range(ctx.data.num_classes):
                 x_real = real.batch(c, self.cfg.batch_real)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
@@ -275,7 +274,6 @@ class _Learner:
                                           lr=cfg.label_lr, momentum=cfg.outer_momentum, device=dev)
         self.state: NetState | None = None
         self.n_inits = 0
-        self.meters = ExitStack()
         self.last_probe: dict[str, float] = {}
         self.bad_steps = self.bad_in_row = 0  # outer steps skipped for a non-finite hypergradient
 
@@ -287,8 +285,7 @@ class _Learner:
     def _fresh_network(self) -> NetState:
         arch = self.archs[self.n_inits % len(self.archs)]  # cycle through the pool
         self.n_inits += 1
-        net = self.ctx.build(arch, seed=draw_seed(self.gen))
-        self.meters.enter_context(self.ctx.meter.attach(net))  # learning cost
+        net = self.ctx.build(arch, seed=draw_seed(self.gen))  # metered: the learning cost
         return NetState.fresh(net, arch)
 
     def _rows(self) -> torch.Tensor:
@@ -331,6 +328,9 @@ class _Learner:
         x_adv = self._attack(state.model(detached(params), train=False), xr, yr)  # Danskin
         loss = F.cross_entropy(state.model(params, train=False)(x_adv), yr)
         grads = torch.autograd.grad(loss, leaves)
+        # The hooks saw the unroll's forward passes; the backward through it (second order)
+        # costs about one more training step per unrolled step, so it is counted as such.
+        self.ctx.meter.add(k * len(rows))
 
         if not self._usable(grads, step):
             self.state = None  # S stays as it was; the exploded network is not continued
@@ -367,12 +367,11 @@ class _Learner:
     def probe(self, step: int) -> None:
         cfg, ctx = self.cfg, self.ctx
         net = ctx.build(self.archs[0], seed=draw_seed(self.probe_gen))
-        with ctx.meter.attach(net):
-            clean, robust = robust_probe(
-                net, self.x, self.labels(), ctx.data, eps=ctx.threat.eps, norm=ctx.threat.norm,
-                steps=cfg.probe_steps, lr=cfg.inner_lr, n_val=cfg.probe_val,
-                attack_steps=cfg.attack_steps, generator=self.probe_gen, device=ctx.device,
-            )
+        clean, robust = robust_probe(
+            net, self.x, self.labels(), ctx.data, eps=ctx.threat.eps, norm=ctx.threat.norm,
+            steps=cfg.probe_steps, lr=cfg.inner_lr, n_val=cfg.probe_val,
+            attack_steps=cfg.attack_steps, generator=self.probe_gen, device=ctx.device,
+        )
         self.last_probe = {"probe_clean_acc": clean, "probe_robust_acc": robust}
         ctx.log(dict(self.last_probe), step)
 
@@ -385,17 +384,16 @@ class _Learner:
 
     def run(self) -> LearnedDataset:
         cfg = self.cfg
-        with self.meters:
-            for step in range(cfg.outer_steps):
-                loss = self.outer_step(step)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"rdl outer loss is {loss} at step {step}; lower method.outer_lr or method.inner_lr"
-                    )
-                net_steps = float(self.state.steps) if self.state is not None else 0.0
-                self.ctx.log({"outer_loss": loss, "net_steps": net_steps}, step)
-                if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
-                    self.probe(step + 1)
+        for step in range(cfg.outer_steps):
+            loss = self.outer_step(step)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"rdl outer loss is {loss} at step {step}; lower method.outer_lr or method.inner_lr"
+                )
+            net_steps = float(self.state.steps) if self.state is not None else 0.0
+            self.ctx.log({"outer_loss": loss, "net_steps": net_steps}, step)
+            if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
+                self.probe(step + 1)
         info = {"ipc": cfg.ipc, "size": int(self.x.shape[0]), "outer_steps": cfg.outer_steps,
                 "outer_lr": cfg.outer_lr, "soft_labels": cfg.soft_labels, "archs": self.archs,
                 "skipped_steps": self.bad_steps, **self.last_probe}

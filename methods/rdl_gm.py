@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.attacks import pgd
+from harness.methods._condense import RealSampler, gradient_distance, natural_steps
 from harness.methods._synthetic_set import (
     RowOptimizer,
     clamp_to_bounds_,
@@ -20,21 +21,6 @@ from harness.methods._synthetic_set import (
     robust_probe,
 )
 from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
-
-
-def layerwise_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over layers and output units of 1 - cos(real gradient, synthetic gradient).
-
-    As DC (Zhao et al. 2021): a weight's gradient is compared row by row (one row per
-    output unit or filter); 1-d tensors (biases, norm scales) are skipped, as in the
-    authors' code, because they carry little and are dominated by their scale.
-    """
-    total = g_syn[0].new_zeros(())
-    for gr, gs in zip(g_real, g_syn):
-        if gr.dim() < 2:
-            continue
-        total = total + (1 - F.cosine_similarity(gr.flatten(1), gs.flatten(1), dim=1, eps=1e-6)).sum()
-    return total
 
 
 @register_method("rdl_gm")
@@ -115,24 +101,22 @@ class RobustGradientMatching(DatasetMethod):
         x, y = init_synthetic_set(data, cfg.ipc, cfg.init, gen)
         x, y = x.to(dev), y.to(dev)
         opt = RowOptimizer(x.shape, kind=cfg.outer_optimizer, lr=cfg.outer_lr, momentum=cfg.outer_momentum, device=dev)
-        real = _RealBatches(data.x_train.to(dev), indices_by_class(data.y_train, data.num_classes), gen)
+        real = RealSampler(data, gen, dev)
         syn_rows = indices_by_class(y.cpu(), data.num_classes)
         probe: dict[str, float] = {}
         for it in range(cfg.iterations):
             net = ctx.build(archs[it % len(archs)], seed=draw_seed(gen))
-            with ctx.meter.attach(net):
-                loss = self._train_one_network(ctx, net, x, y, syn_rows, real, opt)
+            loss = self._train_one_network(ctx, net, x, y, syn_rows, real, opt)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"rdl_gm matching loss is {loss} at iteration {it}; lower outer_lr")
             ctx.log({"outer_loss": loss}, it)
             if cfg.probe_every and (it + 1) % cfg.probe_every == 0:
                 pnet = ctx.build(archs[0], seed=draw_seed(probe_gen))
-                with ctx.meter.attach(pnet):
-                    clean, robust = robust_probe(
-                        pnet, x, y, data, eps=ctx.threat.eps, norm=ctx.threat.norm, steps=cfg.probe_steps,
-                        lr=cfg.net_lr, n_val=cfg.probe_val, attack_steps=cfg.attack_steps,
-                        generator=probe_gen, device=dev,
-                    )
+                clean, robust = robust_probe(
+                    pnet, x, y, data, eps=ctx.threat.eps, norm=ctx.threat.norm, steps=cfg.probe_steps,
+                    lr=cfg.net_lr, n_val=cfg.probe_val, attack_steps=cfg.attack_steps,
+                    generator=probe_gen, device=dev,
+                )
                 probe = {"probe_clean_acc": clean, "probe_robust_acc": robust}
                 ctx.log(dict(probe), it + 1)
         info = {"ipc": cfg.ipc, "iterations": cfg.iterations, "archs": archs, **probe}
@@ -152,7 +136,8 @@ class RobustGradientMatching(DatasetMethod):
             clamp_to_bounds_(x, ctx.data.bounds)
             losses.append(float(loss.detach()))
             if ol < cfg.outer_loop - 1:
-                self._natural_steps(net, net_opt, x.detach(), y, ctx.generator)
+                natural_steps(net, net_opt, x.detach(), y, steps=cfg.inner_loop,
+                              batch=cfg.net_batch, generator=ctx.generator)
         return sum(losses) / len(losses)
 
     def _match_loss(self, ctx, net, params, xs, y, syn_rows, real) -> torch.Tensor:
@@ -164,20 +149,10 @@ class RobustGradientMatching(DatasetMethod):
             net.train()  # gradients with batch statistics, as natural training computes them
             g_real = torch.autograd.grad(F.cross_entropy(net(x_adv), y_adv), params)
             g_syn = torch.autograd.grad(F.cross_entropy(net(xs[rows]), y[rows]), params, create_graph=True)
-            loss = loss + layerwise_distance([g.detach() for g in g_real], list(g_syn))
+            loss = loss + gradient_distance([g.detach() for g in g_real], list(g_syn))
         return loss
 
-    def _natural_steps(self, net: nn.Module, net_opt, x: torch.Tensor, y: torch.Tensor, gen) -> None:
-        """`inner_loop` natural SGD steps of the network on random minibatches of S."""
-        net.train()
-        for _ in range(self.cfg.inner_loop):
-            idx = torch.randperm(x.shape[0], generator=gen)[: self.cfg.net_batch].to(x.device)
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            net_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            net_opt.step()
-
-    def _adversarial_batch(self, ctx, net: nn.Module, real: "_RealBatches", c: int):
+    def _adversarial_batch(self, ctx, net: nn.Module, real: RealSampler, c: int):
         xr = real.batch(c, self.cfg.real_batch)
         yr = torch.full((xr.shape[0],), c, dtype=torch.long, device=xr.device)
         net.eval()
@@ -185,15 +160,3 @@ class RobustGradientMatching(DatasetMethod):
         x_adv = pgd(net, xr, yr, norm=t.norm, eps=t.eps, steps=self.cfg.attack_steps,
                     bounds=ctx.data.bounds, generator=ctx.generator)
         return x_adv, yr
-
-
-class _RealBatches:
-    """Random real examples of one class, without replacement within a batch."""
-
-    def __init__(self, x: torch.Tensor, per_class: list[torch.Tensor], generator: torch.Generator):
-        self.x, self.per_class, self.gen = x, per_class, generator
-
-    def batch(self, c: int, n: int) -> torch.Tensor:
-        idx = self.per_class[c]
-        pick = idx[torch.randperm(idx.numel(), generator=self.gen)[:n]]
-        return self.x[pick.to(self.x.device)]

@@ -201,3 +201,50 @@ def test_smoke_drops_gpu_requests():
     spec = str(Path(__file__).resolve().parents[1] / "sweeps" / "cifar10.yaml")
     assert "gpu 0.0" in invoke("validate", spec, "--smoke").output
     assert "gpu 1" in invoke("validate", spec).output
+
+
+def test_run_output_keeps_what_the_trial_made_and_never_overwrites(tmp_path):
+    import torch
+    import yaml
+
+    out = tmp_path / "kept"
+    args = ["run", "--dataset", "digits", "--method", "rdl", "--smoke", "--arch", "mlp",
+            "--set", "threat.autoattack=off", "--output", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load((out / "spec.yaml").read_text())
+    assert spec["threat"]["eps"] == 0.2  # resolved, not null
+    assert spec["method"]["outer_steps"] == 4 and "unroll_min" in spec["method"]  # effective
+    result = json.loads((out / "result.json").read_text())
+    learned = torch.load(out / "dataset" / "learned.pt", weights_only=True)
+    assert learned["meta"]["method"]["name"] == "rdl" and len(learned["x"]) == result["dataset_size"]
+    assert (out / "model" / "mlp.pt").exists()
+    again = CliRunner().invoke(main, args)  # the directory holds a run now: refused, kept
+    assert again.exit_code == 2 and "--output" in again.output
+    assert json.loads((out / "result.json").read_text()) == result
+
+
+def test_a_trial_reports_its_learning_steps_and_models():
+    from harness.config import build_run_spec
+    from harness.evaluate import run_trial
+
+    seen: list[tuple[str, int, int]] = []
+    spec = build_run_spec({"dataset": {"name": "digits", "subset": 10},
+                           "method": {"name": "dm", "ipc": 1, "iterations": 3},
+                           "threat": {"autoattack": "off", "steps": 2},
+                           "eval": {"archs": ["mlp"], "models_per_arch": 2, "epochs": 2}})
+    run_trial(spec, progress=lambda *event: seen.append(event))
+    assert seen == [("learning", 1, 3), ("learning", 2, 3), ("learning", 3, 3),
+                    ("models", 1, 2), ("models", 2, 2)]
+
+
+def test_validate_shows_each_methods_effective_settings(tmp_path):
+    """rdl's per-dataset tuned defaults are what its trials run with, and validate says so."""
+    spec = tmp_path / "rdl.yaml"
+    spec.write_text("name: eff\ndataset: {name: digits}\nmethods:\n  rdl: {}\n"
+                    "  random: {space: {ipc: {grid: [3]}}}\n")
+    res = invoke("validate", str(spec))
+    assert res.exit_code == 0, res.output
+    rdl_line = res.output.split("rdl", 1)[1]
+    assert "outer_steps=600" in rdl_line and "soft_labels=True" in rdl_line  # digits' tuned
+    assert "ipc=3" in res.output.split("random[ipc=3]", 1)[1]

@@ -19,7 +19,8 @@ from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
 from harness.evaluate import run_trial
 from harness.methods._augment import FAMILIES, SiameseAugment
-from harness.methods.dc import gradient_distance, loops_for
+from harness.methods._condense import gradient_distance
+from harness.methods.dc import loops_for
 
 
 @pytest.fixture(autouse=True, scope="module")

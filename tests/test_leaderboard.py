@@ -31,7 +31,8 @@ from harness.errors import HarnessInputError
 from harness.leaderboard import build_records, load_records
 from harness.report import render
 from harness.plots import pareto_front
-from harness.tracking import RunData, Tracker, connect
+from harness.runs import RunData
+from harness.tracking import Tracker, connect
 
 SWEEP = "lb-test"
 ARCHS = ("mlp", "convnet")
@@ -308,7 +309,7 @@ def test_ties_break_on_work_then_start_time(store, records):
 
 
 def runs_as_data(store) -> list[RunData]:
-    from harness.tracking import load_trial_runs
+    from harness.runs import load_trial_runs
 
     return load_trial_runs(store["uri"], sweep_run_id=store["parent"])
 
@@ -379,6 +380,17 @@ def test_autoattack_version_from_old_and_new_params():
     for version in ("AutoAttack (standard)", "AutoAttack (fast)", "PGD (AutoAttack off)",
                     "AutoAttack (version not logged)"):
         assert text.count(f"## digits · Linf eps 0.2 — ranked by {version}\n") == 1
+
+
+def test_smoke_runs_are_labelled_as_checks_not_results():
+    real = legacy_run("real", "fast", 0.4)
+    smoke = legacy_run("quick", "fast", 0.3)
+    smoke.tags["smoke"] = "true"
+    rows = {r.variant: r for r in build_records([real, smoke])}
+    assert rows["quick"].smoke and not rows["real"].smoke
+    text = render(list(rows.values()), "md")
+    assert "| quick † §" in text and "| real † |" in text
+    assert "§ smoke run (--smoke)" in text
 
 
 def test_sweep_id_selects_the_same_runs(store, records):

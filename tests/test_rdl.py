@@ -16,7 +16,7 @@ from harness.methods import make_method
 from harness.methods._synthetic_set import RowOptimizer, init_synthetic_set
 from harness.methods.base import MethodContext
 from harness.methods.rdl import NetState, unroll_sgd
-from harness.methods.rdl_gm import layerwise_distance
+from harness.methods._condense import gradient_distance
 from harness.train import TrainConfig, WorkMeter, train_model
 
 CPU = torch.device("cpu")
@@ -138,14 +138,14 @@ def test_arch_pool_with_batchnorm_runs_and_updates_running_statistics():
     assert any(not torch.equal(before[k], state.buffers[k]) for k in before if "running_mean" in k)
 
 
-def test_layerwise_distance_is_a_per_row_cosine_distance_that_skips_biases():
+def test_gradient_distance_ignores_scale_and_biases():
     w = torch.randn(3, 4)
-    assert layerwise_distance([w, torch.ones(3)], [2.5 * w, -torch.ones(3)]).item() == pytest.approx(0.0, abs=1e-5)
-    assert layerwise_distance([w], [-w]).item() == pytest.approx(6.0, abs=1e-4)  # 3 rows x (1 - (-1))
+    assert gradient_distance([w, torch.ones(3)], [2.5 * w, -torch.ones(3)]).item() == pytest.approx(0.0, abs=1e-5)
+    assert gradient_distance([w], [-w]).item() == pytest.approx(6.0, abs=1e-4)  # 3 rows x (1 - (-1))
     conv = torch.randn(2, 3, 3, 3)
     flipped = conv.clone()
     flipped[1] = -flipped[1]
-    assert layerwise_distance([conv], [flipped]).item() == pytest.approx(2.0, abs=1e-4)
+    assert gradient_distance([conv], [flipped]).item() == pytest.approx(2.0, abs=1e-4)
 
 
 def test_rdl_gm_learns_a_bounded_finite_set_on_digits():

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.cli import load_sweep, main
+from harness.cli import main
+from harness.cli.sweeps import load_sweep
 from harness.errors import HarnessInputError
 
 VALID = {
