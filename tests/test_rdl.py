@@ -16,7 +16,7 @@ from harness.methods import make_method
 from harness.methods._synthetic_set import RowOptimizer, init_synthetic_set
 from harness.methods.base import MethodContext
 from harness.methods.rdl import NetState, unroll_sgd
-from harness.methods._condense import gradient_distance
+from harness.methods._condense import RealSampler, gradient_distance
 from harness.train import TrainConfig, WorkMeter, train_model
 
 CPU = torch.device("cpu")
@@ -183,7 +183,7 @@ def test_rdl_gm_image_update_lowers_the_matching_loss_on_a_fixed_network():
 
     def loss_at(xv: torch.Tensor) -> tuple[float, torch.Tensor]:
         ctx.generator.manual_seed(7)  # the same real batches and PGD starts every call
-        real = R._RealBatches(data.x_train, R.indices_by_class(data.y_train, 10), ctx.generator)
+        real = RealSampler(data, ctx.generator, torch.device("cpu"))
         xs = xv.clone().requires_grad_(True)
         loss = method._match_loss(ctx, net, params, xs, y, syn_rows, real)
         return float(loss.detach()), torch.autograd.grad(loss, xs)[0]
@@ -330,8 +330,7 @@ def test_a_non_finite_hypergradient_leaves_the_set_untouched():
                                  "archs": ["linear"]})
     learner = _Learner(method.config_for(data.name), make_ctx(data, ["linear"]))
     before = learner.x.clone()
-    with learner.meters:
-        learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
+    learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
     assert learner.bad_steps == 1
     assert torch.equal(learner.x, before) and torch.isfinite(learner.x).all()
     assert learner.state is None  # the exploded network is dropped, the next step starts afresh
