@@ -72,3 +72,17 @@ def test_submodules_never_import_their_package(package):
     offenders = [name for name in graph
                  if name.startswith(f"{package}.") and package in graph[name]]
     assert not offenders, offenders
+
+
+def test_every_package_is_installed_by_pyproject():
+    """A regular `pip install .` copies only the packages pyproject lists: a new subpackage
+    folder missing there would install a broken harness (editable installs hide it)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(("harness", *p.parent.relative_to(REPO / "harness").parts)).rstrip(".")
+               for p in (REPO / "harness").rglob("__init__.py")}
+    folders |= {"harness.methods." + ".".join(p.parent.relative_to(REPO / "methods").parts)
+                for p in (REPO / "methods").rglob("__init__.py") if p.parent != REPO / "methods"}
+    folders.add("harness.methods")
+    assert folders <= listed, sorted(folders - listed)
