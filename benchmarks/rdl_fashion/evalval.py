@@ -3,11 +3,12 @@ trained on it (DC protocol, 300 epochs), clean and PGD-10 accuracy on validation
 import time
 import torch
 from harness.attacks import Threat, accuracy, robust_accuracy
+from harness.autoattack import autoattack
 from harness.methods import MethodContext
 from harness.train import TrainConfig, WorkMeter, train_model
 
 
-def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7):
+def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7, n_aa=200):
     xv, yv = data.x_val[:n_val], data.y_val[:n_val]
     out = {}
     for arch in archs:
@@ -25,4 +26,8 @@ def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7):
         out[arch] = {"val_clean": round(accuracy(model, xv, yv), 3),
                      "val_pgd10": round(robust_accuracy(model, xv, yv, attack), 3),
                      "train_s": round(time.time() - t, 1)}
+        if n_aa:  # AutoAttack (fast version) on the first n_aa validation images
+            out[arch]["val_aa_fast"] = round(autoattack(
+                model, xv[:n_aa], yv[:n_aa], norm="linf", eps=eps, num_classes=data.num_classes,
+                version="fast", bounds=data.bounds), 3)
     return out
