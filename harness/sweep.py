@@ -117,7 +117,11 @@ class DriverCallback(tune.Callback):
         return _serving.get()
 
     def _run(self, trial) -> str:
-        """The trial's MLflow run, opened with its resolved settings as params."""
+        """The trial's MLflow run, opened with its resolved settings as params (resolved
+        once per trial: callbacks come at every progress report)."""
+        known = self.ctx.tracker.opened(trial.trial_id)
+        if known is not None:
+            return known
         spec = resolve_trial(self.ctx.variant, trial.config)
         params = TrialRecord(method=self.ctx.variant.method, dataset=self.ctx.variant.dataset,
                              params=spec_params(spec.model_dump(mode="json")),

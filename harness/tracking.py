@@ -163,6 +163,13 @@ class Outbox:
             out.flush()
             os.fsync(out.fileno())
 
+    def waiting(self) -> bool:
+        """Whether writes wait here (a stat, no read: asked before every tracking write)."""
+        try:
+            return self.ops_file.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
     def keep_only(self, ops: list[dict[str, Any]]) -> None:
         """Rewrite the outbox with `ops` (the ones still unsent), atomically."""
         import json
@@ -218,15 +225,20 @@ class Tracker:
     def log_spec(self, spec_text: str) -> None:
         self.log_text(self.parent_run_id, spec_text, "spec.yaml")
 
+    def opened(self, trial_id: str) -> str | None:
+        """The run id (or outbox placeholder) of a trial this tracker has opened, else None."""
+        with self._lock:
+            placeholder = f"trial:{trial_id}"
+            return self._runs.get(trial_id) or (placeholder if placeholder in self._waiting else None)
+
     def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         """The run of `trial_id`, created once: a resumed sweep finds the run it made before.
         While the server is away: the placeholder `trial:<trial_id>`."""
         with self._lock:
-            if trial_id in self._runs:
-                return self._runs[trial_id]
+            known = self.opened(trial_id)
+            if known is not None:
+                return known
             placeholder = f"trial:{trial_id}"
-            if placeholder in self._waiting:  # its opening is in the outbox already
-                return placeholder
             params = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
             made = self._write({"op": "open", "trial": trial_id, "params": params,
                                 "tags": {k: str(v) for k, v in tags.items()}})
@@ -284,10 +296,9 @@ class Tracker:
 
     def _write(self, op: dict[str, Any]) -> str | None:
         with self._lock:
-            if self.outbox is not None and self.outbox.ops_file.exists():
-                if time.monotonic() >= self._retry_at:
-                    self.send_outbox()
-                if self.outbox.pending():  # nothing overtakes what is waiting
+            if self.outbox is not None and self.outbox.waiting():
+                due = time.monotonic() >= self._retry_at
+                if not due or self.send_outbox():  # nothing overtakes what is waiting
                     self.outbox.add(op)
                     return None
             try:
