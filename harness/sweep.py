@@ -12,7 +12,8 @@ Tune callbacks.
 
 Resume: Tune saves every experiment's state under `<storage>/<sweep>/<variant>`; `--resume`
 restores each with `Tuner.restore`, so finished trials are kept and unfinished ones rerun,
-and the tracker finds each trial's MLflow run by its `trial_id` tag instead of making another.
+and the tracker finds each trial's MLflow run by its `trial_key` tag (variant, phase and
+Tune trial id) instead of making another.
 """
 
 from __future__ import annotations
@@ -119,18 +120,27 @@ class DriverCallback(tune.Callback):
     def _run(self, trial) -> str:
         """The trial's MLflow run, opened with its resolved settings as params (resolved
         once per trial: callbacks come at every progress report)."""
-        known = self.ctx.tracker.opened(trial.trial_id)
+        ctx = self.ctx
+        key = f"{ctx.variant.key}/{ctx.phase}/{trial.trial_id}"
+        known = ctx.tracker.opened(key)
         if known is not None:
             return known
-        spec = resolve_trial(self.ctx.variant, trial.config)
-        params = TrialRecord(method=self.ctx.variant.method, dataset=self.ctx.variant.dataset,
+        spec = resolve_trial(ctx.variant, trial.config)
+        params = TrialRecord(method=ctx.variant.method, dataset=ctx.variant.dataset,
                              params=spec_params(spec.model_dump(mode="json")),
                              metrics={}).mlflow_params()
-        return self.ctx.tracker.trial_run(trial.trial_id, params, self.ctx.identity())
+        return ctx.tracker.trial_run(key, params, {**ctx.identity(), "trial_id": trial.trial_id})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
         self.ctx.state.running += 1
+        self._refresh()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed attempt that Tune will retry (`max_failures`): it starts again later."""
+        run_id, ctx = self._run(trial), self.ctx
+        ctx.tracker.set_tags(run_id, {"retried": str(trial.num_failures)})
+        ctx.state.running -= 1
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -4,7 +4,8 @@ modules that import mlflow).
 Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
 - one experiment per sweep (named after the sweep);
 - one parent run per sweep (tag `harness.role=sweep`), one child run per trial (tags
-  `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id`, `phase`
+  `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id` (Tune's),
+  `trial_key` (unique in the sweep: `<variant key>/<phase>/<trial_id>`), `phase`
   (`search` or `repeat`), `device`, and from `harness.provenance` `git_sha`, `git_dirty` and
   the versions of torch, ray, mlflow and the harness);
 - params: the resolved trial spec flattened to dotted keys, plus `method` and `dataset`, so
@@ -190,7 +191,7 @@ class Tracker:
     With an `outbox`, a write the server cannot take (down, restarting: see `unavailable`)
     is kept there instead of failing the sweep, and so is every later write until the
     outbox is sent: order is kept, and a trial whose run could not be created yet gets a
-    placeholder id `trial:<trial_id>` that is resolved when its run is made. Sending is tried
+    placeholder id `trial:<key>` that is resolved when its run is made. Sending is tried
     again at most every RETRY_S seconds, at the end of the sweep, and when a tracker is made
     for the same outbox (`--resume`)."""
 
@@ -205,7 +206,7 @@ class Tracker:
         self.experiment_id = exp.experiment_id if exp else client.create_experiment(
             sweep, artifact_location=artifact_location(client.tracking_uri, sweep))
         self.parent_run_id = parent_run_id or self._new_parent()
-        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._runs: dict[str, str] = {}  # trial key -> run_id
         self._waiting: set[str] = set()  # placeholders of runs not made yet
         self._common = {"sweep": sweep, **git_tags(), **version_tags()}
         self.outbox = Outbox(outbox) if outbox is not None else None
@@ -225,22 +226,27 @@ class Tracker:
     def log_spec(self, spec_text: str) -> None:
         self.log_text(self.parent_run_id, spec_text, "spec.yaml")
 
-    def opened(self, trial_id: str) -> str | None:
+    def opened(self, key: str) -> str | None:
         """The run id (or outbox placeholder) of a trial this tracker has opened, else None."""
         with self._lock:
-            placeholder = f"trial:{trial_id}"
-            return self._runs.get(trial_id) or (placeholder if placeholder in self._waiting else None)
+            placeholder = f"trial:{key}"
+            return self._runs.get(key) or (placeholder if placeholder in self._waiting else None)
 
-    def trial_run(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """The run of `trial_id`, created once: a resumed sweep finds the run it made before.
-        While the server is away: the placeholder `trial:<trial_id>`."""
+    def trial_run(self, key: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The run of the trial `key` (unique within the sweep, kept as the `trial_key` tag),
+        created once: a resumed sweep finds the run it made before. While the server is
+        away: the placeholder `trial:<key>`.
+
+        Not Tune's trial id alone: experiments started within the same half millisecond
+        share their trial ids' prefix (Tune takes it from a time-based uuid1), so two
+        variants' trials can carry the same id."""
         with self._lock:
-            known = self.opened(trial_id)
+            known = self.opened(key)
             if known is not None:
                 return known
-            placeholder = f"trial:{trial_id}"
+            placeholder = f"trial:{key}"
             params = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
-            made = self._write({"op": "open", "trial": trial_id, "params": params,
+            made = self._write({"op": "open", "trial": key, "params": params,
                                 "tags": {k: str(v) for k, v in tags.items()}})
             if made is None:
                 self._waiting.add(placeholder)
@@ -312,21 +318,21 @@ class Tracker:
                 return None
 
     def _resolve(self, run_id: str) -> str:
-        """A real run id for a placeholder `trial:<id>` (its run was made by a later write)."""
+        """A real run id for a placeholder `trial:<key>` (its run was made by a later write)."""
         if not run_id.startswith("trial:"):
             return run_id
-        trial_id = run_id.split(":", 1)[1]
-        if trial_id not in self._runs:
-            found = self._find_trial(trial_id)
+        key = run_id.split(":", 1)[1]
+        if key not in self._runs:
+            found = self._find_trial(key)
             if found is None:
-                raise RuntimeError(f"no run was made for trial {trial_id}")
-            self._runs[trial_id] = found
-        return self._runs[trial_id]
+                raise RuntimeError(f"no run was made for trial {key}")
+            self._runs[key] = found
+        return self._runs[key]
 
-    def _find_trial(self, trial_id: str) -> str | None:
+    def _find_trial(self, key: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            filter_string=f"tags.trial_key = '{key}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
             max_results=1,
         )
         return found[0].info.run_id if found else None
@@ -354,22 +360,22 @@ class Tracker:
             self.client.set_terminated(run_id, status="FINISHED" if op["ok"] else "FAILED")
         return None
 
-    def _open(self, trial_id: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        if trial_id in self._runs:
-            return self._runs[trial_id]
-        run_id = self._find_trial(trial_id)
+    def _open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        if key in self._runs:
+            return self._runs[key]
+        run_id = self._find_trial(key)
         if run_id is not None:  # resumed, or made by an attempt cut short
             self.client.update_run(run_id, status="RUNNING")
         else:
-            all_tags = {**self._common, **tags, "trial_id": trial_id,
+            all_tags = {"trial_id": key, **self._common, **tags, "trial_key": key,
                         "mlflow.parentRunId": self.parent_run_id}
-            run_id = self.client.create_run(self.experiment_id, run_name=trial_id,
+            run_id = self.client.create_run(self.experiment_id, run_name=all_tags["trial_id"],
                                             tags=all_tags).info.run_id
         items = [Param(k, v) for k, v in sorted(params.items())]  # same values: re-logging is fine
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self.client.log_batch(run_id, params=items[i : i + 100])
-        self._runs[trial_id] = run_id
-        self._waiting.discard(f"trial:{trial_id}")
+        self._runs[key] = run_id
+        self._waiting.discard(f"trial:{key}")
         return run_id
 
     def trial_runs(self) -> Iterable[Any]:

@@ -1,0 +1,76 @@
+"""The sweep driver's Tune callback against a real sqlite store, without Ray running: the
+trials Tune reports land in the right MLflow runs.
+
+Tune takes the prefix of a basic-variant experiment's trial ids from a time-based uuid1
+(its first five hex digits change every ~0.4 ms), so variants whose experiments start at
+the same moment in the driver's threads can hand out the same trial id; the callback must
+still keep their trials apart."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from harness.config import build_sweep_spec
+from harness.plan import make_plan
+from harness.progress import SweepProgress, VariantProgress
+from harness.sweep import DriverCallback, PhaseContext, _serving
+from harness.tracking import Tracker, connect
+
+
+def fake_trial(trial_id: str, failures: int = 0):
+    return SimpleNamespace(trial_id=trial_id, config={}, last_result={}, num_failures=failures,
+                           error_file=None, get_error=lambda: "RuntimeError: simulated bug")
+
+
+def contexts(tmp_path):
+    spec = build_sweep_spec({
+        "name": "clash", "dataset": {"name": "digits", "subset": 10},
+        "methods": {"erm": {}, "random": {"space": {"ipc": 2}}},
+    })
+    plan = make_plan(spec)
+    tracker = Tracker(connect(f"sqlite:///{tmp_path / 'mlflow.db'}"), "clash")
+    progress = SweepProgress(mode="max")
+    for v in plan:
+        progress.variants[v.key] = VariantProgress(v.label, v.dataset, 1)
+    return tracker, progress, [
+        PhaseContext(tracker=tracker, variant=v, phase=phase, progress=progress,
+                     objective="robust_acc", live=None)
+        for v in plan for phase in ("search", "repeat")]
+
+
+def serve(ctx: PhaseContext, event: str, trial) -> None:
+    token = _serving.set(ctx)
+    try:
+        getattr(DriverCallback(), event)(iteration=0, trials=[], trial=trial)
+    finally:
+        _serving.reset(token)
+
+
+def test_trials_sharing_a_tune_id_across_variants_and_phases_get_their_own_runs(tmp_path):
+    tracker, _, ctxs = contexts(tmp_path)
+    assert len(ctxs) == 4
+    for ctx in ctxs:  # every experiment's first trial: the same Tune id
+        serve(ctx, "on_trial_start", fake_trial("09533_00000"))
+    for ctx in ctxs:
+        serve(ctx, "on_trial_complete", fake_trial("09533_00000"))
+    runs = tracker.trial_runs()
+    assert len(runs) == 4
+    assert sorted((r.data.tags["method"], r.data.tags["phase"]) for r in runs) == [
+        ("erm", "repeat"), ("erm", "search"), ("random", "repeat"), ("random", "search")]
+    assert {r.data.tags["trial_id"] for r in runs} == {"09533_00000"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_retried_attempt_is_not_counted_as_still_running(tmp_path):
+    tracker, progress, ctxs = contexts(tmp_path)
+    ctx = ctxs[0]
+    serve(ctx, "on_trial_start", fake_trial("a_00000"))
+    serve(ctx, "on_trial_recover", fake_trial("a_00000", failures=1))
+    serve(ctx, "on_trial_start", fake_trial("a_00000", failures=1))
+    serve(ctx, "on_trial_error", fake_trial("a_00000", failures=2))
+    state = progress.variants[ctx.variant.key]
+    assert (state.running, state.failed, state.done) == (0, 1, 0)
+    (run,) = tracker.trial_runs()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["retried"] == "1"
+    assert "simulated bug" in run.data.tags["error"]
