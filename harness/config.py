@@ -435,6 +435,10 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     repeats: int = Field(0, ge=0, le=100)  # extra seeds of each variant's best configuration
     max_failures: int = Field(2, ge=0, le=100)  # retries of a failing trial
+    # A trial saves its progress (harness.checkpoint) at most this often, in seconds, so a
+    # retry or `--resume` goes on from there; 0: at every epoch / learning checkpoint;
+    # null: never. Each save writes the model in training (and a learned set) to storage.
+    checkpoint_every_s: float | None = Field(600.0, ge=0.0)
     seed: Seed = 0
     device: Device = "auto"
 

@@ -32,7 +32,11 @@ from harness.methods import (
 )
 from harness.models import IMAGE_ARCHS, MODELS
 from harness.record import METRIC
-from harness.train import Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model
+from harness.checkpoint import Stage, TrialCheckpoint
+from harness.methods._augment import DSATrainAugment
+from harness.train import (
+    ResumePoint, Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model,
+)
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -238,8 +242,14 @@ def val_robust_probe(data: DatasetSplits, threat: Threat, device: torch.device, 
     """PGD accuracy (at most PROBE_STEPS steps) on the validation examples `rows`."""
     x, y = data.x_val[rows].to(device), data.y_val[rows].to(device)
     cheap = Threat(threat.norm, threat.eps, steps=min(threat.steps, PROBE_STEPS))
-    attack = cheap.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
-    return lambda epoch, model: robust_accuracy(model, x, y, attack)
+
+    def score(epoch: int, model: nn.Module) -> float:
+        # the attack's random starts are drawn afresh from the epoch number: the same
+        # whether or not the training was restarted in between
+        gen = torch.Generator(device=device).manual_seed(epoch)
+        return robust_accuracy(model, x, y, cheap.attack(bounds=data.bounds, generator=gen))
+
+    return score
 
 
 def epoch_probe(data: DatasetSplits, threat: Threat, device: torch.device, log: LogFn):
@@ -267,6 +277,7 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total): "learning"
 def run_trial(
     spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False,
     method: Method | None = None, progress: ProgressFn | None = None,
+    checkpoint: TrialCheckpoint | None = None,
 ) -> TrialResult:
     """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
 
@@ -274,7 +285,10 @@ def run_trial(
     validation robust accuracy after every epoch (early stopping of weak sweep trials).
     `method`: an already built method to score instead of the spec's (`harness.api` passes a
     dataset made outside the harness this way). `progress(phase, done, total)`: told after
-    each learning step (of `method.planned_steps`) and each downstream model."""
+    each learning step (of `method.planned_steps`) and each downstream model. `checkpoint`:
+    where the trial saves its progress and, after a restart, what it goes on from
+    (`harness.checkpoint`; the result is the same as an uninterrupted run's)."""
+    checkpoint = checkpoint or TrialCheckpoint()
     log = log or (lambda metrics, step: None)
     progress = progress or (lambda phase, done, total: None)
     spec = resolve_spec(spec)
@@ -305,9 +319,7 @@ def run_trial(
     learned: LearnedDataset | None = None
     learn_seconds = 0.0
     if isinstance(method, DatasetMethod):
-        start = time.perf_counter()
-        learned = method.learn(ctx)
-        learn_seconds = time.perf_counter() - start
+        learned, learn_seconds = learn_once(method, ctx, checkpoint)
         train_x, train_y = learned.x.detach().cpu(), learned.y.detach().cpu()
         cfg, loss_step = downstream_config(spec, len(learned), data.n_train_full), natural_loss
     else:
@@ -315,13 +327,18 @@ def run_trial(
         train_x, train_y = data.x_train, data.y_train
         cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
 
-    models: list[ModelScore] = []
-    weights: dict[str, dict] = {}
+    done = checkpoint.get("models") or {"scores": [], "weights": {}}
+    models = [ModelScore(**m) for m in done["scores"]]
+    weights: dict[str, dict] = dict(done["weights"])
+    if models:  # the method's random stream as it was after the last model finished
+        generator.set_state(done["generator"])
     probe = epoch_probe(data, threat, device, log) if probe_epochs and learned is None else None
     early_stop = spec.train.early_stop and learned is None  # a recipe of model-producing methods
     select = early_stop_selector(data, threat, device) if early_stop else None
     for arch in archs:
         for k in range(spec.eval.models_per_arch):
+            if any(m.arch == arch and m.seed == spec.seed * 1000 + k for m in models):
+                continue  # trained and scored before a restart
             model_seed = spec.seed * 1000 + k
             meter = WorkMeter()
             model = ctx.build(arch, seed=model_seed, metered=False)
@@ -330,6 +347,7 @@ def run_trial(
                 device=device, loss_step=loss_step, meter=meter,
                 on_epoch=probe if not models else None, select=select,
                 augment=learned.augment if learned is not None else None,
+                resume=ResumePoint(checkpoint, f"{arch}/{k}", generators=(generator,)),
             )
             scores = score_model(model, data, threat, spec, seed=model_seed, device=device)
             models.append(ModelScore(
@@ -338,6 +356,8 @@ def run_trial(
                 **scores,
             ))
             weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+            checkpoint.put("models", {"scores": [asdict(m) for m in models], "weights": weights,
+                                      "generator": generator.get_state()}, drop=("training",))
             progress("models", len(models), len(archs) * spec.eval.models_per_arch)
             log({f"arch.{arch}.{key}": v for key, v in scores.items()
                  if isinstance(v, (int, float))}, len(models))
@@ -345,6 +365,28 @@ def run_trial(
                        len(train_x))
     result.weights = weights
     return result
+
+
+def learn_once(method: DatasetMethod, ctx: MethodContext,
+               checkpoint: TrialCheckpoint) -> tuple[LearnedDataset, float]:
+    """The method's learned set and its learning seconds: learned now, or the one a
+    restarted trial had finished (its learning cost counted in `ctx.meter` as then)."""
+    saved = checkpoint.get("learned")
+    if saved is not None:
+        ctx.meter.examples = saved["examples"]
+        augment = DSATrainAugment(saved["dsa"]) if saved["dsa"] else None
+        return LearnedDataset(saved["x"], saved["y"], saved["info"], augment=augment), saved["seconds"]
+    ctx.resume = Stage(checkpoint, "learning")
+    learned = method.learn(ctx)
+    seconds = ctx.resume.seconds()
+    dsa = learned.augment.strategy if isinstance(learned.augment, DSATrainAugment) else ""
+    if learned.augment is None or dsa:  # another augmentation could not be rebuilt from a file
+        checkpoint.put("learned", {
+            "x": learned.x.detach().cpu(), "y": learned.y.detach().cpu(),
+            "info": json.loads(json.dumps(learned.info, default=str)), "dsa": dsa,
+            "seconds": seconds, "examples": ctx.meter.examples,
+        }, drop=("learning",))
+    return learned, seconds
 
 
 def summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter, size) -> TrialResult:

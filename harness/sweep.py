@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from harness.checkpoint import load_file
 from harness.config import SweepSpec
 from harness.errors import HarnessInputError
 from harness.plan import Variant, resolve_trial
@@ -41,6 +42,9 @@ from harness.trial import run_sweep_trial
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# A trial reports progress saves (harness.checkpoint) that carry no objective; Tune would
+# otherwise refuse every report without it.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -160,6 +164,8 @@ class DriverCallback(tune.Callback):
         self._refresh()
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if "record" not in (trial.last_result or {}):
+            return  # saved progress (harness.checkpoint), not the trial's artifacts
         with checkpoint.as_directory() as local:
             self.ctx.tracker.log_artifacts(self._run(trial), local)
 
@@ -237,21 +243,29 @@ class Phase:
     path: str
 
 
-def variant_trainable(variant: Variant, objective: str, smoke: bool):
+def variant_trainable(variant: Variant, objective: str, smoke: bool,
+                      checkpoint_every_s: float | None = None):
     """The trial function of one variant, under a name of its own.
 
     Tune registers trainables by name in one global registry; variants running side by side
-    must not share a name, or one variant's trials would run another's settings."""
+    must not share a name, or one variant's trials would run another's settings. A trial
+    that Tune restarts (a retry, `--resume`) goes on from the progress it last saved."""
 
     def trainable(config: dict[str, Any]) -> None:
         def report(metrics: dict[str, Any], folder: Path | None) -> None:
             checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder else None
             tune.report(metrics, checkpoint=checkpoint)
 
+        restored = None
+        last = tune.get_checkpoint()
+        if last is not None:
+            with last.as_directory() as folder:
+                restored = load_file(Path(folder))
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
         run_sweep_trial(config, variant=variant, objective=objective, smoke=smoke,
                         report=report, threads=int(cpus),
-                        node=ray.get_runtime_context().get_node_id())
+                        node=ray.get_runtime_context().get_node_id(), restored=restored,
+                        checkpoint_every_s=checkpoint_every_s)
 
     trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
     return trainable
@@ -260,7 +274,7 @@ def variant_trainable(variant: Variant, objective: str, smoke: bool):
 def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples: int,
                smoke: bool, resume: bool):
     trainable = tune.with_resources(
-        variant_trainable(phase.variant, spec.objective.metric, smoke),
+        variant_trainable(phase.variant, spec.objective.metric, smoke, spec.checkpoint_every_s),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if resume and tune.Tuner.can_restore(phase.path):
@@ -269,12 +283,13 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
                                   param_space=param_space)
     searching = phase.name == "search" and bool(param_space)
     if searching:
-        search_alg = OptunaSearch(seed=spec.search.seed)
+        search_alg = ProgressOptuna(seed=spec.search.seed)
     else:
         search_alg = None
     scheduler = FIFOScheduler()
     if phase.name == "search" and spec.search.asha:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=100_000,
+        # rungs in epochs of the probe, not in reports (progress saves are reports too)
+        scheduler = ASHAScheduler(time_attr="progress_step", max_t=100_000,
                                   grace_period=spec.search.grace_period, reduction_factor=3)
     root, _, name = phase.path.rpartition("/")
     return tune.Tuner(
@@ -288,8 +303,19 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=0, callbacks=[DriverCallback()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
+            # the latest is all a restart needs (the final one holds the trial's artifacts)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+class ProgressOptuna(OptunaSearch):
+    """Optuna search that passes over reports without the objective (saved progress):
+    Tune's Optuna searcher reads the objective from every report."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
 
 
 def best_config(grid, metric: str, mode: str) -> dict[str, Any] | None:

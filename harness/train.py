@@ -19,7 +19,7 @@ import time
 import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +225,36 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 1.0
 
 
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+@dataclass
+class ResumePoint:
+    """Where one training run keeps its epoch-boundary state in a trial's checkpoint (the
+    `training` section, see `harness.checkpoint`). `tag` names the run (e.g. `mlp/0`): a
+    saved state of another run is not taken. `generators`: random streams the loss step
+    draws from besides the loop's own (an adversarial method's attack noise)."""
+
+    store: Any  # harness.checkpoint.TrialCheckpoint
+    tag: str
+    generators: tuple[torch.Generator, ...] = ()
+
+    def saved(self) -> dict[str, Any] | None:
+        state = self.store.get("training")
+        return state if state is not None and state.get("tag") == self.tag else None
+
+    def offer(self, make: Callable[[], dict[str, Any]]) -> None:
+        self.store.offer("training", make)
+
+    def generator_states(self, loop: torch.Generator) -> list[torch.Tensor]:
+        return [g.get_state() for g in (loop, *self.generators)]
+
+    def restore_generators(self, states: list[torch.Tensor], loop: torch.Generator) -> None:
+        for g, s in zip((loop, *self.generators), states, strict=True):
+            g.set_state(s)
+
+
 @dataclass
 class TrainStats:
     seconds: float
@@ -267,6 +297,7 @@ def train_model(
     on_epoch: EpochHook | None = None,
     select: Selector | None = None,
     augment: Augment | None = None,
+    resume: "ResumePoint | None" = None,
 ) -> TrainStats:
     """Train `model` in place on (x, y) with `loss_step` and return timing statistics.
 
@@ -276,7 +307,8 @@ def train_model(
     `select(epoch, model)` scores the model on validation data after every epoch; the weights
     of the best epoch are restored at the end (`BestEpoch`). Every batch passes through
     `cfg.augment`, or through `augment` when a caller brings its own transform (a learned
-    dataset's evaluation protocol); giving both is an error.
+    dataset's evaluation protocol); giving both is an error. `resume`: where the loop saves
+    its state at epoch boundaries and, after a restart, the state it goes on from.
     """
     if augment is not None and cfg.augment != "none":
         raise ValueError(f"two augmentations given: cfg.augment={cfg.augment!r} and a callable")
@@ -293,8 +325,30 @@ def train_model(
     best = BestEpoch()
     start = time.perf_counter()
     last = float("nan")
+    first, before = 1, 0.0  # the epoch to start from, seconds spent before a restart
+    saved = resume.saved() if resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        resume.restore_generators(saved["generators"], generator)
+        best.epoch, best.score, best.state = saved["best_epoch"], saved["best_score"], saved["best_state"]
+        last, before, first = saved["loss"], saved["seconds"], saved["epoch"] + 1
+        if meter is not None:
+            meter.examples = saved["examples"]
+
+    def state(epoch: int) -> dict[str, Any]:
+        return {
+            "tag": resume.tag, "epoch": epoch, "loss": last,
+            "seconds": before + time.perf_counter() - start,
+            "model": _copy(model.state_dict()), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generators": resume.generator_states(generator),
+            "best_epoch": best.epoch, "best_score": best.score, "best_state": best.state,
+            "examples": meter.examples if meter is not None else 0,
+        }
+
     with meter.attach(model) if meter else nullcontext():
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(first, cfg.epochs + 1):
             model.train()
             order = torch.randperm(x.shape[0], generator=generator).to(device)
             for i in range(steps_per_epoch):
@@ -317,10 +371,12 @@ def train_model(
                     best.offer(epoch, select(epoch, model), model)
                 if on_epoch is not None:
                     on_epoch(epoch, model)
+            if resume is not None and epoch < cfg.epochs:
+                resume.offer(lambda: state(epoch))
     best.restore(model)
     model.eval()
     return TrainStats(
-        seconds=time.perf_counter() - start, steps=total, final_loss=last,
+        seconds=before + time.perf_counter() - start, steps=total, final_loss=last,
         kept_epoch=best.epoch if best.state is not None else cfg.epochs,
         kept_score=best.score if best.state is not None else None,
     )

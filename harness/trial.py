@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import yaml
 
+from harness.checkpoint import TrialCheckpoint, save_file
 from harness.plan import Variant, resolve_trial
 from harness.record import TrialRecord
 
@@ -17,9 +18,15 @@ Report = Callable[[dict[str, Any], "Path | None"], None]
 
 
 def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool,
-                    report: Report, threads: int = 1, node: str = "") -> TrialRecord:
+                    report: Report, threads: int = 1, node: str = "",
+                    restored: dict[str, Any] | None = None,
+                    checkpoint_every_s: float | None = None) -> TrialRecord:
     """Resolve the trial's spec (once: `plan.resolve_trial`), run it, report progress while
-    it runs and, at the end, its metrics with its record (`harness.record`) and artifacts."""
+    it runs and, at the end, its metrics with its record (`harness.record`) and artifacts.
+
+    `restored`: the progress an earlier attempt saved (`harness.checkpoint`), gone on from.
+    Progress is saved through `report` (a folder holding `progress.pt`) at most every
+    `checkpoint_every_s` seconds (None: never)."""
     import torch
 
     from harness.evaluate import run_trial
@@ -34,7 +41,14 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
             numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
             report({**numeric, objective: float(probe), "progress_step": step}, None)
 
-    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True)
+    def persist(sections: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(sections, Path(tmp))
+            report({"progress_saved": float(len(sections))}, Path(tmp))
+
+    store = TrialCheckpoint(restored, persist if checkpoint_every_s is not None else None,
+                            every_s=checkpoint_every_s or 0.0)
+    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True, checkpoint=store)
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
                                      ray_node=node, variant=variant.label, smoke=smoke)

@@ -107,6 +107,15 @@ class RowOptimizer:
         self.v = torch.zeros(shape, device=device) if kind == "adam" else None
         self.t = torch.zeros(shape[0], device=device)
 
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {k: None if t is None else t.detach().cpu().clone()
+                for k, t in (("m", self.m), ("v", self.v), ("t", self.t))}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        for k in ("m", "v", "t"):
+            if state[k] is not None:
+                setattr(self, k, state[k].to(self.m.device))
+
     def step(self, target: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float | None = None) -> None:
         """target[rows] -= update(grad); `grad` has one row per index in `rows` (unique);
         `lr` overrides the learning rate for this step (schedules)."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from harness.attacks import Threat
+from harness.checkpoint import Stage, TrialCheckpoint
 from harness.datasets import DatasetSplits
 from harness.errors import HarnessInputError
 from harness.models import build_model
@@ -50,6 +51,9 @@ class MethodContext:
     smoke: bool = False
     # the spec's `eval.arch_settings`: keyword settings of each arch, for every network built
     arch_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # where a long `learn` saves its state between steps and finds it after a restart
+    # (`harness.checkpoint.Stage`; by default nothing is saved)
+    resume: Stage = field(default_factory=lambda: Stage(TrialCheckpoint(), "learning"))
 
     def build(self, arch: str, seed: int | None = None, *, metered: bool = True) -> nn.Module:
         """A fresh network of `arch` for this data, initialised from `seed` (or the generator),

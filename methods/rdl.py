@@ -382,9 +382,42 @@ class _Learner:
 
     # ------------------------------------------------------------------ the loop
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self, next_step: int) -> dict:
+        """Everything the loop needs to go on at `next_step`, taken where the next step
+        starts a fresh network (so no network is part of it)."""
+        return {
+            "next_step": next_step, "x": self.x.detach().cpu().clone(),
+            "label_logits": None if self.label_logits is None else self.label_logits.detach().cpu().clone(),
+            "x_opt": self.x_opt.state_dict(),
+            "label_opt": self.label_opt.state_dict() if self.label_logits is not None else None,
+            "gen": self.gen.get_state(), "probe_gen": self.probe_gen.get_state(),
+            "n_inits": self.n_inits, "bad_steps": self.bad_steps, "bad_in_row": self.bad_in_row,
+            "last_probe": dict(self.last_probe), "examples": self.ctx.meter.examples,
+        }
+
+    def load_state_dict(self, saved: dict) -> int:
+        """Go back to a saved state; returns the step to go on from."""
+        dev = self.x.device
+        self.x = saved["x"].to(dev, copy=True)
+        self.x_opt.load_state_dict(saved["x_opt"])
+        if self.label_logits is not None:
+            self.label_logits = saved["label_logits"].to(dev, copy=True)
+            self.label_opt.load_state_dict(saved["label_opt"])
+        self.gen.set_state(saved["gen"])
+        self.probe_gen.set_state(saved["probe_gen"])
+        self.n_inits, self.bad_steps = saved["n_inits"], saved["bad_steps"]
+        self.bad_in_row, self.last_probe = saved["bad_in_row"], dict(saved["last_probe"])
+        self.ctx.meter.examples = saved["examples"]
+        self.state = None
+        return int(saved["next_step"])
+
     def run(self) -> LearnedDataset:
         cfg = self.cfg
-        for step in range(cfg.outer_steps):
+        saved = self.ctx.resume.saved()
+        first = self.load_state_dict(saved) if saved is not None else 0
+        for step in range(first, cfg.outer_steps):
             loss = self.outer_step(step)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -394,6 +427,8 @@ class _Learner:
             self.ctx.log({"outer_loss": loss, "net_steps": net_steps}, step)
             if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
                 self.probe(step + 1)
+            if (step + 1) % cfg.reinit_every == 0 and step + 1 < cfg.outer_steps:
+                self.ctx.resume.offer(lambda: self.state_dict(step + 1))
         info = {"ipc": cfg.ipc, "size": int(self.x.shape[0]), "outer_steps": cfg.outer_steps,
                 "outer_lr": cfg.outer_lr, "soft_labels": cfg.soft_labels, "archs": self.archs,
                 "skipped_steps": self.bad_steps, **self.last_probe}

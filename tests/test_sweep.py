@@ -228,6 +228,25 @@ class NanLoss(ModelMethod):
         return lambda model, xb, yb: natural_loss(model, xb, yb) * float("nan")
 
 
+@register_method("resumed")
+class Resumed(ModelMethod):
+    """Trains as erm does; the worker of its first attempt dies by SIGKILL in epoch 3
+    (digits subset 10: one batch per epoch), after epochs 1 and 2 were saved."""
+
+    def loss_step(self, ctx):
+        import os, signal
+        calls = Path(__file__).with_name("resumed_calls")
+
+        def step(model, xb, yb):
+            n = int(calls.read_text()) + 1 if calls.exists() else 1
+            calls.write_text(str(n))
+            if n == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return natural_loss(model, xb, yb)
+
+        return step
+
+
 @register_method("killed")
 class Killed(ModelMethod):
     """Its worker process dies by SIGKILL (as under the kernel's OOM killer)."""
@@ -245,9 +264,12 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
         "name": "failing",
         "dataset": {"name": "digits", "subset": 10},
         **TINY_RUN,
+        "train": {"epochs": 4},
         "trials": 1,
         "max_failures": 1,
-        "methods": {"broken": {}, "flaky": {}, "erm": {}, "nan_loss": {}, "killed": {}},
+        "checkpoint_every_s": 0,
+        "methods": {"broken": {}, "flaky": {}, "erm": {}, "nan_loss": {}, "killed": {},
+                    "resumed": {}},
     })
     env = {"HARNESS_PLUGINS": "harness_test_plugin",
            "PYTHONPATH": str(tmp_path / "plugins")}
@@ -257,9 +279,21 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     trials, _ = trial_runs(client, "failing")
     status = {r.data.tags["method"]: r.info.status for r in trials}
     assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED",
-                      "nan_loss": "FAILED", "killed": "FAILED"}, res.stderr[-3000:]
-    assert len(trials) == 5  # a retried trial keeps its one run
+                      "nan_loss": "FAILED", "killed": "FAILED",
+                      "resumed": "FINISHED"}, res.stderr[-3000:]
+    assert len(trials) == 6  # a retried trial keeps its one run
     assert (tmp_path / "plugins" / "attempted").exists()
+    # The killed attempt's successor went on from epoch 3 (epochs 1 and 2 are not trained
+    # or probed twice) and ended where an uninterrupted erm trial of the same seed ends.
+    by_method = {r.data.tags["method"]: r for r in trials}
+    resumed, erm = by_method["resumed"], by_method["erm"]
+    assert resumed.data.tags["retried"] == "1"
+    epochs = [m.value for m in sorted(client.get_metric_history(resumed.info.run_id, "epoch"),
+                                      key=lambda m: (m.step, m.timestamp))]
+    assert epochs == [1, 2, 3, 4], epochs
+    assert int((tmp_path / "plugins" / "resumed_calls").read_text()) == 5  # 4 epochs + the killed one
+    for key in ("clean_acc", "robust_acc", "val_robust_acc", "train_work_epochs"):
+        assert resumed.data.metrics[key] == erm.data.metrics[key], key
     errors = {r.data.tags["method"]: r.data.tags.get("error", "") for r in trials}
     # The error tag carries what went wrong, not just where Ray put the trace.
     assert "simulated bug" in errors["broken"], errors

@@ -15,13 +15,14 @@ ap.add_argument("--steps", type=int, default=150); ap.add_argument("--unroll", t
 ap.add_argument("--reinit", type=int, default=20); ap.add_argument("--lr", type=float, default=0.01)
 ap.add_argument("--out", default=None); ap.add_argument("--width", type=int, default=32)
 ap.add_argument("--archs", default="convnet", help="the learning pool, comma-separated")
+ap.add_argument("--ipc", type=int, default=10)
 a = ap.parse_args()
 torch.set_num_threads(2)
 data = load_dataset("fashion-mnist", subset=1000, split_seed=1)
 ctx = MethodContext(data=data, threat=Threat("linf", 0.1), train=TrainConfig(), device=torch.device("cpu"),
                     generator=torch.Generator().manual_seed(0), seed=0, archs=["convnet"], meter=WorkMeter(),
                     arch_settings={"convnet": {"width": a.width}})
-m = make_method("rdl", {"ipc": 10, "unroll_min": a.unroll, "unroll_max": a.unroll, "archs": a.archs.split(","),
+m = make_method("rdl", {"ipc": a.ipc, "unroll_min": a.unroll, "unroll_max": a.unroll, "archs": a.archs.split(","),
                         "attack_steps": 10, "real_batch": 128, "reinit_every": a.reinit, "soft_labels": True,
                         "attack_loss": "margin", "outer_lr": a.lr, "outer_steps": a.steps, "probe_every": 0})
 L = _Learner(m.config_for("fashion-mnist"), ctx)
