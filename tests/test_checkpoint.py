@@ -45,17 +45,17 @@ SPECS = {
     "pgd_at": {"dataset": {"name": "digits", "subset": 30}, "method": {"name": "pgd_at", "steps": 3},
                "train": {"epochs": 4, "early_stop": True},
                "eval": {"archs": ["mlp"], "models_per_arch": 2, "max_test": 100, "max_val": 100},
-               "threat": {"steps": 5}},
+               "threat": {"steps": 5, "autoattack": "fast"}},
     # rdl with a short-lived network (a save point every 3 outer steps), then 2 linear models
     "rdl": {"dataset": {"name": "digits", "subset": 30},
             "method": {"name": "rdl", "ipc": 2, "outer_steps": 9, "reinit_every": 3,
                        "unroll_min": 5, "unroll_max": 5, "probe_every": 0},
             "eval": {"archs": ["linear"], "models_per_arch": 2, "epochs": 20, "max_test": 100,
                      "max_val": 100},
-            "threat": {"steps": 5}},
+            "threat": {"steps": 5, "autoattack": "fast"}},
 }
 
-SCORES = ("clean_acc", "robust_acc", "val_clean_acc", "val_robust_acc", "learn_work_epochs",
+SCORES = ("clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc", "learn_work_epochs",
           "train_work_epochs", "dataset_size")
 
 

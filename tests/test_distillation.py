@@ -99,7 +99,7 @@ def digits_trial(method: str, params: dict):
         "dataset": {"name": "digits"},
         "method": {"name": method, "ipc": 1, **params},
         "seed": SEED,
-        "threat": {"steps": 1},  # clean accuracy is what is compared here
+        "threat": {"steps": 1, "autoattack": "off"},  # clean accuracy is what is compared here
         "eval": DIGITS_EVAL,
     })
     return run_trial(spec)

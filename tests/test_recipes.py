@@ -18,7 +18,7 @@ def spec(name, **sections):
     tree = {
         "dataset": {"name": "digits", "subset": 5},
         "method": {"name": name},
-        "threat": {"steps": 2},
+        "threat": {"steps": 2, "autoattack": "off"},  # recipes are checked, not scores
         "train": {"epochs": 2},
         "eval": {"archs": ["mlp"], "models_per_arch": 1, "epochs": 3, "max_test": 50, "max_val": 50,
                  "arch_settings": {"mlp": {"hidden": 16}}},
