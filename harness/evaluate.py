@@ -24,7 +24,7 @@ from torch import nn
 from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
-from harness.config import RunSpec
+from harness.config import DatasetSpec, RunSpec
 from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
 from harness.errors import HarnessInputError
 from harness.methods import (
@@ -277,7 +277,7 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total): "learning"
 def run_trial(
     spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False,
     method: Method | None = None, progress: ProgressFn | None = None,
-    checkpoint: TrialCheckpoint | None = None,
+    checkpoint: TrialCheckpoint | None = None, data: DatasetSplits | None = None,
 ) -> TrialResult:
     """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
 
@@ -287,7 +287,8 @@ def run_trial(
     dataset made outside the harness this way). `progress(phase, done, total)`: told after
     each learning step (of `method.planned_steps`) and each downstream model. `checkpoint`:
     where the trial saves its progress and, after a restart, what it goes on from
-    (`harness.checkpoint`; the result is the same as an uninterrupted run's)."""
+    (`harness.checkpoint`; the result is the same as an uninterrupted run's). `data`: the
+    spec's dataset, already loaded (a sweep's node-shared copy, `harness.shared_data`)."""
     checkpoint = checkpoint or TrialCheckpoint()
     log = log or (lambda metrics, step: None)
     progress = progress or (lambda phase, done, total: None)
@@ -295,11 +296,7 @@ def run_trial(
     device = pick_device(spec.device)
     method = method or make_method(spec.method.name, spec.method.params())
     archs = resolve_archs(spec)
-    ds = spec.dataset
-    data = load_dataset(
-        ds.name, root=ds.root, download=ds.download, subset=ds.subset,
-        val_fraction=ds.val_fraction, split_seed=ds.split_seed, params=ds.params(),
-    )
+    data = data if data is not None else load_data(spec.dataset)
     threat = resolve_threat(spec, data)
     generator = torch.Generator().manual_seed(spec.seed)
     learn_meter = WorkMeter()
@@ -365,6 +362,14 @@ def run_trial(
                        len(train_x))
     result.weights = weights
     return result
+
+
+def load_data(ds: DatasetSpec) -> DatasetSplits:
+    """The dataset a spec's `dataset` section describes, loaded and split."""
+    return load_dataset(
+        ds.name, root=ds.root, download=ds.download, subset=ds.subset,
+        val_fraction=ds.val_fraction, split_seed=ds.split_seed, params=ds.params(),
+    )
 
 
 def learn_once(method: DatasetMethod, ctx: MethodContext,

@@ -18,6 +18,7 @@ Tune trial id) instead of making another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,6 +51,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from harness.ray_node import start_ray, stop_ray  # noqa: E402
+from harness.shared_data import shared_dataset, start_caches  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402
@@ -265,7 +267,7 @@ def variant_trainable(variant: Variant, objective: str, smoke: bool,
         run_sweep_trial(config, variant=variant, objective=objective, smoke=smoke,
                         report=report, threads=int(cpus),
                         node=ray.get_runtime_context().get_node_id(), restored=restored,
-                        checkpoint_every_s=checkpoint_every_s)
+                        checkpoint_every_s=checkpoint_every_s, shared_data=shared_dataset)
 
     trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
     return trainable
@@ -365,7 +367,14 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
     local = not ray.is_initialized()  # a Ray this call starts is this call's to stop
     try:  # start_ray inside: a Ctrl-C while Ray is still starting stops it too
         start_ray(address, cpus=None)
-        failed = run_variants(spec, phases, tracker, smoke=smoke, resume=resume, console=console)
+        caches = start_caches()  # one dataset copy per node, shared by its trials
+        try:
+            failed = run_variants(spec, phases, tracker, smoke=smoke, resume=resume,
+                                  console=console)
+        finally:
+            for cache in caches:
+                with contextlib.suppress(Exception):  # gone already, or Ray is going down
+                    ray.kill(cache)
     finally:
         if local:
             stop_ray()

@@ -20,13 +20,15 @@ Report = Callable[[dict[str, Any], "Path | None"], None]
 def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool,
                     report: Report, threads: int = 1, node: str = "",
                     restored: dict[str, Any] | None = None,
-                    checkpoint_every_s: float | None = None) -> TrialRecord:
+                    checkpoint_every_s: float | None = None,
+                    shared_data: Callable[[Any], Any] | None = None) -> TrialRecord:
     """Resolve the trial's spec (once: `plan.resolve_trial`), run it, report progress while
     it runs and, at the end, its metrics with its record (`harness.record`) and artifacts.
 
     `restored`: the progress an earlier attempt saved (`harness.checkpoint`), gone on from.
     Progress is saved through `report` (a folder holding `progress.pt`) at most every
-    `checkpoint_every_s` seconds (None: never)."""
+    `checkpoint_every_s` seconds (None: never). `shared_data(spec.dataset)`: the dataset
+    from a copy shared by the node's trials, or None to load it here."""
     import torch
 
     from harness.evaluate import run_trial
@@ -48,7 +50,9 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
 
     store = TrialCheckpoint(restored, persist if checkpoint_every_s is not None else None,
                             every_s=checkpoint_every_s or 0.0)
-    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True, checkpoint=store)
+    data = shared_data(spec.dataset) if shared_data is not None else None
+    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True, checkpoint=store,
+                       data=data)
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
                                      ray_node=node, variant=variant.label, smoke=smoke)

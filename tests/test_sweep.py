@@ -236,6 +236,7 @@ class Resumed(ModelMethod):
     def loss_step(self, ctx):
         import os, signal
         calls = Path(__file__).with_name("resumed_calls")
+        Path(__file__).with_name("resumed_data").write_text(ctx.data.source)
 
         def step(model, xb, yb):
             n = int(calls.read_text()) + 1 if calls.exists() else 1
@@ -292,6 +293,7 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
                                       key=lambda m: (m.step, m.timestamp))]
     assert epochs == [1, 2, 3, 4], epochs
     assert int((tmp_path / "plugins" / "resumed_calls").read_text()) == 5  # 4 epochs + the killed one
+    assert (tmp_path / "plugins" / "resumed_data").read_text() == "node"  # the node's copy
     for key in ("clean_acc", "robust_acc", "val_robust_acc", "train_work_epochs"):
         assert resumed.data.metrics[key] == erm.data.metrics[key], key
     errors = {r.data.tags["method"]: r.data.tags.get("error", "") for r in trials}

@@ -35,6 +35,9 @@ class DatasetSplits:
     default_eps: float
     n_train_full: int  # size of the training split before `subset`: the unit of work epochs
     params: dict[str, Any] = field(default_factory=dict)
+    # "disk": loaded by this process; "node": read-only views of the copy a sweep's trials on
+    # this node share (harness.shared_data)
+    source: str = "disk"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
