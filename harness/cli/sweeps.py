@@ -58,18 +58,37 @@ sweep_options = [
     click.option("--smoke", is_flag=True, help="Shrink every budget: minutes on a laptop CPU."),
 ]
 
+estimate_option = click.option(
+    "--estimate", is_flag=True,
+    help="Also time a short calibration of every variant here and print the expected work "
+         "and wall time per trial and for the sweep (needs the data on this machine).")
+
+
+def print_estimate(spec, plan) -> None:
+    from harness.estimate import concurrency, describe_estimates, estimate_plan
+    from harness.train import pick_device
+
+    estimates = estimate_plan(plan, threads=max(1, int(spec.resources.cpu)))
+    device = str(pick_device(spec.device))
+    for line in describe_estimates(estimates, concurrent=concurrency(spec), device=device):
+        click.echo(line)
+
 
 @main.command(short_help="Check a sweep spec; print its trial plan.")
 @with_options(sweep_options)
-def validate(spec_path, assignments, smoke) -> None:
-    """Check a sweep spec and print its resolved trial plan.
+@estimate_option
+def validate(spec_path, assignments, smoke, estimate) -> None:
+    """Check a sweep spec and print its resolved trial plan (with --estimate, its cost).
 
     \b
     Example:
       harness validate sweeps/cifar10.yaml --set trials=2
+      harness validate sweeps/quick.yaml --estimate
     """
     spec, _, plan = load_sweep(spec_path, assignments, smoke)
     print_plan(spec, plan)
+    if estimate:
+        print_estimate(spec, plan)
     click.echo(f"{spec_path}: valid")
 
 
@@ -81,7 +100,9 @@ def validate(spec_path, assignments, smoke) -> None:
 @click.option("--storage", default=None, help="Ray results path or URI (default ./ray_results).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep of the same name.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without running.")
-def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run) -> None:
+@estimate_option
+def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run,
+          estimate) -> None:
     """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow.
 
     \b
@@ -92,6 +113,8 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     spec, text, plan = load_sweep(spec_path, assignments, smoke)
     if dry_run:
         print_plan(spec, plan)
+        if estimate:
+            print_estimate(spec, plan)
         return
     if address is None:  # local run: the data must be here (on a cluster, on the workers)
         check_local_data(spec)

@@ -1,0 +1,239 @@
+"""What a sweep will cost before it runs: work and wall time per trial, from a short
+calibration of the real code on this machine (`harness validate --estimate`, `harness sweep
+--dry-run --estimate`).
+
+For each variant (at its first searched configuration) the calibration runs, on the real data:
+- a dataset method's learning for a few steps (it is stopped once `CALIBRATION_STEPS` steps
+  after the first have logged their loss), scaled by its planned steps; a method that plans no
+  steps (e.g. `random`) learns in full;
+- one short epoch of each evaluation architecture's training with the trial's loss step (an
+  adversarial method's attack included) on `CALIBRATION_BATCHES` batches, scaled by the
+  epochs, batches and models of the trial;
+- PGD on a slice of test images, scaled to the test and validation images scored. AutoAttack
+  is counted as an upper bound, every image surviving every attack: APGD-CE (100 steps) and
+  APGD-T (9 targets x 100) for the fast version, plus FAB-T (9 x 100) and Square (5,000
+  queries, forward only: half a pass each) for the standard one (Croce & Hein 2020, arXiv 2003.01690).
+
+Work is in examples through the network (the `WorkMeter` unit: a forward pass with its
+backward, attack steps included), also given in work epochs over the full training split as
+the leaderboard reports. Wall time is this machine's, one trial at a time, with the threads a
+trial gets (`resources.cpu`); per-epoch validation probes are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+CALIBRATION_STEPS = 2  # learning steps timed after the first (which pays for setting up)
+CALIBRATION_BATCHES = 3  # training batches timed per architecture
+ATTACK_SLICE = 32  # test images attacked to time PGD
+AA_PASSES = {"off": 0, "fast": 100 + 9 * 100, "standard": 100 + 9 * 100 + 9 * 100 + 5000 // 2}
+
+
+class _Enough(Exception):
+    """Raised from the learning log once the calibration has its steps."""
+
+
+@dataclass
+class Estimate:
+    variant: str
+    dataset: str
+    trials: int  # trials of the variant (searched + repeats)
+    learn_examples: float = 0.0
+    learn_seconds: float = 0.0
+    train_examples: float = 0.0  # all downstream models of one trial
+    train_seconds: float = 0.0
+    attack_examples: float = 0.0  # all scoring of one trial (AutoAttack as an upper bound)
+    attack_seconds: float = 0.0
+    attack_seconds_low: float = 0.0  # AutoAttack's lower bound: every image falls at once
+    n_train_full: int = 1
+    note: str = ""  # why there is no estimate, or what it leaves out
+    parts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trial_seconds(self) -> float:
+        return self.learn_seconds + self.train_seconds + self.attack_seconds
+
+    @property
+    def trial_examples(self) -> float:
+        return self.learn_examples + self.train_examples + self.attack_examples
+
+    def work_epochs(self, examples: float) -> float:
+        return examples / max(1, self.n_train_full)
+
+
+def estimate_variant(variant, *, threads: int = 1) -> Estimate:
+    """Calibrate one variant on this machine (see the module docstring)."""
+    from harness.evaluate import (
+        downstream_config, load_data, resolve_archs, resolve_spec, resolve_threat,
+    )
+    from harness.methods import DatasetMethod, MethodContext, make_method
+    from harness.plan import resolve_trial
+    from harness.train import WorkMeter, natural_loss, pick_device, train_model
+
+    searched = variant.trials if variant.dims else 1
+    est = Estimate(variant.label, f"{variant.dataset} {variant.threat}".strip(),
+                   searched + variant.repeats)
+    spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
+    try:
+        data = load_data(spec.dataset)
+    except Exception as exc:  # noqa: BLE001 (no data here: say so, the plan is still valid)
+        est.note = f"no estimate: the data is not here ({str(exc).splitlines()[0][:120]})"
+        return est
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        device = pick_device(spec.device)
+        threat = resolve_threat(spec, data)
+        method = make_method(spec.method.name, spec.method.params())
+        archs = resolve_archs(spec)
+        est.n_train_full = data.n_train_full
+        meter = WorkMeter()
+        ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
+                            generator=torch.Generator().manual_seed(spec.seed), seed=spec.seed,
+                            archs=archs, meter=meter, arch_settings=spec.eval.arch_settings)
+        if isinstance(method, DatasetMethod):
+            size = _learn(method, ctx, est)
+            if size is None:
+                return est
+            shape = (size, *data.input_shape)
+            x = torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0] \
+                if data.bounds else torch.randn(shape)
+            y = torch.randint(0, data.num_classes, (size,))
+            cfg, loss_step = downstream_config(spec, size, data.n_train_full), natural_loss
+        else:
+            x, y = data.x_train, data.y_train
+            cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
+        models = spec.eval.models_per_arch
+        n_attacked = min(spec.eval.max_test, len(data.x_test)) + min(spec.eval.max_val, len(data.x_val))
+        aa_images = min(spec.eval.max_test, len(data.x_test))
+        for arch in archs:
+            batch = min(cfg.batch_size, len(x))
+            rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+            sample = rows[: batch * CALIBRATION_BATCHES]
+            net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
+            short = replace(cfg, epochs=1)
+            stats = train_model(net, x[sample], y[sample], short, device=device,
+                                generator=torch.Generator().manual_seed(0), loss_step=loss_step,
+                                meter=m)
+            per_example = (m.examples / len(sample), stats.seconds / len(sample))
+            n_epochs = cfg.epochs * len(x)
+            est.train_examples += models * n_epochs * per_example[0]
+            est.train_seconds += models * n_epochs * per_example[1]
+            pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
+            passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
+            est.attack_examples += models * passes
+            est.attack_seconds += models * passes * pgd_s
+            low = n_attacked * pgd_passes + aa_images * (spec.threat.autoattack != "off")
+            est.attack_seconds_low += models * low * pgd_s
+            est.parts[arch] = {"train_examples_per_example": per_example[0],
+                               "train_s_per_example": per_example[1], "pass_s": pgd_s}
+        if spec.threat.autoattack != "off":
+            est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
+        return est
+    finally:
+        torch.set_num_threads(before)
+
+
+def _learn(method, ctx, est: Estimate) -> int | None:
+    """Time the learning (a few steps, scaled) and return the learned set's size."""
+    planned = method.planned_steps()
+    marks: list[tuple[float, int]] = []
+    start = time.perf_counter()
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        if "outer_loss" in metrics:
+            marks.append((time.perf_counter(), ctx.meter.examples))
+            if planned and len(marks) > CALIBRATION_STEPS:
+                raise _Enough
+
+    ctx.log = log
+    try:
+        learned = method.learn(ctx)
+    except _Enough:
+        learned = None
+    if learned is not None:  # it finished: its whole cost was measured
+        est.learn_seconds, est.learn_examples = time.perf_counter() - start, ctx.meter.examples
+        return len(learned)
+    (t0, w0), (t1, w1) = marks[0], marks[-1]
+    steps = len(marks) - 1
+    est.learn_seconds = (t0 - start) + (planned - 1) * (t1 - t0) / steps
+    est.learn_examples = w0 + (planned - 1) * (w1 - w0) / steps
+    ipc = getattr(method.config_for(ctx.data.name), "ipc", None)
+    if not ipc:
+        est.note = "no evaluation estimate: the learned set's size is known only at the end"
+        return None
+    return int(ipc) * ctx.data.num_classes
+
+
+def _time_pgd(net, data, threat, device) -> tuple[int, float]:
+    """Gradient passes PGD takes per image, and seconds per pass per image on this machine."""
+    from harness.attacks import robust_accuracy
+
+    x, y = data.x_test[:ATTACK_SLICE].to(device), data.y_test[:ATTACK_SLICE].to(device)
+    attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
+    passes = threat.steps * max(1, getattr(threat, "restarts", 1)) + 1
+    start = time.perf_counter()
+    robust_accuracy(net, x, y, attack)
+    return passes, (time.perf_counter() - start) / (len(x) * passes)
+
+
+def estimate_plan(plan, *, threads: int = 1) -> list[Estimate]:
+    return [estimate_variant(v, threads=threads) for v in plan]
+
+
+def hours(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: str) -> list[str]:
+    """Lines for the CLI: per variant, then the sweep's total."""
+    lines = [f"cost estimate on this machine ({device}; per trial with its threads, then "
+             f"{concurrent} trials at once):"]
+    total = total_low = 0.0
+    for e in estimates:
+        if e.note.startswith("no estimate"):
+            lines.append(f"  {e.dataset}  {e.variant}: {e.note}")
+            continue
+        per = e.trial_seconds
+        low = per - e.attack_seconds + e.attack_seconds_low
+        total += per * e.trials
+        total_low += low * e.trials
+        lines.append(
+            f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
+            f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
+            f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
+            f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples); "
+            f"x {e.trials} trials = {span(low * e.trials, per * e.trials)}"
+            + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
+    n = max(1, concurrent)
+    lines.append(f"  total: {span(total_low, total)} of trial time, {span(total_low / n, total / n)}"
+                 f" of wall time with {concurrent} trials at once (the range is AutoAttack's: "
+                 "every image falls at once .. every image survives every attack)")
+    return lines
+
+
+def span(low: float, high: float) -> str:
+    a, b = hours(low), hours(high)
+    return a if a == b else f"{a}..{b}"
+
+
+def concurrency(spec, cpus: float | None = None, gpus: float | None = None) -> int:
+    """Trials this machine runs at once under the spec's resources."""
+    import os
+
+    cpus = cpus if cpus is not None else float(os.cpu_count() or 1)
+    gpus = gpus if gpus is not None else float(torch.cuda.device_count())
+    slots = cpus / spec.resources.cpu
+    if spec.resources.gpu > 0:
+        slots = min(slots, gpus / spec.resources.gpu) if gpus else 0
+    return max(1, math.floor(slots))

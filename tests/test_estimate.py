@@ -1,0 +1,65 @@
+"""`--estimate`: the work a calibration predicts is the work the trial then does (work is
+counted in examples through the network, so it can be checked exactly; wall time is this
+machine's and only printed)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from harness.cli import main
+from harness.config import build_sweep_spec
+from harness.estimate import estimate_variant
+from harness.evaluate import run_trial
+from harness.plan import make_plan, resolve_trial
+
+COMMON = {
+    "name": "cost",
+    "dataset": {"name": "digits", "subset": 20},
+    "threat": {"steps": 3, "autoattack": "off"},
+    "train": {"epochs": 3},
+    "eval": {"archs": ["mlp", "linear"], "models_per_arch": 2, "epochs": 5, "max_test": 50,
+             "max_val": 50},
+}
+METHODS = {
+    "pgd_at": {"space": {"steps": 3}},
+    # fixed unroll length, no probes: every outer step costs the same work
+    "rdl": {"space": {"ipc": 2, "outer_steps": 8, "unroll_min": 4, "unroll_max": 4,
+                      "probe_every": 0}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_estimated_work_is_the_work_the_trial_does(method):
+    spec = build_sweep_spec({**COMMON, "methods": {method: METHODS[method]}})
+    (variant,) = make_plan(spec)
+    est = estimate_variant(variant)
+    assert est.note == ""
+    result = run_trial(resolve_trial(variant, {}))
+    trained = sum(m.train_work_epochs for m in result.models) * est.n_train_full
+    assert est.train_examples == pytest.approx(trained, rel=1e-6)
+    assert est.learn_examples == pytest.approx(result.learn_work_epochs * est.n_train_full, rel=1e-6)
+    if method == "rdl":
+        assert est.learn_examples > 0 and est.learn_seconds > 0
+
+
+def test_a_spec_whose_data_is_elsewhere_is_still_valid(tmp_path):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: c\ndataset: {name: cifar10, root: " + str(tmp_path / "none") + "}\n"
+                    "methods: {erm: {}}\n")
+    res = CliRunner().invoke(main, ["validate", str(spec), "--estimate"])
+    assert res.exit_code == 0, res.output
+    assert "no estimate: the data is not here" in res.output and "valid" in res.output
+
+
+def test_validate_prints_the_estimate_per_variant_and_in_total(tmp_path):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
+                    "autoattack: fast}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
+                    "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
+                    "[0.01, 0.1]}}}}\n")
+    res = CliRunner().invoke(main, ["validate", str(spec), "--estimate"])
+    assert res.exit_code == 0, res.output
+    assert "cost estimate on this machine" in res.output
+    assert "digits  erm: per trial" in res.output and "x 3 trials" in res.output
+    assert "total:" in res.output
