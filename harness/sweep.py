@@ -246,7 +246,7 @@ class Phase:
 
 
 def variant_trainable(variant: Variant, objective: str, smoke: bool,
-                      checkpoint_every_s: float | None = None):
+                      checkpoint_every_s: float | None = None, probe: bool = True):
     """The trial function of one variant, under a name of its own.
 
     Tune registers trainables by name in one global registry; variants running side by side
@@ -267,7 +267,8 @@ def variant_trainable(variant: Variant, objective: str, smoke: bool,
         run_sweep_trial(config, variant=variant, objective=objective, smoke=smoke,
                         report=report, threads=int(cpus),
                         node=ray.get_runtime_context().get_node_id(), restored=restored,
-                        checkpoint_every_s=checkpoint_every_s, shared_data=shared_dataset)
+                        checkpoint_every_s=checkpoint_every_s, shared_data=shared_dataset,
+                        probe=probe)
 
     trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
     return trainable
@@ -275,8 +276,10 @@ def variant_trainable(variant: Variant, objective: str, smoke: bool,
 
 def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples: int,
                smoke: bool, resume: bool):
+    asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
-        variant_trainable(phase.variant, spec.objective.metric, smoke, spec.checkpoint_every_s),
+        variant_trainable(phase.variant, spec.objective.metric, smoke, spec.checkpoint_every_s,
+                          probe=asha),  # per-epoch probes only where ASHA reads them
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if resume and tune.Tuner.can_restore(phase.path):
@@ -289,7 +292,7 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
     else:
         search_alg = None
     scheduler = FIFOScheduler()
-    if phase.name == "search" and spec.search.asha:
+    if asha:
         # rungs in epochs of the probe, not in reports (progress saves are reports too)
         scheduler = ASHAScheduler(time_attr="progress_step", max_t=100_000,
                                   grace_period=spec.search.grace_period, reduction_factor=3)

@@ -21,14 +21,16 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
                     report: Report, threads: int = 1, node: str = "",
                     restored: dict[str, Any] | None = None,
                     checkpoint_every_s: float | None = None,
-                    shared_data: Callable[[Any], Any] | None = None) -> TrialRecord:
+                    shared_data: Callable[[Any], Any] | None = None,
+                    probe: bool = True) -> TrialRecord:
     """Resolve the trial's spec (once: `plan.resolve_trial`), run it, report progress while
     it runs and, at the end, its metrics with its record (`harness.record`) and artifacts.
 
     `restored`: the progress an earlier attempt saved (`harness.checkpoint`), gone on from.
     Progress is saved through `report` (a folder holding `progress.pt`) at most every
     `checkpoint_every_s` seconds (None: never). `shared_data(spec.dataset)`: the dataset
-    from a copy shared by the node's trials, or None to load it here."""
+    from a copy shared by the node's trials, or None to load it here. `probe`: score the
+    first model on validation after every epoch (what ASHA stops trials on; extra work)."""
     import torch
 
     from harness.evaluate import run_trial
@@ -51,7 +53,7 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
     store = TrialCheckpoint(restored, persist if checkpoint_every_s is not None else None,
                             every_s=checkpoint_every_s or 0.0)
     data = shared_data(spec.dataset) if shared_data is not None else None
-    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=True, checkpoint=store,
+    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=probe, checkpoint=store,
                        data=data)
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),

@@ -32,6 +32,8 @@ def small_sweep(tmp_path_factory):
         **TINY_RUN,
         "trials": 2,
         "repeats": 1,
+        # ASHA on (its per-epoch probes are logged), its first rung beyond the 2 epochs
+        "search": {**TINY_RUN["search"], "asha": True, "grace_period": 5},
         "methods": {
             "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
             "random": {"space": {"ipc": {"grid": [3]}}},
@@ -105,9 +107,11 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
     best = [r for r in search if r.data.metrics["val_robust_acc"] == top]  # ties are possible
     assert repeat.data.params["train.lr"] in {r.data.params["train.lr"] for r in best}
     assert repeat.data.params["seed"] != best[0].data.params["seed"]
-    # the per-epoch probe of model-producing methods is logged as a history
+    # under ASHA the per-epoch probe of model-producing methods is logged as a history;
+    # the repeats, which ASHA does not watch, skip it
     hist = client.get_metric_history(search[0].info.run_id, "val_robust_acc")
     assert len(hist) >= 2
+    assert len(client.get_metric_history(repeat.info.run_id, "val_robust_acc")) == 1
 
 
 def test_sweep_prints_leaderboard_and_refuses_to_overwrite(small_sweep):
@@ -285,14 +289,12 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     assert len(trials) == 6  # a retried trial keeps its one run
     assert (tmp_path / "plugins" / "attempted").exists()
     # The killed attempt's successor went on from epoch 3 (epochs 1 and 2 are not trained
-    # or probed twice) and ended where an uninterrupted erm trial of the same seed ends.
+    # twice: 4 epochs + the killed one, where a restart from scratch makes 3 + 4) and ended
+    # where an uninterrupted erm trial of the same seed ends.
     by_method = {r.data.tags["method"]: r for r in trials}
     resumed, erm = by_method["resumed"], by_method["erm"]
     assert resumed.data.tags["retried"] == "1"
-    epochs = [m.value for m in sorted(client.get_metric_history(resumed.info.run_id, "epoch"),
-                                      key=lambda m: (m.step, m.timestamp))]
-    assert epochs == [1, 2, 3, 4], epochs
-    assert int((tmp_path / "plugins" / "resumed_calls").read_text()) == 5  # 4 epochs + the killed one
+    assert int((tmp_path / "plugins" / "resumed_calls").read_text()) == 5
     assert (tmp_path / "plugins" / "resumed_data").read_text() == "node"  # the node's copy
     for key in ("clean_acc", "robust_acc", "val_robust_acc", "train_work_epochs"):
         assert resumed.data.metrics[key] == erm.data.metrics[key], key
