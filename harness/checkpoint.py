@@ -14,8 +14,9 @@ on from where it was:
 Sections hold plain values and tensors only, so a saved file loads with
 `torch.load(weights_only=True)`. Saving the whole state costs a copy of the model and the set,
 so a stage *offers* its state at every boundary and it is saved only when `every_s` seconds
-have passed since the last save; a finished stage is saved at once. Resuming gives the same
-result as an uninterrupted run: every random stream a stage draws from is in its section.
+have passed since the last save (a finished stage too): a restart loses at most that much.
+Resuming gives the same result as an uninterrupted run: every random stream a stage draws
+from is in its section.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ class TrialCheckpoint:
 
     def put(self, section: str, value: Any, *, drop: tuple[str, ...] = ()) -> None:
         """A stage finished: keep `value` as `section`, forget the sections in `drop` (the
-        finished stage's in-progress state) and save now."""
+        finished stage's in-progress state) and save when a save is due (a save per
+        finished model would cost short trials more than it saves)."""
         for name in drop:
             self.sections.pop(name, None)
         self.sections[section] = value
-        if self.persist is not None:
+        if self.persist is not None and time.monotonic() - self._saved_at >= self.every_s:
             self._save()
 
     def drop(self, section: str) -> None:
