@@ -37,15 +37,10 @@ class TrialCheckpoint:
     def __init__(self, restored: dict[str, Any] | None = None, persist: Persist | None = None,
                  every_s: float = 600.0):
         self.sections: dict[str, Any] = dict(restored or {})
-        self.restored = frozenset(self.sections)
         self.persist = persist
         self.every_s = every_s
         self._saved_at = time.monotonic()
         self.saves = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.persist is not None
 
     def get(self, section: str) -> Any:
         return self.sections.get(section)
@@ -66,9 +61,6 @@ class TrialCheckpoint:
         self.sections[section] = value
         if self.persist is not None and time.monotonic() - self._saved_at >= self.every_s:
             self._save()
-
-    def drop(self, section: str) -> None:
-        self.sections.pop(section, None)
 
     def _save(self) -> None:
         self.persist(self.sections)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -53,7 +52,6 @@ class Estimate:
     attack_seconds_low: float = 0.0  # AutoAttack's lower bound: every image falls at once
     n_train_full: int = 1
     note: str = ""  # why there is no estimate, or what it leaves out
-    parts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def trial_seconds(self) -> float:
@@ -131,8 +129,6 @@ def estimate_variant(variant, *, threads: int = 1) -> Estimate:
             est.attack_seconds += models * passes * pgd_s
             low = n_attacked * pgd_passes + aa_images * (spec.threat.autoattack != "off")
             est.attack_seconds_low += models * low * pgd_s
-            est.parts[arch] = {"train_examples_per_example": per_example[0],
-                               "train_s_per_example": per_example[1], "pass_s": pgd_s}
         if spec.threat.autoattack != "off":
             est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
         return est

@@ -72,9 +72,6 @@ def make_cache_class():
                 self.refs[key] = ray.put(to_arrays(load_data(spec)))
             return [self.refs[key]]  # in a list: the caller gets the reference, not the data
 
-        def held(self) -> list[str]:
-            return list(self.refs)
-
     return DataCache
 
 
