@@ -93,6 +93,17 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
     return plan
 
 
+def launch_order(items: list, method_of) -> list:
+    """`items` (variants, or pairs holding them) in the order their variants start: by the
+    method's place in the spec, each method across all its datasets and threats together.
+    A sweep ends no sooner than its last-started long variant ends, so listing the longest
+    methods first lets the short ones fill the slots around them (longest-first scheduling)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        rank.setdefault(method_of(item), len(rank))
+    return sorted(items, key=lambda item: rank[method_of(item)])
+
+
 def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[str, Any]) -> dict[str, Any]:
     tree = {
         "dataset": dataset,

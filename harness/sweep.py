@@ -33,7 +33,7 @@ from typing import Any
 from harness.checkpoint import load_file
 from harness.config import SweepSpec
 from harness.errors import HarnessInputError
-from harness.plan import Variant, resolve_trial
+from harness.plan import Variant, launch_order, resolve_trial
 from harness.progress import SweepProgress, VariantProgress
 from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
 from harness.tracking import Tracker
@@ -414,7 +414,7 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
         with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
             jobs = [pool.submit(run_variant, spec, p, tracker=tracker, progress=progress,
                                 live=live, smoke=smoke, resume=resume)
-                    for _, p in phases]
+                    for _, p in launch_order(phases, lambda vp: vp[0].method)]
             for job in as_completed(jobs):
                 failed += job.result()
                 live.update(progress.table())

@@ -74,3 +74,21 @@ def test_a_retried_attempt_is_not_counted_as_still_running(tmp_path):
     assert run.info.status == "FAILED"
     assert run.data.tags["retried"] == "1"
     assert "simulated bug" in run.data.tags["error"]
+
+
+def test_variants_start_in_method_order_across_datasets():
+    """The driver starts a method's variants on every dataset together, in the spec's method
+    order, so the long methods listed first overlap instead of one running alone at the end."""
+    from harness.plan import launch_order
+
+    spec = build_sweep_spec({
+        "name": "order", "dataset": [{"name": "digits"}, {"name": "synthetic-robust"}],
+        "methods": {"rdl": {"space": {"ipc": {"grid": [2, 4]}}}, "erm": {}, "random": {}},
+    })
+    plan = make_plan(spec)
+    assert [v.dataset for v in plan][:4] == ["digits"] * 4  # the plan itself is dataset-major
+    started = launch_order(plan, lambda v: v.method)
+    assert [(v.method, v.dataset) for v in started] == [
+        ("rdl", "digits"), ("rdl", "digits"), ("rdl", "synthetic-robust"),
+        ("rdl", "synthetic-robust"), ("erm", "digits"), ("erm", "synthetic-robust"),
+        ("random", "digits"), ("random", "synthetic-robust")]
