@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -198,6 +199,28 @@ def pooled_models(r: Record) -> str:
     return f"{r.n} run(s), models per run not logged"
 
 
+def break_even_note(rows: list[Record]) -> str:
+    """When learning a set once pays: against the best-ranked method that learns nothing (an
+    adversarial training, as a rule), the number of downstream models after which learning
+    the set once plus training each model on it costs fewer work epochs than training each
+    model that method's way. Cost only: the scores are in the table. Empty when the group has
+    no such pair."""
+    ref = next((r for r in rows if not r.learn_work_epochs and r.train_work_epochs), None)
+    if ref is None:
+        return ""
+    parts = []
+    for r in rows:
+        if not r.learn_work_epochs or r.train_work_epochs is None:
+            continue
+        saved = ref.train_work_epochs - r.train_work_epochs  # per model
+        parts.append(f"{r.variant} after {math.ceil(r.learn_work_epochs / saved)} models"
+                     if saved > 0 else f"{r.variant} never (no cheaper per model)")
+    if not parts:
+        return ""
+    return (f"Learning once pays against {ref.variant} ({num(ref.train_work_epochs)} work "
+            f"epochs per model; cost only, compare the scores): " + "; ".join(parts) + ".")
+
+
 def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
     notes = ["† " + SEARCH_ONLY_NOTE] if any(r.scores_from == "search" for r in rows) else []
     if any(r.smoke for r in rows):
@@ -219,6 +242,8 @@ def render_md(records: list[Record], title: str) -> str:
         numbers = flag_numbers(rows)
         lines += [md_row(cells(r, numbers)) for r in rows]
         lines += ["", pooling_note(rows), ""]
+        even = break_even_note(rows)
+        lines += [even, ""] if even else []
         notes = footnotes(rows, numbers)
         lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     return "\n".join(lines)
@@ -345,8 +370,10 @@ def html_section(key: tuple, rows: list[Record]) -> str:
         f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in group_plots(rows))
     numbers = flag_numbers(rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in footnotes(rows, numbers))
+    even = break_even_note(rows)
     return (f"<section>\n<h2>{html.escape(group_title(key))}</h2>\n{html_table(rows, numbers)}\n"
             f'<p class="note">{html.escape(pooling_note(rows))}</p>\n'
+            + (f'<p class="note">{html.escape(even)}</p>\n' if even else "")
             + (f'<ul class="footnotes">{notes}</ul>\n' if notes else "")
             + f"<div>{figures}</div>\n</section>\n")
 

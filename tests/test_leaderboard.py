@@ -692,3 +692,24 @@ def test_selection_follows_the_sweeps_objective():
         del r.tags["objective"], r.tags["objective_mode"]
     (row,) = build_records(runs)
     assert row.best_run_id == "a"
+
+
+def test_break_even_counts_models_against_the_best_method_that_learns_nothing(records):
+    from dataclasses import replace
+
+    from harness.report import break_even_note
+
+    base = records[0]
+    rows = [replace(base, variant="pgd_at", learn_work_epochs=0.0, train_work_epochs=60.0),
+            replace(base, variant="erm", learn_work_epochs=None, train_work_epochs=6.0),
+            replace(base, variant="rdl", learn_work_epochs=5314.0, train_work_epochs=0.5),
+            replace(base, variant="dm", learn_work_epochs=100.0, train_work_epochs=70.0)]
+    # 5314 / (60 - 0.5) = 89.3: 90 models; dm's models cost more than pgd_at's
+    assert break_even_note(rows) == (
+        "Learning once pays against pgd_at (60 work epochs per model; cost only, compare the "
+        "scores): rdl after 90 models; dm never (no cheaper per model).")
+    assert break_even_note(rows[2:]) == ""  # nothing that learns nothing to compare with
+    assert break_even_note(rows[:2]) == ""  # nothing that learns
+    from harness.report import render_md
+
+    assert "\nLearning once pays against pgd_at" in render_md(rows, "t")
