@@ -93,6 +93,7 @@ class PhaseContext:
     progress: SweepProgress
     objective: str
     live: Any  # the rich Live display, or None
+    turnstile: "Turnstile | None" = None  # the variants' launch turns (search phase only)
 
     @property
     def state(self) -> VariantProgress:
@@ -102,6 +103,38 @@ class PhaseContext:
         return {"method": self.variant.method, "dataset": self.variant.dataset,
                 "variant": self.variant.label, "phase": self.phase,
                 "objective": self.objective, "objective_mode": self.progress.mode}
+
+
+class Turnstile:
+    """Variants start their experiments one at a time, in launch order: each waits until every
+    variant before it has a trial running (or has ended). So at most one experiment at a time
+    waits for Ray's resources, and a slot that frees goes to the next variant in order, not
+    to whichever of several waiting experiments Tune happens to serve first (seen: with two
+    waiting, a short variant listed third took the slot of the long one listed first)."""
+
+    def __init__(self, keys: list[str]):
+        self._order = list(keys)
+        self._passed: set[str] = set()
+        self._aborted = False
+        self._cond = threading.Condition()
+
+    def wait(self, key: str) -> None:
+        before = self._order[: self._order.index(key)]
+        with self._cond:
+            self._cond.wait_for(lambda: self._aborted or all(k in self._passed for k in before))
+            if self._aborted:
+                raise RuntimeError("the sweep stopped before this variant's turn")
+
+    def passed(self, key: str) -> None:
+        with self._cond:
+            self._passed.add(key)
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        """Releases every waiting variant thread (Ctrl-C, an error): they end at once."""
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
 
 
 # The phase whose experiment the current variant thread is running (`Tuner.fit` calls its
@@ -140,6 +173,8 @@ class DriverCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
         self.ctx.state.running += 1
+        if self.ctx.turnstile is not None:
+            self.ctx.turnstile.passed(self.ctx.variant.key)
         self._refresh()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -410,15 +445,18 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
     failed = 0
     workers = spec.search.parallel_variants or default_parallel_variants(spec)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
+    ordered = [p for _, p in launch_order(phases, lambda vp: vp[0].method)]
+    turnstile = Turnstile([p.variant.key for p in ordered])
     try:
         with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
             jobs = [pool.submit(run_variant, spec, p, tracker=tracker, progress=progress,
-                                live=live, smoke=smoke, resume=resume)
-                    for _, p in launch_order(phases, lambda vp: vp[0].method)]
+                                live=live, smoke=smoke, resume=resume, turnstile=turnstile)
+                    for p in ordered]
             for job in as_completed(jobs):
                 failed += job.result()
                 live.update(progress.table())
     except BaseException:
+        turnstile.abort()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -448,7 +486,7 @@ def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: 
 
 
 def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: SweepProgress,
-                live, smoke: bool, resume: bool) -> int:
+                live, smoke: bool, resume: bool, turnstile: Turnstile | None = None) -> int:
     """A variant's Optuna search, then its repeats; returns its failed trials."""
     variant = search.variant
     space = search_space(variant)
@@ -456,8 +494,15 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
     progress.variants[variant.key].planned = samples + variant.repeats
     context = dict(tracker=tracker, variant=variant, progress=progress,
                    objective=spec.objective.metric, live=live)
-    grid = run_phase(PhaseContext(phase="search", **context), search, spec, param_space=space,
-                     num_samples=samples, smoke=smoke, resume=resume)
+    if turnstile is not None:
+        turnstile.wait(variant.key)
+    try:
+        grid = run_phase(PhaseContext(phase="search", turnstile=turnstile, **context), search,
+                         spec, param_space=space, num_samples=samples, smoke=smoke,
+                         resume=resume)
+    finally:
+        if turnstile is not None:  # no trial started (all restored, or failed to start)
+            turnstile.passed(variant.key)
     failed = sum(1 for r in grid if r.error is not None)
     if variant.repeats:
         best = best_config(grid, spec.objective.metric, spec.objective.mode)

@@ -92,3 +92,38 @@ def test_variants_start_in_method_order_across_datasets():
         ("rdl", "digits"), ("rdl", "digits"), ("rdl", "synthetic-robust"),
         ("rdl", "synthetic-robust"), ("erm", "digits"), ("erm", "synthetic-robust"),
         ("random", "digits"), ("random", "synthetic-robust")]
+
+
+def test_a_variant_starts_only_when_those_before_it_have_a_trial_running():
+    import threading
+    import time
+
+    import pytest
+
+    from harness.sweep import Turnstile
+
+    gate = Turnstile(["rdl", "dc", "erm"])
+    started = []
+
+    def variant(key):
+        try:
+            gate.wait(key)
+            started.append(key)
+        except RuntimeError:
+            started.append(f"{key} aborted")
+
+    threads = {k: threading.Thread(target=variant, args=(k,)) for k in ("erm", "dc", "rdl")}
+    for t in threads.values():  # the last-listed asks first
+        t.start()
+    threads["rdl"].join(5)
+    time.sleep(0.2)
+    assert started == ["rdl"]  # dc waits for rdl's first trial, erm for both
+    gate.passed("rdl")
+    threads["dc"].join(5)
+    time.sleep(0.2)
+    assert started == ["rdl", "dc"]
+    gate.abort()  # Ctrl-C: a waiting variant ends instead of blocking the exit
+    threads["erm"].join(5)
+    assert started == ["rdl", "dc", "erm aborted"]
+    with pytest.raises(RuntimeError):
+        gate.wait("dc")
