@@ -52,7 +52,10 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
         else:
             _become_subreaper()
             with _single_machine_mode():
-                ray.init(num_cpus=int(cpus or os.cpu_count() or 1),
+                # "local": always a new instance of our own, never a Ray someone else
+                # started on this machine (found through /tmp/ray: seen with two test
+                # workers, one sweep joining the other's cluster and failing)
+                ray.init(address="local", num_cpus=int(cpus or os.cpu_count() or 1),
                          _system_config=LOCAL_RAY_CONFIG, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise HarnessInputError(
