@@ -486,7 +486,7 @@ def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: 
 
 
 def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: SweepProgress,
-                live, smoke: bool, resume: bool, turnstile: Turnstile | None = None) -> int:
+                live, smoke: bool, resume: bool, turnstile: Turnstile) -> int:
     """A variant's Optuna search, then its repeats; returns its failed trials."""
     variant = search.variant
     space = search_space(variant)
@@ -494,15 +494,13 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
     progress.variants[variant.key].planned = samples + variant.repeats
     context = dict(tracker=tracker, variant=variant, progress=progress,
                    objective=spec.objective.metric, live=live)
-    if turnstile is not None:
-        turnstile.wait(variant.key)
+    turnstile.wait(variant.key)
     try:
         grid = run_phase(PhaseContext(phase="search", turnstile=turnstile, **context), search,
                          spec, param_space=space, num_samples=samples, smoke=smoke,
                          resume=resume)
-    finally:
-        if turnstile is not None:  # no trial started (all restored, or failed to start)
-            turnstile.passed(variant.key)
+    finally:  # also when no trial started (all restored, or none could start)
+        turnstile.passed(variant.key)
     failed = sum(1 for r in grid if r.error is not None)
     if variant.repeats:
         best = best_config(grid, spec.objective.metric, spec.objective.mode)
