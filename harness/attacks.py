@@ -300,6 +300,9 @@ def fgsm(
 # --------------------------------------------------------------------------- accuracies
 
 
+ATTACK_BATCH = 256  # examples attacked at once in evaluation (memory grows with it)
+
+
 def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
     if x.shape[0] == 0:
         raise ValueError("no examples to evaluate")
@@ -318,7 +321,7 @@ def accuracy(model: Model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 5
 
 
 def robust_accuracy(
-    model: Model, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int = 256
+    model: Model, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int = ATTACK_BATCH
 ) -> float:
     """Fraction of `x` still classified correctly after `attack(model, xb, yb)` per batch."""
     require_eval(model)

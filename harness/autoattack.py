@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessInputError
+from harness.attacks import ATTACK_BATCH
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 VERSIONS = ("standard", "fast")
@@ -142,7 +143,7 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
                 num_classes: int, version: Version = "standard", seed: int = 0,
-                batch_size: int = 256, bounds=(0.0, 1.0)) -> torch.Tensor:
+                batch_size: int = ATTACK_BATCH, bounds=(0.0, 1.0)) -> torch.Tensor:
     """A boolean per example: still correctly classified after every attack of `version`.
 
     As in the reference, only examples that are classified correctly are attacked, and each

@@ -14,6 +14,12 @@ For each variant (at its first searched configuration) the calibration runs, on 
   APGD-T (9 targets x 100) for the fast version, plus FAB-T (9 x 100) and Square (5,000
   queries, forward only: half a pass each) for the standard one (Croce & Hein 2020, arXiv 2003.01690).
 
+Peak memory: the most memory the calibration's steps held above what the process held when
+it started (tensors of the learning steps, the training batches and one attack step on a full
+attack batch): on CUDA the allocator's peak (`torch.cuda.max_memory_allocated`), on a CPU
+the process's resident high-water mark (Linux's VmHWM, reset through /proc/self/clear_refs).
+The dataset itself, the CUDA context (~0.5 GB) and the framework's own memory come on top.
+
 Work is in examples through the network (the `WorkMeter` unit: a forward pass with its
 backward, attack steps included), also given in work epochs over the full training split as
 the leaderboard reports. Wall time is this machine's, one trial at a time, with the threads a
@@ -25,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -51,6 +58,7 @@ class Estimate:
     attack_seconds: float = 0.0
     attack_seconds_low: float = 0.0  # AutoAttack's lower bound: every image falls at once
     n_train_full: int = 1
+    peak_bytes: int | None = None  # see the module docstring; None: not measurable here
     note: str = ""  # why there is no estimate, or what it leaves out
 
     @property
@@ -65,14 +73,50 @@ class Estimate:
         return examples / max(1, self.n_train_full)
 
 
+class PeakMemory:
+    """Memory held above a starting point, at its highest, while the block runs."""
+
+    STATUS = Path("/proc/self/status")
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            try:  # "5" resets the resident high-water mark (Linux >= 4.0)
+                Path("/proc/self/clear_refs").write_text("5")
+                self.base = self._status_kb("VmRSS") * 1024
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.base is not None:
+            self.peak = max(0, self._status_kb("VmHWM") * 1024 - self.base)
+
+    def _status_kb(self, key: str) -> int:
+        for line in self.STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise OSError(f"no {key} in {self.STATUS}")
+
+
+def gigabytes(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GB" if n >= 2**28 else f"{n / 2**20:.0f} MB"
+
+
 def estimate_variant(variant, *, threads: int = 1) -> Estimate:
     """Calibrate one variant on this machine (see the module docstring)."""
-    from harness.evaluate import (
-        downstream_config, load_data, resolve_archs, resolve_spec, resolve_threat,
-    )
-    from harness.methods import DatasetMethod, MethodContext, make_method
+    from harness.evaluate import load_data, resolve_spec
     from harness.plan import resolve_trial
-    from harness.train import WorkMeter, natural_loss, pick_device, train_model
+    from harness.train import pick_device
 
     searched = variant.trials if variant.dims else 1
     est = Estimate(variant.label, f"{variant.dataset} {variant.threat}".strip(),
@@ -87,53 +131,65 @@ def estimate_variant(variant, *, threads: int = 1) -> Estimate:
     torch.set_num_threads(max(1, threads))
     try:
         device = pick_device(spec.device)
-        threat = resolve_threat(spec, data)
-        method = make_method(spec.method.name, spec.method.params())
-        archs = resolve_archs(spec)
-        est.n_train_full = data.n_train_full
-        meter = WorkMeter()
-        ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
-                            generator=torch.Generator().manual_seed(spec.seed), seed=spec.seed,
-                            archs=archs, meter=meter, arch_settings=spec.eval.arch_settings)
-        if isinstance(method, DatasetMethod):
-            size = _learn(method, ctx, est)
-            if size is None:
-                return est
-            shape = (size, *data.input_shape)
-            x = torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0] \
-                if data.bounds else torch.randn(shape)
-            y = torch.randint(0, data.num_classes, (size,))
-            cfg, loss_step = downstream_config(spec, size, data.n_train_full), natural_loss
-        else:
-            x, y = data.x_train, data.y_train
-            cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
-        models = spec.eval.models_per_arch
-        n_attacked = min(spec.eval.max_test, len(data.x_test)) + min(spec.eval.max_val, len(data.x_val))
-        aa_images = min(spec.eval.max_test, len(data.x_test))
-        for arch in archs:
-            batch = min(cfg.batch_size, len(x))
-            rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-            sample = rows[: batch * CALIBRATION_BATCHES]
-            net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
-            short = replace(cfg, epochs=1)
-            stats = train_model(net, x[sample], y[sample], short, device=device,
-                                generator=torch.Generator().manual_seed(0), loss_step=loss_step,
-                                meter=m)
-            per_example = (m.examples / len(sample), stats.seconds / len(sample))
-            n_epochs = cfg.epochs * len(x)
-            est.train_examples += models * n_epochs * per_example[0]
-            est.train_seconds += models * n_epochs * per_example[1]
-            pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
-            passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
-            est.attack_examples += models * passes
-            est.attack_seconds += models * passes * pgd_s
-            low = n_attacked * pgd_passes + aa_images * (spec.threat.autoattack != "off")
-            est.attack_seconds_low += models * low * pgd_s
-        if spec.threat.autoattack != "off":
-            est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
+        with PeakMemory(device) as memory:
+            _calibrate(spec, data, device, est)
+        est.peak_bytes = memory.peak
         return est
     finally:
         torch.set_num_threads(before)
+
+
+def _calibrate(spec, data, device, est: Estimate) -> None:
+    """Time the variant's learning, training and attacks (see the module docstring)."""
+    from harness.evaluate import downstream_config, resolve_archs, resolve_threat
+    from harness.methods import DatasetMethod, MethodContext, make_method
+    from harness.train import WorkMeter, natural_loss, train_model
+
+    threat = resolve_threat(spec, data)
+    method = make_method(spec.method.name, spec.method.params())
+    archs = resolve_archs(spec)
+    est.n_train_full = data.n_train_full
+    meter = WorkMeter()
+    ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
+                        generator=torch.Generator().manual_seed(spec.seed), seed=spec.seed,
+                        archs=archs, meter=meter, arch_settings=spec.eval.arch_settings)
+    if isinstance(method, DatasetMethod):
+        size = _learn(method, ctx, est)
+        if size is None:
+            return
+        shape = (size, *data.input_shape)
+        x = torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0] \
+            if data.bounds else torch.randn(shape)
+        y = torch.randint(0, data.num_classes, (size,))
+        cfg, loss_step = downstream_config(spec, size, data.n_train_full), natural_loss
+    else:
+        x, y = data.x_train, data.y_train
+        cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
+    models = spec.eval.models_per_arch
+    n_attacked = min(spec.eval.max_test, len(data.x_test)) + min(spec.eval.max_val, len(data.x_val))
+    aa_images = min(spec.eval.max_test, len(data.x_test))
+    for arch in archs:
+        batch = min(cfg.batch_size, len(x))
+        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        sample = rows[: batch * CALIBRATION_BATCHES]
+        net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
+        short = replace(cfg, epochs=1)
+        stats = train_model(net, x[sample], y[sample], short, device=device,
+                            generator=torch.Generator().manual_seed(0), loss_step=loss_step,
+                            meter=m)
+        per_example = (m.examples / len(sample), stats.seconds / len(sample))
+        n_epochs = cfg.epochs * len(x)
+        est.train_examples += models * n_epochs * per_example[0]
+        est.train_seconds += models * n_epochs * per_example[1]
+        pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
+        _attack_step(net, data, threat, device)  # a full attack batch, for peak memory
+        passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
+        est.attack_examples += models * passes
+        est.attack_seconds += models * passes * pgd_s
+        low = n_attacked * pgd_passes + aa_images * (spec.threat.autoattack != "off")
+        est.attack_seconds_low += models * low * pgd_s
+    if spec.threat.autoattack != "off":
+        est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
 
 
 def _learn(method, ctx, est: Estimate) -> int | None:
@@ -179,6 +235,17 @@ def _time_pgd(net, data, threat, device) -> tuple[int, float]:
     return passes, (time.perf_counter() - start) / (len(x) * passes)
 
 
+def _attack_step(net, data, threat, device) -> None:
+    """One gradient step of an attack on a full attack batch: what evaluation holds at most."""
+    from harness.attacks import ATTACK_BATCH
+
+    net.eval()
+    x = data.x_test[:ATTACK_BATCH].to(device).requires_grad_(True)
+    y = data.y_test[:ATTACK_BATCH].to(device)
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    torch.autograd.grad(loss, x)
+
+
 def estimate_plan(plan, *, threads: int = 1) -> list[Estimate]:
     return [estimate_variant(v, threads=threads) for v in plan]
 
@@ -209,7 +276,8 @@ def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: st
             f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
             f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
             f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples); "
-            f"x {e.trials} trials = {span(low * e.trials, per * e.trials)}"
+            f"x {e.trials} trials = {span(low * e.trials, per * e.trials)}; peak memory "
+            f"{gigabytes(e.peak_bytes)} above the data"
             + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
     n = max(1, concurrent)
     lines.append(f"  total: {span(total_low, total)} of trial time, {span(total_low / n, total / n)}"

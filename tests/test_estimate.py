@@ -62,4 +62,23 @@ def test_validate_prints_the_estimate_per_variant_and_in_total(tmp_path):
     assert res.exit_code == 0, res.output
     assert "cost estimate on this machine" in res.output
     assert "digits  erm: per trial" in res.output and "x 3 trials" in res.output
-    assert "total:" in res.output
+    assert "total:" in res.output and "peak memory" in res.output
+
+
+def test_peak_memory_counts_what_the_block_held_at_most():
+    import torch
+
+    from harness.estimate import PeakMemory
+
+    before = torch.ones(64 * 2**20 // 4)  # held before the block: not counted
+    with PeakMemory(torch.device("cpu")) as small:
+        a = torch.ones(16 * 2**20 // 4)  # 16 MB
+        del a
+    with PeakMemory(torch.device("cpu")) as big:
+        b = torch.ones(256 * 2**20 // 4)  # 256 MB, freed before the block ends
+        del b
+    if big.peak is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert 200 * 2**20 <= big.peak <= 400 * 2**20
+    assert small.peak < 100 * 2**20
+    del before
