@@ -3,6 +3,8 @@ exact change of coordinates that lets it attack unbounded features."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -52,6 +54,24 @@ def test_standard_version_agrees_with_the_reference(robust_mlp, norm, eps):
     pgd_acc = robust_accuracy(model, x, y, Threat(norm, eps, steps=20).attack(
         generator=torch.Generator().manual_seed(0)))
     assert 0.05 < float(ours.float().mean()) < pgd_acc
+
+
+def test_reference_skips_only_when_not_installed(monkeypatch):
+    """Absent: None (the cross-check skips). Installed but broken: the ImportError surfaces."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "autoattack" else real_find_spec(name, *a))
+    assert reference_autoattack() is None
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    if real_find_spec("autoattack") is None:
+        pytest.skip("pyautoattack is not installed: the broken-install case needs its spec")
+    for name in [m for m in sys.modules if m == "autoattack" or m.startswith("autoattack.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "autoattack.other_utils", None)  # its import fails
+    with pytest.raises(ImportError):
+        reference_autoattack()
 
 
 def test_fast_version_is_the_standard_ensemble_cut_short(robust_mlp):
