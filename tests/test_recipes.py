@@ -4,6 +4,11 @@ and architecture settings from the spec."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -146,3 +151,24 @@ def test_trials_pass_the_sets_augmentation_to_the_budget(loop_calls, method, par
     (call,) = loop_calls
     assert call["cfg"].epochs == epochs
 
+
+def load_reproduce(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    module_spec = importlib.util.spec_from_file_location("bench_reproduce", path)
+    module = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, module_spec.name, module)  # its dataclasses look it up
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduction_recipe_is_the_downstream_protocol(monkeypatch):
+    """benchmarks/reproduce.py trains with PAPER_RECIPE; the harness scores learned sets with
+    `downstream_config`. At eval.epochs 300 they must be one recipe, field for field."""
+    recipe = load_reproduce(monkeypatch).PAPER_RECIPE
+    run = build_run_spec({"dataset": {"name": "fashion-mnist"}, "method": {"name": "random"},
+                          "eval": {"epochs": 300}})
+    protocol = evaluate.downstream_config(run, 60_000, 60_000)
+    assert dataclasses.asdict(recipe) == dataclasses.asdict(protocol)
+    # A set smaller than a batch: the protocol trains on it whole, as the loop clips the
+    # recipe's 256 to the set (harness.train: batch = min(batch_size, len(x))).
+    assert evaluate.downstream_config(run, 100, 60_000).batch_size == 100
