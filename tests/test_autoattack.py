@@ -47,12 +47,15 @@ def test_standard_version_agrees_with_the_reference(robust_mlp, norm, eps):
     ours = robust_mask(model, x, y, norm=norm, eps=eps, num_classes=10, version="standard")
     reference = reference_robust_mask(model, x, y, norm=norm, eps=eps)
     differ = int((ours != reference).sum())
+    print(f"{norm} {eps}: ours {ours.float().mean():.3f}, reference "
+          f"{reference.float().mean():.3f}, {differ} of {len(x)} judged differently")  # pytest -s
     assert differ <= 0.01 * len(x), (
         f"{norm}: ours {ours.float().mean():.3f}, reference {reference.float().mean():.3f}, "
         f"{differ} examples judged differently")
     # Not a vacuous agreement: the model is partly robust and PGD overstates it.
     pgd_acc = robust_accuracy(model, x, y, Threat(norm, eps, steps=20).attack(
         generator=torch.Generator().manual_seed(0)))
+    print(f"{norm} {eps}: PGD-20 {pgd_acc:.3f}")
     assert 0.05 < float(ours.float().mean()) < pgd_acc
 
 
