@@ -22,8 +22,9 @@ The protocol (DC paper, Sec. 4 and its evaluation recipe):
   28x28 inputs padded by 3 in the first conv; `convnet` with width 128, depth 3, norm
   instance, which are also its defaults (set explicitly here so a change of default shows).
 - SGD, lr 0.01, momentum 0.9, weight decay 5e-4, batch 256 (the whole set when smaller),
-  300 epochs, lr x0.1 once at epoch 150: the loop's `halfway` schedule. (The harness's
-  `step` schedule, which `downstream_config` uses, decays a second time at 75%.)
+  300 epochs, lr x0.1 once at epoch 150: the loop's `halfway` schedule. This is the
+  harness's downstream protocol itself: `harness.evaluate.downstream_config` at
+  `eval.epochs: 300` gives the same recipe field for field (tests/test_recipes.py).
 - No augmentation: the authors apply it for MNIST and batch-normed ConvNets, not for
   Fashion-MNIST with instance norm.
 - Training pool: the official 60,000 training images. The harness carves a 10% validation

@@ -132,7 +132,9 @@ class EvalSpec(Strict):
     models_per_arch: int = Field(2, ge=1, le=100)  # fresh seeds per architecture
     # Natural training of fresh models on a learned dataset (DC protocol: SGD lr 0.01,
     # momentum 0.9, lr x0.1 at half). None: as many optimiser steps as `train.epochs` epochs
-    # on the full training set, between train.epochs and 300 epochs over the learned set.
+    # on the full training set, between train.epochs and the reference code's budget: 300
+    # epochs over the learned set, 1000 for a set evaluated with its DSA augmentation
+    # (harness.evaluate.eval_epochs). A value given here applies to every set.
     epochs: int | None = Field(None, ge=1, le=100_000)
     lr: float = Field(0.01, gt=0.0, le=10.0)
     batch_size: int = Field(256, ge=1)

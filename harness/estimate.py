@@ -161,7 +161,11 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         x = torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0] \
             if data.bounds else torch.randn(shape)
         y = torch.randint(0, data.num_classes, (size,))
-        cfg, loss_step = downstream_config(spec, size, data.n_train_full), natural_loss
+        # dc and dm train their evaluation models with DSA exactly when `dsa` is on and
+        # the data are images (methods/_augment.maybe_augment): the longer default budget.
+        augmented = bool(getattr(method.config_for(data.name), "dsa", False)) and data.is_image
+        cfg = downstream_config(spec, size, data.n_train_full, augmented=augmented)
+        loss_step = natural_loss
     else:
         x, y = data.x_train, data.y_train
         cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)

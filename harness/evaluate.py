@@ -168,14 +168,25 @@ def resolve_archs(spec: RunSpec) -> list[str]:
     return archs
 
 
-def eval_epochs(spec: RunSpec, n_learned: int, n_full: int) -> int:
-    """Downstream epochs on a learned set: the spec's, else as many optimiser steps as
-    `train.epochs` over the full training set, kept between train.epochs and 300 epochs
-    (300 is DC's evaluation budget, Zhao et al. 2021)."""
+# Epochs the reference code trains an evaluation model on a learned set (Zhao et al.'s
+# DatasetCondensation repository, commit 53f63a6): 300 without augmentation; 1000 when the
+# set is trained on with augmentation ("Training with data augmentation needs more epochs",
+# main.py lines 111-123: DSA sets, and DC's own augmentation), and `--epoch_eval_train`
+# defaults to 1000 in DM's main_DM.py (line 21), whose sets are evaluated with DSA.
+EVAL_EPOCHS_PLAIN = 300
+EVAL_EPOCHS_AUGMENTED = 1000
+
+
+def eval_epochs(spec: RunSpec, n_learned: int, n_full: int, augmented: bool = False) -> int:
+    """Downstream epochs on a learned set: the spec's `eval.epochs` when it gives them (also
+    for augmented sets), else as many optimiser steps as `train.epochs` over the full
+    training set, kept between train.epochs and the reference budget: 300 epochs, or 1000
+    for a set that brings its own augmentation (`augmented`: DSA for dm, dc with dsa)."""
     if spec.eval.epochs is not None:
         return spec.eval.epochs
+    cap = EVAL_EPOCHS_AUGMENTED if augmented else EVAL_EPOCHS_PLAIN
     matched = math.ceil(spec.train.epochs * n_full / max(1, n_learned))
-    return max(spec.train.epochs, min(300, matched))
+    return max(spec.train.epochs, min(cap, matched))
 
 
 def score_model(
@@ -218,13 +229,15 @@ def score_model(
     return scores
 
 
-def downstream_config(spec: RunSpec, n_learned: int, n_full: int) -> TrainConfig:
+def downstream_config(spec: RunSpec, n_learned: int, n_full: int,
+                      augmented: bool = False) -> TrainConfig:
     """Natural training on a learned set: DC's protocol (Zhao et al. 2021: SGD, momentum 0.9,
     weight decay 5e-4, lr cut x0.1 once, at half the epochs). `train.augment` is the recipe of
-    model-producing methods; a learned set brings its own (`LearnedDataset.augment`)."""
+    model-producing methods; a learned set brings its own (`LearnedDataset.augment`), and
+    `augmented` says it does (it lengthens the default budget, see `eval_epochs`)."""
     return spec.train.config(
         augment="none",
-        epochs=eval_epochs(spec, n_learned, n_full),
+        epochs=eval_epochs(spec, n_learned, n_full, augmented),
         lr=spec.eval.lr,
         batch_size=min(spec.eval.batch_size, n_learned),
         optimizer="sgd",
@@ -318,7 +331,9 @@ def run_trial(
     if isinstance(method, DatasetMethod):
         learned, learn_seconds = learn_once(method, ctx, checkpoint)
         train_x, train_y = learned.x.detach().cpu(), learned.y.detach().cpu()
-        cfg, loss_step = downstream_config(spec, len(learned), data.n_train_full), natural_loss
+        cfg = downstream_config(spec, len(learned), data.n_train_full,
+                                augmented=learned.augment is not None)
+        loss_step = natural_loss
     else:
         assert isinstance(method, ModelMethod)
         train_x, train_y = data.x_train, data.y_train

@@ -12,7 +12,12 @@ footnote:
 - `zero_input_grad`: the loss has exactly zero input gradient on many examples, so
   gradient attacks cannot move them (saturated softmax, shattered gradients);
 - `no_zero_at_large_eps`: at a radius large enough to erase the image, PGD still leaves
-  examples correctly classified: the attack, not the model, is failing.
+  examples correctly classified: the attack, not the model, is failing;
+- `randomized_output`: two forward passes on the same inputs, in eval mode, give different
+  outputs (noise injected at inference, dropout forced on): the deterministic attacks score
+  a moving target, and its robust accuracy needs an attack built for randomness (e.g.
+  AutoAttack's `rand` version, with expectation over transformation). AutoAttack runs the
+  same check before it attacks.
 
 A flag is a warning, not a verdict: it says which number to distrust and why.
 """
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from harness.attacks import Bounds, Threat, _draw, _project, accuracy, fgsm, pgd, robust_accuracy
 
 CODES = ("noise_beats_pgd", "fgsm_beats_pgd", "aa_far_below_pgd", "zero_input_grad",
-         "no_zero_at_large_eps")
+         "no_zero_at_large_eps", "randomized_output")
 
 CHECK_EXAMPLES = 500  # test examples the checks look at: enough for 1-2 point resolution
 TOLERANCE = 0.02  # accuracy differences smaller than this are noise on CHECK_EXAMPLES
@@ -35,6 +40,9 @@ AA_GAP = 0.10  # PGD above AutoAttack by more than this: PGD is not to be truste
 ZERO_GRAD_FRACTION = 0.05  # share of examples with an exactly zero input gradient
 LARGE_EPS_FACTOR = 8  # the "erase it" radius, as a multiple of eps (capped for images)
 LARGE_EPS_MAX_ACC = 0.10  # what may survive the large radius (chance is 1/classes)
+# Two passes differing by more than this (relative to the logits' size) are not the same
+# function: far above float round-off and nondeterministic GPU kernels (~1e-6 relative).
+RANDOM_OUTPUT_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class MaskingReport:
     pgd_acc: float
     large_eps_acc: float
     zero_grad_fraction: float
+    output_change: float  # largest logit change between two passes, relative to the logits
     flags: tuple[str, ...]
 
 
@@ -71,6 +80,15 @@ def zero_gradient_fraction(model, x, y) -> float:
     return float((grad.flatten(1).abs().amax(dim=1) == 0).float().mean())
 
 
+def output_change(model, x) -> float:
+    """Largest absolute change of a logit between two forward passes on the same `x`, relative
+    to the largest logit magnitude: 0 for a deterministic model."""
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    scale = float(first.abs().max().clamp_min(1e-12))
+    return float((first - second).abs().max()) / scale
+
+
 def large_radius(threat: Threat, bounds: Bounds) -> float:
     """A radius at which nothing should survive: 8 eps, and for [0,1] images at least 0.5
     Linf (every pixel can reach mid-grey) or the image diagonal's half in L2."""
@@ -88,6 +106,7 @@ def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float 
     here on the subset; the reported PGD number is used only against AutoAttack."""
     model.eval()
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
+    change = output_change(model, x)
     attack = threat.attack(bounds=bounds, generator=generator)
     pgd_sub = robust_accuracy(model, x, y, attack)
     if threat.norm == "linf":
@@ -113,4 +132,8 @@ def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float 
         flags.append("zero_input_grad")
     if large_acc > LARGE_EPS_MAX_ACC:
         flags.append("no_zero_at_large_eps")
-    return MaskingReport(noise_acc, fgsm_acc, pgd_sub, large_acc, zero_frac, tuple(flags))
+    if change > RANDOM_OUTPUT_RTOL:
+        flags.append("randomized_output")
+    return MaskingReport(noise_acc=noise_acc, fgsm_acc=fgsm_acc, pgd_acc=pgd_sub,
+                         large_eps_acc=large_acc, zero_grad_fraction=zero_frac,
+                         output_change=change, flags=tuple(flags))

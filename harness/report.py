@@ -44,6 +44,9 @@ FLAG_TEXT = {
                        "examples, a sign of masked or obfuscated gradients.",
     "no_zero_at_large_eps": "accuracy stays clearly above zero at a very large radius, "
                             "where any working attack should reach it.",
+    "randomized_output": "two forward passes on the same inputs give different outputs (a "
+                         "randomized model), so the deterministic attacks' accuracies are not "
+                         "reliable; it needs an attack for randomized defences.",
 }
 
 

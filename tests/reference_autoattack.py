@@ -2,11 +2,14 @@
 
 It was written for torch < 1.9: its FAB imports `torch.autograd.gradcheck.zero_gradients`,
 which torch has since removed. The replacement below does what that function did (zero an
-input's gradient) and is installed before the import. Returns None when it is not installed.
+input's gradient) and is installed before the import. Returns None when it is not installed;
+when it is installed but fails to import (a broken install, a torch it does not support), the
+ImportError propagates, so the cross-check fails rather than skipping silently.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import torch
@@ -23,15 +26,15 @@ def _zero_gradients(x):
 
 
 def reference_autoattack():
+    if importlib.util.find_spec("autoattack") is None:
+        return None
     import torch.autograd.gradcheck as gradcheck
 
     if not hasattr(gradcheck, "zero_gradients"):
         gradcheck.zero_gradients = _zero_gradients
         sys.modules["torch.autograd.gradcheck"] = gradcheck
-    try:
-        from autoattack import AutoAttack
-    except ImportError:
-        return None
+    from autoattack import AutoAttack
+
     return AutoAttack
 
 

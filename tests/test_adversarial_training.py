@@ -3,8 +3,9 @@
 Scientific checks go through the harness's own protocol (`run_trial` on a `RunSpec`), so
 they score exactly what a sweep would.
 
-Why synthetic-robust runs at d=400 here, not the dataset's default d=100: with p = 0.9 and
-eps = 2 * eta = 8 / sqrt(d), d=100 gives eps = 0.8 = 2p - 1. The attacked robust feature
+Why synthetic-robust runs at its default d=400 here (d=100 was the default before issue 9):
+with p = 0.9 and eps = 2 * eta = 8 / sqrt(d), d=100 gives eps = 0.8 = 2p - 1, the knife edge
+(kept as a setting, `test_pgd_at_collapses_at_the_knife_edge`). The attacked robust feature
 y * x1_adv is then +0.2 with probability 0.9 and -1.8 with probability 0.1, mean zero, so
 every convex margin loss (cross-entropy, hinge) of a linear model is minimised at weight 0
 on it: PGD-AT collapses to a constant classifier (measured robust accuracy 0.46 = class
@@ -100,6 +101,27 @@ def test_adversarial_training_finds_the_robust_feature(synthetic, method):
     assert res.robust_acc >= synthetic["erm"].robust_acc + 0.5
     # The best robust classifier's accuracy is p = 0.9: robustness costs clean accuracy.
     assert res.clean_acc <= 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pgd_at_collapses_at_the_knife_edge(seed):
+    """d=100, eps = 2 eta = 0.8 = 2p - 1: the attacked robust feature's margin averages zero,
+    so PGD-AT learns nothing robust, no better than a constant classifier (measured: seed 0
+    predicts one class, 0.50 clean / 0.50 robust; seed 1 0.93 clean / 0.46 robust on the
+    non-robust features). The same budget at the default d=400 (eps 0.4) reaches p = 0.91."""
+    from harness.datasets.embedded import synthetic_eps
+
+    assert synthetic_eps({"d": 100}) == pytest.approx(0.8)  # = 2p - 1 at p = 0.9
+    edge = {**SYNTHETIC, "dataset": {**SYNTHETIC["dataset"], "d": 100}, "seed": seed}
+    data = load_dataset("synthetic-robust", params={k: v for k, v in edge["dataset"].items()
+                                                    if k != "name"})
+    constant = float(max(data.y_test.float().mean(), 1 - data.y_test.float().mean()))
+    collapsed = trial(edge, "pgd_at")
+    assert collapsed.robust_acc <= constant + 0.03, (collapsed.robust_acc, constant)
+    assert collapsed.autoattack_acc <= constant + 0.03, (collapsed.autoattack_acc, constant)
+    fair = trial({**SYNTHETIC, "seed": seed}, "pgd_at")
+    assert fair.robust_acc >= constant + 0.3, (fair.robust_acc, constant)
+    assert fair.autoattack_acc >= constant + 0.3, (fair.autoattack_acc, constant)
 
 
 def test_pgd_at_beats_erm_on_digits():

@@ -26,6 +26,8 @@ METHODS = {
     # fixed unroll length, no probes: every outer step costs the same work
     "rdl": {"space": {"ipc": 2, "outer_steps": 8, "unroll_min": 4, "unroll_max": 4,
                       "probe_every": 0}},
+    # evaluated with DSA and eval.epochs unset: the augmented budget (1000 epochs at most)
+    "dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8, "eval.epochs": None}},
 }
 
 

@@ -206,7 +206,7 @@ def test_rdl_gm_image_update_lowers_the_matching_loss_on_a_fixed_network():
 # worth about 5 logits to the attacker, so a robust learned set has to make natural training
 # *remove* them, not just leave them alone (see the rdl docstring).
 
-N_TRAIN = 1000  # reduced for speed; d and p are the defaults (100, 0.9)
+N_TRAIN = 1000  # reduced for speed; d = 100 (the knife edge, not the default d = 400), p = 0.9
 
 
 # The recipe tuned for d = 100 (long-lived networks, short random unrolls; the default at

@@ -4,6 +4,11 @@ and architecture settings from the spec."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +16,7 @@ import harness.evaluate as evaluate
 from harness.config import build_run_spec
 from harness.datasets import load_dataset
 from harness.evaluate import run_trial
-from harness.methods._augment import DSATrainAugment
+from harness.methods._augment import DEFAULT_STRATEGY, DSATrainAugment
 
 
 def spec(name, **sections):
@@ -61,8 +66,18 @@ def test_dm_sets_are_evaluated_with_dsa(loop_calls):
     assert result.learned.info["dsa"] is True
 
 
+def test_dc_learned_with_dsa_is_evaluated_with_dsa(loop_calls):
+    result = run_trial(spec("dc", method={"ipc": 1, "iterations": 2, "batch_real": 8, "dsa": True}))
+    (call,) = loop_calls
+    assert isinstance(call["augment"], DSATrainAugment)
+    assert call["augment"].strategy == DEFAULT_STRATEGY  # the strategy it was learned with
+    assert call["used"] == 3 and call["changed"] >= 1
+    assert result.learned.info["dsa"] is True
+
+
 @pytest.mark.parametrize("method,params", [
     ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8, "dsa": False}),
+    ("dc", {"ipc": 1, "iterations": 1, "batch_real": 8}),  # DC's default: no DSA
     ("random", {"ipc": 1}),
 ])
 def test_sets_learned_without_dsa_are_evaluated_without_augmentation(loop_calls, method, params):
@@ -110,3 +125,50 @@ def test_arch_settings_reach_the_trained_models():
                             eval={"archs": ["convnet"], "arch_settings": {"convnet": {"depth": 4, "width": 4}}}))
     conv_weights = [k for k, v in result.weights["convnet"].items() if k.startswith("features") and v.dim() == 4]
     assert len(conv_weights) == 4
+
+
+def test_augmented_sets_get_the_reference_evaluation_budget():
+    """eval.epochs unset: 300 epochs at most on a plain set, 1000 on a set trained with its
+    DSA augmentation (the reference code's budgets); a spec's eval.epochs always wins."""
+    unset = spec("dm", eval={"epochs": None}, train={"epochs": 30})
+    # 30 epochs of 60,000 images are 18,000 epochs of 100: both caps bind.
+    assert evaluate.eval_epochs(unset, 100, 60_000) == 300
+    assert evaluate.eval_epochs(unset, 100, 60_000, augmented=True) == 1000
+    assert evaluate.downstream_config(unset, 100, 60_000, augmented=True).epochs == 1000
+    # Below the caps the compute-matched budget holds, augmented or not.
+    assert evaluate.eval_epochs(unset, 1000, 10_000, augmented=True) == 300
+    explicit = spec("dm", eval={"epochs": 300})
+    assert evaluate.downstream_config(explicit, 100, 60_000, augmented=True).epochs == 300
+
+
+@pytest.mark.parametrize("method,params,epochs", [
+    ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8}, 1000),  # evaluated with DSA
+    ("random", {"ipc": 1}, 300),
+])
+def test_trials_pass_the_sets_augmentation_to_the_budget(loop_calls, method, params, epochs):
+    # 200 epochs' worth of steps on the full split is >= 1000 epochs of a 10-image set.
+    run_trial(spec(method, method=params, eval={"epochs": None}, train={"epochs": 200}))
+    (call,) = loop_calls
+    assert call["cfg"].epochs == epochs
+
+
+def load_reproduce(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+    module_spec = importlib.util.spec_from_file_location("bench_reproduce", path)
+    module = importlib.util.module_from_spec(module_spec)
+    monkeypatch.setitem(sys.modules, module_spec.name, module)  # its dataclasses look it up
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduction_recipe_is_the_downstream_protocol(monkeypatch):
+    """benchmarks/reproduce.py trains with PAPER_RECIPE; the harness scores learned sets with
+    `downstream_config`. At eval.epochs 300 they must be one recipe, field for field."""
+    recipe = load_reproduce(monkeypatch).PAPER_RECIPE
+    run = build_run_spec({"dataset": {"name": "fashion-mnist"}, "method": {"name": "random"},
+                          "eval": {"epochs": 300}})
+    protocol = evaluate.downstream_config(run, 60_000, 60_000)
+    assert dataclasses.asdict(recipe) == dataclasses.asdict(protocol)
+    # A set smaller than a batch: the protocol trains on it whole, as the loop clips the
+    # recipe's 256 to the set (harness.train: batch = min(batch_size, len(x))).
+    assert evaluate.downstream_config(run, 100, 60_000).batch_size == 100

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.config import build_run_spec
+from harness.config import build_run_spec, build_sweep_spec, load_yaml
 from harness.provenance import git_tags
 from harness.methods import make_method
+from harness.plan import make_plan
 from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
                            wait_for, write_spec)
 
@@ -187,6 +188,36 @@ def test_every_shipped_spec_validates(spec_file):
     result = CliRunner().invoke(main, ["validate", str(spec_file)])
     assert result.exit_code == 0, result.output
     assert "valid" in result.output
+
+
+def autoattack_off(spec) -> list[str]:
+    """Where a sweep would run a trial without test AutoAttack: each planned variant's RunSpec
+    tree (the threat section with any `threat.*` value its space fixes or searches)."""
+    off = []
+    for v in make_plan(spec):
+        if build_run_spec(v.base).threat.autoattack == "off" or "threat.autoattack" in v.dims:
+            off.append(f"{v.dataset} {v.threat} {v.label}".replace("  ", " "))
+    return off
+
+
+@pytest.mark.parametrize("spec_file", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_specs_rank_by_autoattack(spec_file):
+    """Every shipped spec reports AutoAttack for every threat and variant (issue 9), except a
+    tuning spec that selects on validation AutoAttack and leaves the test split unread."""
+    spec = build_sweep_spec(load_yaml(spec_file))
+    if spec.objective.metric == "val_autoattack_acc":
+        assert spec.name.endswith("-tuning"), "only tuning specs may turn test AutoAttack off"
+        return
+    assert autoattack_off(spec) == [], f"{spec_file.name}: test AutoAttack off"
+    # The check itself catches a threat turned off, and a space that turns it off.
+    threats = [t.model_dump() for t in spec.threat]
+    bad = spec.model_copy(update={"threat": [type(spec.threat[0])(**{**threats[0],
+                                                                      "autoattack": "off"})]})
+    assert autoattack_off(bad)
+    method = next(iter(spec.methods))
+    spaced = build_sweep_spec({**load_yaml(spec_file), "methods": {
+        method: {"space": {"threat.autoattack": "off"}}}})
+    assert autoattack_off(spaced)
 
 
 def test_shipped_specs_exist():
