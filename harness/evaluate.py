@@ -224,6 +224,7 @@ def score_model(
     report = masking.check(
         model, xt, yt, threat, pgd_acc=scores["robust_acc"], autoattack_acc=scores["autoattack_acc"],
         bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed + 1),
+        pgd_on_x=True,  # robust_acc is PGD on exactly xt: not run twice
     )
     scores["masking_flags"] = list(report.flags)
     return scores

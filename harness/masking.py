@@ -99,16 +99,21 @@ def large_radius(threat: Threat, bounds: Bounds) -> float:
 
 
 def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float | None,
-          bounds: Bounds, generator: torch.Generator | None = None) -> MaskingReport:
+          bounds: Bounds, generator: torch.Generator | None = None,
+          pgd_on_x: bool = False) -> MaskingReport:
     """Run every check on (at most CHECK_EXAMPLES of) `x`, given the reported accuracies.
 
-    `pgd_acc` is compared with FGSM and noise on the same examples, so it is recomputed
-    here on the subset; the reported PGD number is used only against AutoAttack."""
+    FGSM and noise are compared with PGD on the same examples: with `pgd_on_x` (the caller
+    measured `pgd_acc` on exactly `x`, with the threat's attack) and `x` within
+    CHECK_EXAMPLES, that is `pgd_acc` itself; otherwise PGD runs again on the subset."""
     model.eval()
+    reuse = pgd_on_x and len(x) <= CHECK_EXAMPLES
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     change = output_change(model, x)
-    attack = threat.attack(bounds=bounds, generator=generator)
-    pgd_sub = robust_accuracy(model, x, y, attack)
+    if reuse:
+        pgd_sub = pgd_acc
+    else:
+        pgd_sub = robust_accuracy(model, x, y, threat.attack(bounds=bounds, generator=generator))
     if threat.norm == "linf":
         one_step = lambda m, xb, yb: fgsm(m, xb, yb, threat.eps, bounds=bounds)  # noqa: E731
     else:

@@ -161,3 +161,18 @@ def test_every_flag_has_a_footnote_text():
     from harness.report import FLAG_TEXT
     assert set(masking.CODES) == set(FLAG_TEXT)
     assert "randomized_output" in masking.CODES
+
+
+def test_pgd_measured_on_the_same_examples_is_not_run_again(digits_mlp):
+    model, x, y = digits_mlp
+    threat, args = Threat("linf", EPS), dict(autoattack_acc=None, bounds=(0.0, 1.0))
+    given = pgd_acc(model, x, y) + 0.01  # marked, to see which number the checks compare
+    reused = masking.check(model, x, y, threat, pgd_acc=given, pgd_on_x=True, **args)
+    assert reused.pgd_acc == given
+    rerun = masking.check(model, x, y, threat, pgd_acc=given, **args)
+    assert rerun.pgd_acc != given and abs(rerun.pgd_acc - given) < 0.06
+    # more examples than the checks look at: PGD runs again on their subset
+    many = masking.CHECK_EXAMPLES + 1
+    reps = many // len(x) + 1
+    xs, ys = torch.cat([x] * reps)[:many], torch.cat([y] * reps)[:many]
+    assert masking.check(model, xs, ys, threat, pgd_acc=given, pgd_on_x=True, **args).pgd_acc != given
