@@ -31,6 +31,7 @@ from harness.evaluate import (
     TrialResult, resolve_threat, run_trial, score_model as _score_model, smoke_assignments,
 )
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
+from harness.record import LEARNED_ARTIFACT
 
 EXTERNAL = "external"  # the method name a scored outside dataset is recorded under
 
@@ -150,7 +151,7 @@ def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = 
 
 
 def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset:
-    """The set a sweep trial learned, from its MLflow artifact `dataset/learned.pt`."""
+    """The set a sweep trial learned, from its MLflow artifact (`LEARNED_ARTIFACT`)."""
     import tempfile
 
     from harness import tracking
@@ -158,10 +159,10 @@ def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset
     client = tracking.connect(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = client.download_artifacts(run_id, "dataset/learned.pt", tmp)
+            local = client.download_artifacts(run_id, LEARNED_ARTIFACT, tmp)
         except Exception as exc:  # noqa: BLE001 (an unknown run or a run without the artifact)
             raise HarnessInputError(
-                f"run {run_id!r} has no learned set (dataset/learned.pt) in this store "
+                f"run {run_id!r} has no learned set ({LEARNED_ARTIFACT}) in this store "
                 f"({type(exc).__name__}); only dataset-producing methods save one.",
                 field="run_id") from None
         x, y, meta = load_set(local)

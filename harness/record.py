@@ -14,7 +14,12 @@ In MLflow a record is:
 - tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
   `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
   `stopped_early`, `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
-  method says about its learned set.
+  method says about its learned set;
+- artifacts (also what `harness run --output DIR` keeps): `spec.yaml` (the resolved RunSpec),
+  `dataset/learned.pt` (a learned set: `x`, `y` and `meta`, see `learned_meta`),
+  `dataset/grid.png` (images only) and `model/<arch>.pt` (the first model's weights per
+  architecture); a sweep's parent run keeps the sweep spec as given under the same
+  `spec.yaml`. Writers and readers take these names from here (`SPEC_ARTIFACT`, ...).
 
 Adding a metric is one change in one place: a field of `harness.evaluate.TrialResult` with
 `metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
@@ -38,6 +43,15 @@ INFO_PREFIX = "info."
 IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",
                  "objective_mode")
 OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early")
+
+SPEC_ARTIFACT = "spec.yaml"
+LEARNED_ARTIFACT = "dataset/learned.pt"
+GRID_ARTIFACT = "dataset/grid.png"
+
+
+def model_artifact(arch: str) -> str:
+    """The artifact holding the weights (a state dict) of architecture `arch`'s first model."""
+    return f"model/{arch}.pt"
 
 
 class RunLike(Protocol):
@@ -162,6 +176,24 @@ class TrialRecord:
             smoke=tags.get("smoke") == "true",
             status=run.status, run_id=run.run_id, start_time=run.start_time or 0,
         )
+
+
+def learned_meta(tree: dict[str, Any], result: Any) -> dict[str, Any]:
+    """What a learned-set file (`LEARNED_ARTIFACT`) says about itself: enough to score it
+    again elsewhere (`harness score`, `harness.api.load_learned`). `tree` is the resolved
+    RunSpec, so `dataset` and `method` are its sections (name and settings). Plain values
+    only, so it loads with torch.load(weights_only=True)."""
+    import harness
+
+    learned = result.learned
+    meta = {
+        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
+        "input_shape": list(learned.x.shape[1:]),
+        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
+        "threat": result.threat, "seed": tree.get("seed"),
+        "harness_version": harness.__version__, "info": learned.info,
+    }
+    return json.loads(json.dumps(meta, default=str))
 
 
 def spec_params(tree: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,88 @@
+"""`harness.record`: a trial's schema both ways (MLflow params, metrics, tags, artifacts), and
+the artifact names that writers and readers take from it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from harness.record import (
+    GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, model_artifact,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolved_tree(dataset: str = "digits", method: str = "random") -> dict:
+    from harness.config import build_run_spec
+    from harness.evaluate import resolve_spec
+
+    spec = build_run_spec({"dataset": {"name": dataset}, "method": {"name": method}, "seed": 4})
+    return resolve_spec(spec).model_dump(mode="json")
+
+
+def fake_result(tree: dict) -> SimpleNamespace:
+    """What `write_artifacts` reads of a TrialResult: a learned set, weights and the threat."""
+    from harness.methods import LearnedDataset
+
+    g = torch.Generator().manual_seed(0)
+    learned = LearnedDataset(torch.rand(6, 1, 8, 8, generator=g), torch.arange(6) % 3,
+                             info={"ipc": 2, "source": "test"})
+    weights = {"mlp": {"0.weight": torch.randn(4, 64, generator=g), "0.bias": torch.zeros(4)}}
+    return SimpleNamespace(learned=learned, weights=weights,
+                           threat={"norm": "linf", "eps": 0.2, "steps": 5})
+
+
+def store_run(tmp_path: Path, folder: Path) -> tuple[str, str]:
+    """A sqlite MLflow store with one run holding `folder`'s files as its artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("e"))
+    client.log_artifacts(run.info.run_id, str(folder))
+    return uri, run.info.run_id
+
+
+def test_artifacts_are_written_where_the_readers_look(tmp_path):
+    from harness import api, runs
+    from harness.trial import write_artifacts
+
+    tree = resolved_tree()
+    result = fake_result(tree)
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    write_artifacts(out, tree, result)
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {SPEC_ARTIFACT, LEARNED_ARTIFACT, GRID_ARTIFACT, model_artifact("mlp")}
+
+    uri, run_id = store_run(tmp_path, out)
+    assert runs.recorded_spec(uri, run_id) == tree
+    learned = api.load_learned(run_id, uri)
+    assert torch.equal(learned.x, result.learned.x) and torch.equal(learned.y, result.learned.y)
+    meta = learned.info
+    assert meta["dataset"]["name"] == "digits" and meta["method"]["name"] == "random"
+    assert meta["size"] == 6 and meta["labels"] == "class ids" and meta["info"]["ipc"] == 2
+
+
+ARTIFACT_NAMES = {SPEC_ARTIFACT, LEARNED_ARTIFACT, GRID_ARTIFACT, model_artifact("")}
+ARTIFACT_NAMES |= {Path(n).name for n in ARTIFACT_NAMES} | {Path(n).parent.as_posix() + "/"
+                                                            for n in ARTIFACT_NAMES}
+ARTIFACT_NAMES -= {"./", ".pt"}
+
+
+def test_only_the_record_spells_an_artifact_name():
+    """No other module writes an artifact's name (or a piece of it: `"model/"` in an
+    f-string) as a literal: they take it from `harness.record`."""
+    spelled = []
+    for folder in ("harness", "methods"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path == REPO / "harness" / "record.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value in ARTIFACT_NAMES:
+                    spelled.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert not spelled, spelled
