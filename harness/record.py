@@ -37,7 +37,10 @@ from typing import Any, Protocol
 METRIC = {"metric": True}  # field metadata of the TrialResult fields that are metrics
 ARCH_PREFIX = "arch."
 ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
-PROGRESS_METRICS = ("epoch", "outer_loss", "probe_robust_acc")  # per-step, while a trial runs
+# What the driver logs of a trial's progress reports, while it runs. A trial reports progress
+# only where it has a validation probe (`harness.trial`: what ASHA stops on), so these are the
+# probe's keys; a method's per-step `outer_loss` never reaches the driver.
+PROGRESS_METRICS = ("epoch", "probe_robust_acc")
 FLAGS_TAG = "masking_flags"
 INFO_PREFIX = "info."
 IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",

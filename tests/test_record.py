@@ -86,3 +86,25 @@ def test_only_the_record_spells_an_artifact_name():
                 if isinstance(node, ast.Constant) and node.value in ARTIFACT_NAMES:
                     spelled.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not spelled, spelled
+
+
+def test_every_progress_metric_arrives_from_a_running_trial():
+    """The driver keeps the PROGRESS_METRICS keys of a trial's progress reports; each must be
+    in what some trial reports (a model method's epoch probe, a dataset method's probe)."""
+    from harness.config import build_sweep_spec
+    from harness.plan import make_plan
+    from harness.record import PROGRESS_METRICS
+    from harness.trial import run_sweep_trial
+
+    spec = build_sweep_spec({"name": "progress", "dataset": {"name": "digits"},
+                             "methods": {"erm": {}, "rdl": {}}})
+    reported: set[str] = set()
+
+    def report(metrics, folder):
+        if "record" not in metrics and "progress_saved" not in metrics:
+            reported.update(metrics)
+
+    for variant in make_plan(spec, smoke=True):
+        run_sweep_trial({}, variant=variant, objective="val_robust_acc", smoke=True,
+                        report=report, probe=True)
+    assert set(PROGRESS_METRICS) <= reported, set(PROGRESS_METRICS) - reported
