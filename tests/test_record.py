@@ -108,3 +108,55 @@ def test_every_progress_metric_arrives_from_a_running_trial():
         run_sweep_trial({}, variant=variant, objective="val_robust_acc", smoke=True,
                         report=report, probe=True)
     assert set(PROGRESS_METRICS) <= reported, set(PROGRESS_METRICS) - reported
+
+
+def finished_result(tree: dict):
+    """A TrialResult as `run_trial` returns it for a dataset method (numbers made up)."""
+    from harness.evaluate import ArchSummary, TrialResult
+    from harness.methods import LearnedDataset
+
+    learned = LearnedDataset(torch.rand(4, 1, 28, 28), torch.arange(4),
+                             info={"ipc": 10, "probe_robust_acc": 0.41, "archs": ["convnet"]})
+    return TrialResult(
+        method="rdl", kind="dataset", dataset="fashion-mnist", seed=4, threat=tree["threat"],
+        clean_acc=0.8, robust_acc=0.5, autoattack_acc=None, val_clean_acc=0.79,
+        val_robust_acc=0.52, val_autoattack_acc=None, masking_flags=["zero_input_grad", "fgsm_beats_pgd"],
+        learn_seconds=12.5, train_seconds=3.25, learn_work_epochs=40.0, train_work_epochs=0.5,
+        work_epochs=40.5, dataset_size=100,
+        per_arch=[ArchSummary("convnet", 2, 0.8, 0.01, 0.5, 0.02, None, None)], models=[],
+        learned=learned)
+
+
+def test_a_record_survives_the_round_trip_through_mlflow(tmp_path):
+    """TrialResult -> TrialRecord -> MLflow params, metrics and tags (a real sqlite store) ->
+    TrialRecord: the method's effective settings, its info, the masking flags and the
+    metrics come back as they went in."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from harness.runs import RunData
+
+    tree = resolved_tree("fashion-mnist", "rdl")  # rdl's Fashion-MNIST defaults filled in
+    sent = TrialRecord.from_result(finished_result(tree), tree, device="cpu", variant="rdl",
+                                   smoke=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    client.log_batch(run_id, metrics=[Metric(k, v, 0, 1) for k, v in sent.mlflow_metrics().items()],
+                     params=[Param(k, v) for k, v in sent.mlflow_params().items()],
+                     tags=[RunTag(k, v) for k, v in sent.mlflow_tags().items()])
+    run = client.get_run(run_id)
+    back = TrialRecord.from_mlflow(RunData(
+        run_id=run_id, experiment_id=run.info.experiment_id, status=run.info.status,
+        start_time=run.info.start_time, tags=dict(run.data.tags), params=dict(run.data.params),
+        metrics=dict(run.data.metrics)))
+
+    assert run.data.tags["info.ipc"] == "10"
+    assert run.data.tags["masking_flags"] == "fgsm_beats_pgd,zero_input_grad"
+    assert back.info == {"ipc": "10", "probe_robust_acc": "0.41", "archs": "['convnet']"}
+    assert back.masking_flags == ("fgsm_beats_pgd", "zero_input_grad")
+    assert back.params["method.outer_steps"] == "450" and back.params == sent.params
+    assert back.metrics == sent.metrics and back.metric("val_robust_acc") == 0.52
+    assert back.metric("work_epochs") == 40.5 and back.metric("autoattack_acc") is None
+    assert back.per_arch == sent.per_arch and back.per_arch[0].robust_acc == 0.5
+    assert (back.method, back.dataset, back.variant, back.device, back.smoke) == (
+        "rdl", "fashion-mnist", "rdl", "cpu", True)
