@@ -50,8 +50,7 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from harness.ray_node import start_ray, stop_ray  # noqa: E402
-from harness.shared_data import shared_dataset, start_caches  # noqa: E402
+from harness.ray_node import shared_dataset, start_caches, start_ray, stop_ray  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402

@@ -86,3 +86,23 @@ def test_every_package_is_installed_by_pyproject():
                 for p in (REPO / "methods").rglob("__init__.py") if p.parent != REPO / "methods"}
     folders.add("harness.methods")
     assert folders <= listed, sorted(folders - listed)
+
+
+RAY_IMPORTERS = {"harness.sweep", "harness.ray_node"}  # the sweep driver and its Ray
+
+
+def test_only_the_sweep_driver_imports_ray():
+    """Ray is the driver's business: every other module (a trial, the shared-data arrays,
+    tracking, the CLI, a method) runs and imports without it. Imports inside functions count."""
+    importers = set()
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            if any(m == "ray" or m.startswith("ray.") for m in modules):
+                importers.add(name)
+    assert importers == RAY_IMPORTERS, sorted(importers ^ RAY_IMPORTERS)
