@@ -279,7 +279,7 @@ class Phase:
     path: str
 
 
-def variant_trainable(variant: Variant, objective: str, smoke: bool,
+def variant_trainable(variant: Variant, *, objective: str, smoke: bool,
                       checkpoint_every_s: float | None = None, probe: bool = True):
     """The trial function of one variant, under a name of its own.
 
@@ -312,7 +312,8 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
                smoke: bool, resume: bool):
     asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
-        variant_trainable(phase.variant, spec.objective.metric, smoke, spec.checkpoint_every_s,
+        variant_trainable(phase.variant, objective=spec.objective.metric, smoke=smoke,
+                          checkpoint_every_s=spec.checkpoint_every_s,
                           probe=asha),  # per-epoch probes only where ASHA reads them
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )

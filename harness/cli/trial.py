@@ -87,7 +87,8 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
                              given=dict(arch=arch, seed=seed, device=device, data_root=data_root))
         pre: list[str] = []
     else:
-        tree, pre = fresh_tree(dataset, method, arch, seed, device, data_root, smoke)
+        tree, pre = fresh_tree(dataset, method, arch=arch, seed=seed, device=device,
+                               data_root=data_root, smoke=smoke)
     spec = resolve_spec(build_run_spec(apply_overrides(tree, [*pre, *assignments])))
     check_device(spec.device)
     if output is not None:
@@ -126,7 +127,8 @@ def keep_outputs(output: str, spec, result) -> None:
                       highlight=False)
 
 
-def fresh_tree(dataset, method, arch, seed, device, data_root, smoke) -> tuple[dict, list[str]]:
+def fresh_tree(dataset, method, *, arch, seed, device, data_root,
+               smoke) -> tuple[dict, list[str]]:
     """The spec tree of `harness run --dataset --method`, and --smoke's overrides."""
     from harness.evaluate import smoke_assignments
 
