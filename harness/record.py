@@ -184,19 +184,33 @@ class TrialRecord:
 def learned_meta(tree: dict[str, Any], result: Any) -> dict[str, Any]:
     """What a learned-set file (`LEARNED_ARTIFACT`) says about itself: enough to score it
     again elsewhere (`harness score`, `harness.api.load_learned`). `tree` is the resolved
-    RunSpec, so `dataset` and `method` are its sections (name and settings). Plain values
-    only, so it loads with torch.load(weights_only=True)."""
+    RunSpec, so `dataset` and `method` are its sections (name and settings); `bounds` are the
+    dataset's input bounds (None for unbounded features). Plain values only, so it loads with
+    torch.load(weights_only=True)."""
     import harness
+    from harness.datasets import DATASETS
 
     learned = result.learned
+    name = tree["dataset"]["name"]
+    bounds = DATASETS.get(name).bounds if name in DATASETS else None  # None: unbounded
     meta = {
         "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
         "input_shape": list(learned.x.shape[1:]),
+        "bounds": None if bounds is None else list(bounds),
         "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
         "threat": result.threat, "seed": tree.get("seed"),
         "harness_version": harness.__version__, "info": learned.info,
     }
     return json.loads(json.dumps(meta, default=str))
+
+
+def meta_dataset(meta: dict[str, Any]) -> str | None:
+    """The dataset a learned set's metadata names, or None: the name in its `dataset`
+    section (what `learned_meta` writes), or a plain name (what a hand-made file may hold)."""
+    named = meta.get("dataset")
+    if isinstance(named, dict):
+        named = named.get("name")
+    return named if isinstance(named, str) and named else None
 
 
 def spec_params(tree: dict[str, Any]) -> dict[str, str]:

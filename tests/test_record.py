@@ -66,6 +66,9 @@ def test_artifacts_are_written_where_the_readers_look(tmp_path):
     meta = learned.info
     assert meta["dataset"]["name"] == "digits" and meta["method"]["name"] == "random"
     assert meta["size"] == 6 and meta["labels"] == "class ids" and meta["info"]["ipc"] == 2
+    assert meta["bounds"] == [0.0, 1.0] and meta["input_shape"] == [1, 8, 8]
+    state = api.load_weights(run_id, "mlp", uri)
+    assert all(torch.equal(state[k], v) for k, v in result.weights["mlp"].items())
 
 
 ARTIFACT_NAMES = {SPEC_ARTIFACT, LEARNED_ARTIFACT, GRID_ARTIFACT, model_artifact("")}
