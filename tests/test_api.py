@@ -82,7 +82,9 @@ def test_load_learned_reads_a_runs_artifact_with_its_metadata(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run = client.create_run(experiment)
     (tmp_path / "dataset").mkdir()
     torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.arange(4), "meta": {"dataset": "digits"}},
                tmp_path / "dataset" / "learned.pt")
@@ -127,7 +129,9 @@ def test_load_weights_gives_a_trials_model_back(tmp_path):
     write_artifacts(tmp_path / "out", {"dataset": {"name": "digits"}}, result)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run_id = client.create_run(experiment).info.run_id
     client.log_artifacts(run_id, str(tmp_path / "out"))
 
     state = api.load_weights(run_id, "mlp", uri)

@@ -42,7 +42,9 @@ def store_run(tmp_path: Path, folder: Path) -> tuple[str, str]:
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run = client.create_run(experiment)
     client.log_artifacts(run.info.run_id, str(folder))
     return uri, run.info.run_id
 
@@ -123,7 +125,8 @@ def finished_result(tree: dict):
     return TrialResult(
         method="rdl", kind="dataset", dataset="fashion-mnist", seed=4, threat=tree["threat"],
         clean_acc=0.8, robust_acc=0.5, autoattack_acc=None, val_clean_acc=0.79,
-        val_robust_acc=0.52, val_autoattack_acc=None, masking_flags=["zero_input_grad", "fgsm_beats_pgd"],
+        val_robust_acc=0.52, val_autoattack_acc=None,
+        masking_flags=["zero_input_grad", "fgsm_beats_pgd"],
         learn_seconds=12.5, train_seconds=3.25, learn_work_epochs=40.0, train_work_epochs=0.5,
         work_epochs=40.5, dataset_size=100,
         per_arch=[ArchSummary("convnet", 2, 0.8, 0.01, 0.5, 0.02, None, None)], models=[],
@@ -143,7 +146,9 @@ def test_a_record_survives_the_round_trip_through_mlflow(tmp_path):
     sent = TrialRecord.from_result(finished_result(tree), tree, device="cpu", variant="rdl",
                                    smoke=True)
     client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
-    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run_id = client.create_run(experiment).info.run_id
     client.log_batch(run_id, metrics=[Metric(k, v, 0, 1) for k, v in sent.mlflow_metrics().items()],
                      params=[Param(k, v) for k, v in sent.mlflow_params().items()],
                      tags=[RunTag(k, v) for k, v in sent.mlflow_tags().items()])
