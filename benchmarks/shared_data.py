@@ -1,5 +1,6 @@
 """Memory a trial holds for its dataset: loading its own copy vs mapping the node's shared
-copy (harness.shared_data), measured side by side on one local Ray node.
+copy (harness.shared_data; its cache actors are in harness.ray_node), measured side by side
+on one local Ray node.
 
 Each of N Ray tasks stands in for a trial: it gets the dataset one way or the other, touches
 every byte of it (as training does over an epoch), and reports its process's unique memory
@@ -20,7 +21,7 @@ import statistics
 import ray
 
 from harness.config import DatasetSpec
-from harness.shared_data import shared_dataset, start_caches
+from harness.ray_node import shared_dataset, start_caches
 
 
 def memory_mb() -> dict[str, float]:

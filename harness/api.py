@@ -10,6 +10,9 @@
 
     scores = api.score_model(my_model, dataset="digits")        # a trained nn.Module
 
+    result = api.run_spec("my_trial.yaml", smoke=True)          # a whole RunSpec (or a dict)
+    state = api.load_weights(run_id, "convnet", "sqlite:///mlflow.db")  # a sweep trial's model
+
 Everything runs under the harness's evaluation protocol (`harness.evaluate`): a dataset is
 scored by naturally training fresh models on it and attacking them on the held-out test split;
 a model is attacked as it is. Spec sections (`threat`, `eval`, `train`, `dataset` settings)
@@ -25,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import RunSpec, apply_overrides, build_run_spec
+from harness.config import RunSpec, apply_overrides, build_run_spec, load_yaml
 from harness.errors import HarnessInputError
 from harness.evaluate import (
     TrialResult, resolve_threat, run_trial, score_model as _score_model, smoke_assignments,
 )
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
+from harness.record import LEARNED_ARTIFACT, model_artifact
 
 EXTERNAL = "external"  # the method name a scored outside dataset is recorded under
 
@@ -43,12 +47,18 @@ def build_spec(dataset: str, method: str, *, seed: int = 0, smoke: bool = False,
                             "method": {"name": method, **(settings or {})}, "seed": seed}
     for key, value in sections.items():
         tree[key] = copy.deepcopy(value)
-    method_for_smoke = method if method != EXTERNAL else "random"
-    pre = smoke_assignments(dataset, method_for_smoke) if smoke else []
+    return build_run_spec(with_smoke(tree) if smoke else tree)
+
+
+def with_smoke(tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` under --smoke's budgets (as `harness run --smoke`); architectures it names are
+    kept."""
+    dataset, method = tree["dataset"]["name"], tree["method"]["name"]
+    pre = smoke_assignments(dataset, method if method != EXTERNAL else "random")
     pre = [a for a in pre if not a.startswith("method.")] if method == EXTERNAL else pre
-    if smoke and "eval" in sections and "archs" in sections["eval"]:
+    if "archs" in (tree.get("eval") or {}):
         pre = [a for a in pre if not a.startswith("eval.archs=")]
-    return build_run_spec(apply_overrides(tree, pre) if pre else tree)
+    return apply_overrides(tree, pre)
 
 
 def run(dataset: str, method: str, *, seed: int = 0, smoke: bool = False,
@@ -57,6 +67,22 @@ def run(dataset: str, method: str, *, seed: int = 0, smoke: bool = False,
     `sections` the spec's (threat={...}, eval={...}, train={...}, dataset={...})."""
     return run_trial(build_spec(dataset, method, seed=seed, smoke=smoke, settings=settings,
                                 sections=sections), smoke=smoke)
+
+
+def run_spec(spec: RunSpec | dict[str, Any] | str | Path, *, smoke: bool = False) -> TrialResult:
+    """One trial from a whole spec: a `RunSpec`, its tree as a dict (the keys `harness run`
+    records in spec.yaml: dataset, method, threat, train, eval, seed, device), or the path of
+    a YAML file holding that tree (read with the harness's safe spec loader)."""
+    if isinstance(spec, (str, Path)):
+        spec = load_yaml(spec)
+    if isinstance(spec, dict):
+        spec = build_run_spec(spec)
+    if not isinstance(spec, RunSpec):
+        raise HarnessInputError(f"a run spec is a RunSpec, a dict or a YAML file's path, not "
+                                f"{type(spec).__name__}.", field="spec")
+    if smoke:
+        spec = build_run_spec(with_smoke(spec.model_dump(mode="json", exclude_unset=True)))
+    return run_trial(spec, smoke=smoke)
 
 
 class GivenDataset(DatasetMethod):
@@ -150,19 +176,41 @@ def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = 
 
 
 def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset:
-    """The set a sweep trial learned, from its MLflow artifact `dataset/learned.pt`."""
+    """The set a sweep trial learned, from its MLflow artifact (`LEARNED_ARTIFACT`), with its
+    metadata (`harness.record.learned_meta`) as `info`."""
     import tempfile
 
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _download(run_id, LEARNED_ARTIFACT, tracking_uri, tmp, what="learned set",
+                          hint="only dataset-producing methods save one")
+        x, y, meta = load_set(local)
+    return LearnedDataset(x, y, info=meta)
+
+
+def load_weights(run_id: str, arch: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The state dict of architecture `arch`'s first model in a trial run (its artifact
+    `model/<arch>.pt`), loaded with torch.load(weights_only=True). It fits
+    `harness.models.build_model(arch, data.input_shape, data.num_classes, mean=..., std=...)`
+    for the trial's dataset `data`, built with `mean, std = data.channel_stats()` (the state
+    holds the normalisation too)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _download(run_id, model_artifact(arch), tracking_uri, tmp,
+                          what=f"weights for {arch!r}",
+                          hint="a trial keeps the first model of each evaluation architecture")
+        return torch.load(local, map_location="cpu", weights_only=True)
+
+
+def _download(run_id: str, artifact: str, tracking_uri: str | None, folder: str, *,
+              what: str, hint: str) -> str:
     from harness import tracking
 
     client = tracking.connect(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, "dataset/learned.pt", tmp)
-        except Exception as exc:  # noqa: BLE001 (an unknown run or a run without the artifact)
-            raise HarnessInputError(
-                f"run {run_id!r} has no learned set (dataset/learned.pt) in this store "
-                f"({type(exc).__name__}); only dataset-producing methods save one.",
-                field="run_id") from None
-        x, y, meta = load_set(local)
-    return LearnedDataset(x, y, info=meta)
+    try:
+        return client.download_artifacts(run_id, artifact, folder)
+    except Exception as exc:  # noqa: BLE001 (an unknown run or a run without the artifact)
+        raise HarnessInputError(
+            f"run {run_id!r} has no {what} ({artifact}) in this store "
+            f"({type(exc).__name__}); {hint}.",
+            field="run_id") from None

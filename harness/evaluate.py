@@ -374,8 +374,8 @@ def run_trial(
             progress("models", len(models), len(archs) * spec.eval.models_per_arch)
             log({f"arch.{arch}.{key}": v for key, v in scores.items()
                  if isinstance(v, (int, float))}, len(models))
-    result = summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter,
-                       len(train_x))
+    result = summarise(spec, method, data=data, threat=threat, models=models, learned=learned,
+                       learn_seconds=learn_seconds, learn_meter=learn_meter, size=len(train_x))
     result.weights = weights
     return result
 
@@ -410,7 +410,8 @@ def learn_once(method: DatasetMethod, ctx: MethodContext,
     return learned, seconds
 
 
-def summarise(spec, method, data, threat, models, learned, learn_seconds, learn_meter, size) -> TrialResult:
+def summarise(spec, method, *, data, threat, models, learned, learn_seconds, learn_meter,
+              size) -> TrialResult:
     def avg(key: str) -> float | None:
         vals = [getattr(m, key) for m in models]
         return None if any(v is None for v in vals) else mean_std(vals)[0]

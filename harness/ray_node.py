@@ -1,8 +1,10 @@
 """The sweep driver's Ray: a local, loopback-only node it starts and stops itself (every
-Ray process included, on every way out), or a cluster it joins (`--address`)."""
+Ray process included, on every way out), or a cluster it joins (`--address`); and the
+dataset cache on each node that the node's trials share (`harness.shared_data`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -10,10 +12,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 
+from harness.config import DatasetSpec
 from harness.errors import HarnessInputError
+from harness.shared_data import cache_name, dataset_key, from_arrays, to_arrays
 
 
 # Ray's switch for a single-machine node (its default on macOS and Windows): the node takes the
@@ -187,3 +192,47 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         pass  # then orphans go to init, as everywhere else
+
+
+# ------------------------------------------------------ one dataset copy per node (shared_data)
+
+
+@ray.remote(num_cpus=0, max_concurrency=1)
+class DataCache:
+    """Loads each dataset once on its node and keeps its arrays in the object store."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, Any] = {}
+
+    def get(self, key: str) -> list:
+        if key not in self.refs:
+            from harness.evaluate import load_data
+
+            spec = DatasetSpec.model_validate(json.loads(key))
+            self.refs[key] = ray.put(to_arrays(load_data(spec)))
+        return [self.refs[key]]  # in a list: the caller gets the reference, not the data
+
+
+def start_caches() -> list:
+    """One cache actor on every alive node, owned by the caller (the sweep driver): they
+    and the data they hold go away with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return [
+        DataCache.options(
+            name=cache_name(node["NodeID"]),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote()
+        for node in ray.nodes() if node.get("Alive")
+    ]
+
+
+def shared_dataset(ds: DatasetSpec):
+    """The dataset from this node's cache (`DatasetSplits`); None when the node has none (a
+    node that joined after the sweep started): load it yourself."""
+    try:
+        cache = ray.get_actor(cache_name(ray.get_runtime_context().get_node_id()))
+    except ValueError:
+        return None
+    (ref,) = ray.get(cache.get.remote(dataset_key(ds)))
+    return from_arrays(ray.get(ref))

@@ -14,7 +14,12 @@ In MLflow a record is:
 - tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
   `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
   `stopped_early`, `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
-  method says about its learned set.
+  method says about its learned set;
+- artifacts (also what `harness run --output DIR` keeps): `spec.yaml` (the resolved RunSpec),
+  `dataset/learned.pt` (a learned set: `x`, `y` and `meta`, see `learned_meta`),
+  `dataset/grid.png` (images only) and `model/<arch>.pt` (the first model's weights per
+  architecture); a sweep's parent run keeps the sweep spec as given under the same
+  `spec.yaml`. Writers and readers take these names from here (`SPEC_ARTIFACT`, ...).
 
 Adding a metric is one change in one place: a field of `harness.evaluate.TrialResult` with
 `metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
@@ -32,12 +37,24 @@ from typing import Any, Protocol
 METRIC = {"metric": True}  # field metadata of the TrialResult fields that are metrics
 ARCH_PREFIX = "arch."
 ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
-PROGRESS_METRICS = ("epoch", "outer_loss", "probe_robust_acc")  # per-step, while a trial runs
+# What the driver logs of a trial's progress reports, while it runs. A trial reports progress
+# only where it has a validation probe (`harness.trial`: what ASHA stops on), so these are the
+# probe's keys; a method's per-step `outer_loss` never reaches the driver.
+PROGRESS_METRICS = ("epoch", "probe_robust_acc")
 FLAGS_TAG = "masking_flags"
 INFO_PREFIX = "info."
 IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",
                  "objective_mode")
 OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early")
+
+SPEC_ARTIFACT = "spec.yaml"
+LEARNED_ARTIFACT = "dataset/learned.pt"
+GRID_ARTIFACT = "dataset/grid.png"
+
+
+def model_artifact(arch: str) -> str:
+    """The artifact holding the weights (a state dict) of architecture `arch`'s first model."""
+    return f"model/{arch}.pt"
 
 
 class RunLike(Protocol):
@@ -162,6 +179,38 @@ class TrialRecord:
             smoke=tags.get("smoke") == "true",
             status=run.status, run_id=run.run_id, start_time=run.start_time or 0,
         )
+
+
+def learned_meta(tree: dict[str, Any], result: Any) -> dict[str, Any]:
+    """What a learned-set file (`LEARNED_ARTIFACT`) says about itself: enough to score it
+    again elsewhere (`harness score`, `harness.api.load_learned`). `tree` is the resolved
+    RunSpec, so `dataset` and `method` are its sections (name and settings); `bounds` are the
+    dataset's input bounds (None for unbounded features). Plain values only, so it loads with
+    torch.load(weights_only=True)."""
+    import harness
+    from harness.datasets import DATASETS
+
+    learned = result.learned
+    name = tree["dataset"]["name"]
+    bounds = DATASETS.get(name).bounds if name in DATASETS else None  # None: unbounded
+    meta = {
+        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
+        "input_shape": list(learned.x.shape[1:]),
+        "bounds": None if bounds is None else list(bounds),
+        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
+        "threat": result.threat, "seed": tree.get("seed"),
+        "harness_version": harness.__version__, "info": learned.info,
+    }
+    return json.loads(json.dumps(meta, default=str))
+
+
+def meta_dataset(meta: dict[str, Any]) -> str | None:
+    """The dataset a learned set's metadata names, or None: the name in its `dataset`
+    section (what `learned_meta` writes), or a plain name (what a hand-made file may hold)."""
+    named = meta.get("dataset")
+    if isinstance(named, dict):
+        named = named.get("name")
+    return named if isinstance(named, str) and named else None
 
 
 def spec_params(tree: dict[str, Any]) -> dict[str, str]:

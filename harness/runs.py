@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessInputError
+from harness.record import SPEC_ARTIFACT
 from harness.tracking import connect, require_existing_store
 
 @dataclass(frozen=True)
@@ -43,19 +44,19 @@ def load_trial_runs(
 
 
 def recorded_spec(uri: str | None, run_id: str) -> dict[str, Any]:
-    """The resolved RunSpec tree a trial run recorded (its `spec.yaml` artifact)."""
+    """The resolved RunSpec tree a trial run recorded (its `SPEC_ARTIFACT`, spec.yaml)."""
     from harness.config import read_yaml
 
     client = connect(require_existing_store(uri))
     _trial_run(client, run_id)
-    if "spec.yaml" not in {f.path for f in client.list_artifacts(run_id)}:
-        raise HarnessInputError(f"run {run_id!r} has no spec.yaml artifact, so there is no "
-                                "recorded spec to re-run.", field="--from-run")
+    if SPEC_ARTIFACT not in {f.path for f in client.list_artifacts(run_id)}:
+        raise HarnessInputError(f"run {run_id!r} has no {SPEC_ARTIFACT} artifact, so there is "
+                                "no recorded spec to re-run.", field="--from-run")
     with tempfile.TemporaryDirectory() as tmp:
-        text = Path(client.download_artifacts(run_id, "spec.yaml", tmp)).read_text("utf-8")
+        text = Path(client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)).read_text("utf-8")
     tree = read_yaml(text)
     if not isinstance(tree, dict):
-        raise HarnessInputError(f"the spec.yaml of run {run_id!r} is not a mapping.",
+        raise HarnessInputError(f"the {SPEC_ARTIFACT} of run {run_id!r} is not a mapping.",
                                 field="--from-run")
     return tree
 

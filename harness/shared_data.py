@@ -1,4 +1,6 @@
-"""One read-only copy of each dataset per Ray node, shared by the node's trials.
+"""One read-only copy of each dataset per Ray node, shared by the node's trials: what a
+shared dataset is (its key, its arrays), without Ray. The Ray side, the cache actors and a
+trial's way to them, is `harness.ray_node` (`start_caches`, `shared_dataset`).
 
 Without this every trial loads its dataset from disk and holds its own tensors (Fashion-MNIST:
 ~190 MB a trial, CIFAR-10 ~600 MB, Tiny ImageNet ~2.4 GB). The sweep driver starts one small
@@ -52,51 +54,3 @@ def from_arrays(arrays: dict[str, Any]) -> DatasetSplits:
     if meta["bounds"] is not None:
         meta["bounds"] = tuple(meta["bounds"])
     return DatasetSplits(**tensors, **meta, source="node")
-
-
-def make_cache_class():
-    import ray
-
-    @ray.remote(num_cpus=0, max_concurrency=1)
-    class DataCache:
-        """Loads each dataset once on its node and keeps its arrays in the object store."""
-
-        def __init__(self) -> None:
-            self.refs: dict[str, Any] = {}
-
-        def get(self, key: str) -> list:
-            if key not in self.refs:
-                from harness.evaluate import load_data
-
-                spec = DatasetSpec.model_validate(json.loads(key))
-                self.refs[key] = ray.put(to_arrays(load_data(spec)))
-            return [self.refs[key]]  # in a list: the caller gets the reference, not the data
-
-    return DataCache
-
-
-def start_caches() -> list:
-    """One cache actor on every alive node, owned by the caller (the sweep driver): they
-    and the data they hold go away with it."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    cls = make_cache_class()
-    return [
-        cls.options(name=cache_name(node["NodeID"]),
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                    ).remote()
-        for node in ray.nodes() if node.get("Alive")
-    ]
-
-
-def shared_dataset(ds: DatasetSpec) -> DatasetSplits | None:
-    """The dataset from this node's cache (None when the node has none: load it yourself)."""
-    import ray
-
-    try:
-        cache = ray.get_actor(cache_name(ray.get_runtime_context().get_node_id()))
-    except ValueError:
-        return None
-    (ref,) = ray.get(cache.get.remote(dataset_key(ds)))
-    return from_arrays(ray.get(ref))

@@ -50,8 +50,7 @@ os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from harness.ray_node import start_ray, stop_ray  # noqa: E402
-from harness.shared_data import shared_dataset, start_caches  # noqa: E402
+from harness.ray_node import shared_dataset, start_caches, start_ray, stop_ray  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402
@@ -280,7 +279,7 @@ class Phase:
     path: str
 
 
-def variant_trainable(variant: Variant, objective: str, smoke: bool,
+def variant_trainable(variant: Variant, *, objective: str, smoke: bool,
                       checkpoint_every_s: float | None = None, probe: bool = True):
     """The trial function of one variant, under a name of its own.
 
@@ -313,7 +312,8 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
                smoke: bool, resume: bool):
     asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
-        variant_trainable(phase.variant, spec.objective.metric, smoke, spec.checkpoint_every_s,
+        variant_trainable(phase.variant, objective=spec.objective.metric, smoke=smoke,
+                          checkpoint_every_s=spec.checkpoint_every_s,
                           probe=asha),  # per-epoch probes only where ASHA reads them
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )

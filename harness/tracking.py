@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from harness.errors import HarnessInputError
 from harness.provenance import git_tags, version_tags
+from harness.record import SPEC_ARTIFACT
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -224,7 +225,7 @@ class Tracker:
     # -- writes: each is an op, applied now or kept in the outbox
 
     def log_spec(self, spec_text: str) -> None:
-        self.log_text(self.parent_run_id, spec_text, "spec.yaml")
+        self.log_text(self.parent_run_id, spec_text, SPEC_ARTIFACT)  # the sweep's, as given
 
     def opened(self, key: str) -> str | None:
         """The run id (or outbox placeholder) of a trial this tracker has opened, else None."""

@@ -11,7 +11,9 @@ import yaml
 
 from harness.checkpoint import TrialCheckpoint, save_file
 from harness.plan import Variant, resolve_trial
-from harness.record import TrialRecord
+from harness.record import (
+    GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, learned_meta, model_artifact,
+)
 
 # report(metrics, artifacts_dir or None): Tune's report (with a checkpoint of the folder)
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -65,41 +67,22 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
 
 
 def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
-    """spec.yaml (the RunSpec with every default filled in, so `harness run --from-run`
-    repeats the trial even after a default changes), the learned dataset (tensor file +
-    image grid) and final model weights."""
+    """A trial's artifacts under `root`, named as `harness.record` names them: the RunSpec
+    with every default filled in (so `harness run --from-run` repeats the trial even after a
+    default changes), the learned dataset (tensor file with its metadata + image grid) and
+    the final model weights."""
     import torch
 
-    (root / "spec.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    (root / SPEC_ARTIFACT).write_text(yaml.safe_dump(tree, sort_keys=False))
     if result.learned is not None:
-        (root / "dataset").mkdir()
         learned = result.learned
+        (root / LEARNED_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
-                   root / "dataset" / "learned.pt")
+                   root / LEARNED_ARTIFACT)
         if learned.x.dim() == 4:
             from harness.images import save_grid
 
-            save_grid(learned.x, learned.y, root / "dataset" / "grid.png")
-    if result.weights:
-        (root / "model").mkdir()
-        for arch, state in result.weights.items():
-            torch.save(state, root / "model" / f"{arch}.pt")
-
-
-def learned_meta(tree: dict[str, Any], result) -> dict[str, Any]:
-    """What a learned-set file says about itself: enough to score it again elsewhere
-    (`harness score`, `harness.api.load_learned`). Plain values only, so it loads with
-    torch.load(weights_only=True)."""
-    import json
-
-    import harness
-
-    learned = result.learned
-    meta = {
-        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
-        "input_shape": list(learned.x.shape[1:]),
-        "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
-        "threat": result.threat, "seed": tree.get("seed"),
-        "harness_version": harness.__version__, "info": learned.info,
-    }
-    return json.loads(json.dumps(meta, default=str))
+            save_grid(learned.x, learned.y, root / GRID_ARTIFACT)
+    for arch, state in result.weights.items():
+        (root / model_artifact(arch)).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, root / model_artifact(arch))

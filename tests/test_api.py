@@ -82,7 +82,9 @@ def test_load_learned_reads_a_runs_artifact_with_its_metadata(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("e"))
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run = client.create_run(experiment)
     (tmp_path / "dataset").mkdir()
     torch.save({"x": torch.rand(4, 1, 8, 8), "y": torch.arange(4), "meta": {"dataset": "digits"}},
                tmp_path / "dataset" / "learned.pt")
@@ -91,3 +93,68 @@ def test_load_learned_reads_a_runs_artifact_with_its_metadata(tmp_path):
     assert learned.x.shape == (4, 1, 8, 8) and learned.info["dataset"] == "digits"
     with pytest.raises(HarnessInputError, match="no learned set"):
         api.load_learned("0" * 32, uri)
+
+
+def test_run_spec_takes_a_yaml_file_or_a_dict_and_refuses_unsafe_yaml(tmp_path):
+    import yaml
+
+    tree = {"dataset": {"name": "digits"}, "method": {"name": "random", "ipc": 5}, "seed": 2,
+            "eval": {"archs": ["mlp"]}}
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    from_file = api.run_spec(path, smoke=True)
+    from_dict = api.run_spec(tree, smoke=True)
+    assert isinstance(from_file, api.TrialResult)
+    # smoke's ipc=2 in place of 5, as `harness run --smoke`
+    assert (from_file.method, from_file.dataset, from_file.dataset_size) == ("random", "digits", 20)
+    assert [a.arch for a in from_file.per_arch] == ["mlp"] and len(from_file.models) == 1  # smoke
+    for key in ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc"):
+        assert getattr(from_file, key) == getattr(from_dict, key), key
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("dataset: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(HarnessInputError):
+        api.run_spec(str(unsafe))
+    with pytest.raises(HarnessInputError, match="method"):
+        api.run_spec({"dataset": {"name": "digits"}})
+
+
+def test_load_weights_gives_a_trials_model_back(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from harness.models import build_model
+    from harness.trial import write_artifacts
+
+    result = api.run("digits", "erm", smoke=True, eval={"archs": ["mlp"]})
+    (tmp_path / "out").mkdir()
+    write_artifacts(tmp_path / "out", {"dataset": {"name": "digits"}}, result)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(
+        "e", artifact_location=(tmp_path / "mlruns").as_uri())  # not ./mlruns
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifacts(run_id, str(tmp_path / "out"))
+
+    state = api.load_weights(run_id, "mlp", uri)
+    assert state.keys() == result.weights["mlp"].keys()
+    assert all(torch.equal(state[k], result.weights["mlp"][k]) for k in state)
+    data = load_dataset("digits")
+    mean, std = data.channel_stats()
+    model = build_model("mlp", data.input_shape, data.num_classes, mean=mean, std=std)
+    model.load_state_dict(state)  # strict: every key fits the architecture
+    with pytest.raises(HarnessInputError, match="no weights for 'convnet'"):
+        api.load_weights(run_id, "convnet", uri)
+
+
+@pytest.mark.parametrize("meta", [{"dataset": {"name": "mnist", "subset": None}},
+                                  {"dataset": "mnist"}])
+def test_harness_score_refuses_a_set_made_for_another_dataset(tmp_path, meta):
+    path = tmp_path / "set.pt"
+    torch.save({"x": torch.rand(20, 1, 8, 8), "y": torch.arange(20) % 10, "meta": meta}, path)
+    res = CliRunner().invoke(main, ["score", str(path), "--dataset", "digits", "--smoke"])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "'mnist'" in text and "--allow-other-dataset" in text and "Traceback" not in text
+    res = CliRunner().invoke(main, ["score", str(path), "--dataset", "digits", "--smoke",
+                                    "--archs", "mlp", "--allow-other-dataset", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dataset_size"] == 20

@@ -1,4 +1,5 @@
-"""Import layering: modules import one way, none imports a module that imports it back.
+"""Import layering: modules import one way, none imports a module that imports it back;
+only the sweep driver imports Ray; the README's layout names every module.
 
 The graph is read from the source (every import statement, those inside functions too), so
 the check costs no imports and also sees the lazy imports the CLI uses to stay fast.
@@ -7,6 +8,7 @@ the check costs no imports and also sees the lazy imports the CLI uses to stay f
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,33 @@ def test_every_package_is_installed_by_pyproject():
                 for p in (REPO / "methods").rglob("__init__.py") if p.parent != REPO / "methods"}
     folders.add("harness.methods")
     assert folders <= listed, sorted(folders - listed)
+
+
+RAY_IMPORTERS = {"harness.sweep", "harness.ray_node"}  # the sweep driver and its Ray
+
+
+def test_only_the_sweep_driver_imports_ray():
+    """Ray is the driver's business: every other module (a trial, the shared-data arrays,
+    tracking, the CLI, a method) runs and imports without it. Imports inside functions count."""
+    importers = set()
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            if any(m == "ray" or m.startswith("ray.") for m in modules):
+                importers.add(name)
+    assert importers == RAY_IMPORTERS, sorted(importers ^ RAY_IMPORTERS)
+
+
+def test_the_readme_layout_names_every_module():
+    """README's "Layout" lists every module of harness/ with its job: a new module is named
+    there too."""
+    text = (REPO / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("## Development")]
+    named = set(re.findall(r"[\w]+\.py", layout))
+    modules = {p.name for p in (REPO / "harness").rglob("*.py")}
+    assert modules <= named, sorted(modules - named)

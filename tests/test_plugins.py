@@ -60,6 +60,47 @@ def test_a_checkout_finds_its_methods_without_an_install(tmp_path):
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == REPO / "methods" / "__init__.py"
 
+
+FIND = ("import importlib.util as u; print(u.find_spec('harness.methods').origin); "
+        "print(u.find_spec('harness.tests'), u.find_spec('harness.benchmarks'))")
+
+
+def find_in_fresh_interpreter(path: Path, cwd: Path, *flags: str) -> list[str]:
+    result = subprocess.run([sys.executable, *flags, "-c", FIND], cwd=cwd, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(path)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n")
+
+
+@pytest.mark.parametrize("flags", [("-S",), ()], ids=["no-site-packages", "with-site-packages"])
+def test_a_checkout_maps_only_its_methods_folder_into_the_package(tmp_path, flags):
+    """Only `harness.methods` comes from the checkout's top level, so its other folders
+    (`tests`, `benchmarks`) are no subpackages; with site-packages, an install of another
+    checkout in the environment does not take its place."""
+    import importlib.util
+
+    import harness.methods  # this process: the package imports, from the checkout
+
+    assert Path(harness.methods.__file__) == REPO / "methods" / "__init__.py"
+    assert importlib.util.find_spec("harness.tests") is None
+    origin, missing, _ = find_in_fresh_interpreter(REPO, tmp_path, *flags)
+    assert Path(origin) == REPO / "methods" / "__init__.py"
+    assert missing == "None None"
+
+
+def test_an_installed_layout_finds_its_own_methods(tmp_path):
+    """A wheel (pyproject's package-dir) puts `methods/` inside `harness/`: found there."""
+    import shutil
+
+    site = tmp_path / "site"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "harness", site / "harness", ignore=ignore)
+    shutil.copytree(REPO / "methods", site / "harness" / "methods", ignore=ignore)
+    origin, missing, _ = find_in_fresh_interpreter(site, tmp_path, "-S")
+    assert Path(origin) == site / "harness" / "methods" / "__init__.py"
+    assert missing == "None None"
+
 # ----------------------------------------------------------------------------- entry points
 
 PLAIN = '''

@@ -87,7 +87,8 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
                              given=dict(arch=arch, seed=seed, device=device, data_root=data_root))
         pre: list[str] = []
     else:
-        tree, pre = fresh_tree(dataset, method, arch, seed, device, data_root, smoke)
+        tree, pre = fresh_tree(dataset, method, arch=arch, seed=seed, device=device,
+                               data_root=data_root, smoke=smoke)
     spec = resolve_spec(build_run_spec(apply_overrides(tree, [*pre, *assignments])))
     check_device(spec.device)
     if output is not None:
@@ -126,7 +127,8 @@ def keep_outputs(output: str, spec, result) -> None:
                       highlight=False)
 
 
-def fresh_tree(dataset, method, arch, seed, device, data_root, smoke) -> tuple[dict, list[str]]:
+def fresh_tree(dataset, method, *, arch, seed, device, data_root,
+               smoke) -> tuple[dict, list[str]]:
     """The spec tree of `harness run --dataset --method`, and --smoke's overrides."""
     from harness.evaluate import smoke_assignments
 
@@ -219,12 +221,15 @@ def print_result(result) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--dataset", required=True, help="The dataset the set stands for (its test split scores it).")
 @click.option("--archs", default=None, help="Comma-separated evaluation architectures (default: the dataset's).")
+@click.option("--allow-other-dataset", is_flag=True,
+              help="Score the set on --dataset even when its metadata names another dataset.")
 @with_options(trial_options)
-def score(path, dataset, archs, seed, assignments, smoke, as_json) -> None:
+def score(path, dataset, archs, allow_other_dataset, seed, assignments, smoke, as_json) -> None:
     """Score a dataset made outside the harness (a distilled or robust set from another
     codebase) under the harness's protocol: fresh models naturally trained on it, attacked on
     the test split. PATH is a .pt file holding {'x': inputs, 'y': labels} (optionally 'soft':
-    class probabilities), loaded with torch.load(weights_only=True).
+    class probabilities, and 'meta'), loaded with torch.load(weights_only=True). A set
+    whose meta names another dataset than --dataset is refused unless --allow-other-dataset.
 
     \b
     Example:
@@ -232,8 +237,15 @@ def score(path, dataset, archs, seed, assignments, smoke, as_json) -> None:
     """
     from harness import api
     from harness.config import apply_overrides
+    from harness.record import meta_dataset
 
     x, y, meta = api.load_set(path)
+    named = meta_dataset(meta)
+    if named is not None and named != dataset and not allow_other_dataset:
+        raise HarnessInputError(
+            f"{path} was made for dataset {named!r} (its meta['dataset']), not {dataset!r}. "
+            f"Score it with --dataset {named}, or pass --allow-other-dataset to score it on "
+            f"{dataset} anyway.", field="--dataset")
     sections: dict[str, Any] = apply_overrides({}, assignments)
     result = api.score_dataset(x, y, dataset=dataset, seed=seed, smoke=smoke,
                                archs=archs.split(",") if archs else None,
