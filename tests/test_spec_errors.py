@@ -203,6 +203,72 @@ def test_a_password_in_a_tracking_uri_is_never_printed():
     assert time.monotonic() - start < 10  # a server that is down is reported quickly
 
 
+def test_a_password_in_a_tracking_uri_is_masked_by_ui_and_after_a_sweep(tmp_path, monkeypatch):
+    """`harness ui` refusing a server URI, and the lines a finished sweep prints (its
+    browse hint), show the URI with its password masked. The sweep's Ray and store are
+    stood in for: what is checked is what the command prints."""
+    import harness.cli.sweeps as sweeps_cli
+    import harness.sweep
+    import harness.tracking
+
+    uri = "http://alice:s3cret@127.0.0.1:9"
+    code, out = run_cli("ui", "--tracking-uri", uri)
+    assert code == 2 and "s3cret" not in out and "***" in out, out
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(harness.tracking, "connect", lambda uri: object())
+    monkeypatch.setattr(sweeps_cli, "arm_interrupt_watchdog", lambda path: None)
+    monkeypatch.setattr(sweeps_cli, "show_leaderboard", lambda uri, experiment: None)
+    monkeypatch.setattr(harness.sweep, "run_sweep", lambda *a, **k: harness.sweep.SweepOutcome(
+        parent_run_id="p", experiment="ok", storage="ray_results", failed=0, variants=[]))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(dump(VALID))
+    code, out = run_cli("sweep", str(spec), "--tracking-uri", uri)
+    assert code == 0, out
+    assert "harness ui --tracking-uri" in out and "s3cret" not in out and "***" in out, out
+
+
+def foreign_store(path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("create table notes (x)")
+
+
+STORES = {
+    "random-bytes": lambda path: path.write_bytes(bytes(range(256)) * 16),
+    "sqlite-header-then-garbage": lambda path: path.write_bytes(
+        b"SQLite format 3\x00" + bytes(range(256)) * 16),
+    "another-sqlite-database": foreign_store,
+}
+
+
+@pytest.mark.parametrize("command", [["leaderboard"], ["run", "--from-run", "0123abcd"],
+                                     ["sweep", "SPEC"], ["ui", "--port", "1"]])
+@pytest.mark.parametrize("store", list(STORES))
+def test_a_corrupt_or_foreign_tracking_store_exits_2_and_stays_untouched(
+        tmp_path, monkeypatch, store, command):
+    """mlflow.db that is not an MLflow store (random bytes, a damaged database, another
+    program's SQLite file): each command that opens the store exits 2 naming the file and
+    the fix, and the file is left exactly as it was (MLflow would add its tables to a
+    foreign database)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("ui started a server"))
+    path = tmp_path / "mlflow.db"
+    STORES[store](path)
+    before = path.read_bytes()
+    (tmp_path / "spec.yaml").write_text(dump(VALID))
+    args = [str(tmp_path / "spec.yaml") if a == "SPEC" else a for a in command]
+    start = time.monotonic()
+    code, out = run_cli(*args)
+    assert code == 2, out
+    assert "Traceback" not in out and "--tracking-uri" in out and "mlflow.db" in out, out
+    assert path.read_bytes() == before
+    assert time.monotonic() - start < 10
+
+
 def test_bad_device_and_data_root_exit_2():
     code, out = run_cli("run", "--dataset", "digits", "--method", "erm", "--smoke",
                         "--device", "mps")
