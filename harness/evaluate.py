@@ -24,7 +24,7 @@ from torch import nn
 from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
-from harness.config import DatasetSpec, RunSpec
+from harness.config import DatasetSpec, RunSpec, derived_seed
 from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
 from harness.errors import HarnessInputError
 from harness.methods import (
@@ -212,7 +212,7 @@ def score_model(
                                                   **aa)
     report = masking.check(
         model, xt, yt, threat, pgd_acc=scores["robust_acc"], autoattack_acc=scores["autoattack_acc"],
-        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed + 1),
+        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(derived_seed(seed + 1)),
     )
     scores["masking_flags"] = list(report.flags)
     return scores
@@ -334,9 +334,9 @@ def run_trial(
     select = early_stop_selector(data, threat, device) if early_stop else None
     for arch in archs:
         for k in range(spec.eval.models_per_arch):
-            if any(m.arch == arch and m.seed == spec.seed * 1000 + k for m in models):
+            model_seed = derived_seed(spec.seed * 1000 + k)
+            if any(m.arch == arch and m.seed == model_seed for m in models):
                 continue  # trained and scored before a restart
-            model_seed = spec.seed * 1000 + k
             meter = WorkMeter()
             model = ctx.build(arch, seed=model_seed, metered=False)
             stats = train_model(

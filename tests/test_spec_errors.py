@@ -65,6 +65,7 @@ CASES = [
     (with_("train/lr", math.nan), "train.lr", "finite"),
     (with_("threat/alpha", -1.0), "threat.alpha", "greater than 0"),
     (with_("seed", 2**64), "seed", "less than or equal"),
+    (with_("search", {"seed": 2**32}), "search.seed", "4294967295"),  # numpy's 32-bit seeds
     (with_("dataset/split_seed", -1), "dataset.split_seed", "greater than or equal"),
     (with_("device", "foo"), "device", "pattern"),
     (with_("dataset", []), "dataset", "at least 1"),
