@@ -25,7 +25,9 @@ from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
 from harness.config import DatasetSpec, RunSpec, derived_seed
-from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
+from harness.datasets import (
+    DATASETS, DatasetSplits, default_eps_for, load_dataset, validate_params,
+)
 from harness.errors import HarnessInputError
 from harness.methods import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
@@ -140,6 +142,8 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     dataset (and its parameters), and the method's effective settings (its config's defaults
     and per-dataset tuned values under the user's own). What a trial records and runs;
     resolving a resolved spec changes nothing."""
+    if spec.dataset.name in DATASETS:  # checked here, before JSON turns a NaN into None
+        validate_params(DATASETS.get(spec.dataset.name), spec.dataset.params())
     tree = spec.model_dump(mode="json")
     if tree["threat"]["eps"] is None:
         tree["threat"]["eps"] = default_eps_for(spec.dataset.name, spec.dataset.params())

@@ -151,7 +151,9 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
 
         err = describe_validation_error(exc, prefix="method")
         keys = ", ".join(cls.Config.model_fields) or "none"
-        raise HarnessInputError(f"{err} Settings of method {name!r}: {keys}.") from None
+        text = str(err).removeprefix(f"{err.field}: ")
+        raise HarnessInputError(f"{text} Settings of method {name!r}: {keys}.",
+                                field=err.field) from None
     return cls(cfg)
 
 
