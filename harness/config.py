@@ -214,6 +214,8 @@ def describe_validation_error(exc: ValidationError, prefix: str = "",
     shown = "" if isinstance(value, dict) else f" (got {reprlib.repr(value)})"
     if err["type"] == "extra_forbidden":
         msg = "is not a known key; remove it or check its spelling against the README"
+    elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # a validator's own words, without "Value error, "
     else:
         msg = err["msg"]
     return HarnessInputError(f"{msg}{shown}.", field=path or "spec")

@@ -87,6 +87,12 @@ CASES = [
     (with_("dataset", {"name": "synthetic-robust", "p": math.nan}), "dataset.p", "got nan"),
     (with_("dataset", [{"name": "digits"}, {"name": "synthetic-robust", "p": math.inf}]),
      "dataset[1].p", "got inf"),
+    # examples per class beyond any dataset's: refused before anything is allocated
+    (with_("methods/random/space/ipc", {"grid": [1, 10**9]}), "methods.random.space.ipc",
+     "at most 20000"),
+    *[(with_("methods", {m: {"space": {key: 10**9}}}), f"methods.{m}.space.{key}", "at most 20000")
+      for m, key in [("dc", "ipc"), ("dm", "ipc"), ("rdl", "ipc"), ("rdl_gm", "ipc"),
+                     ("robust_features", "n_per_class")]],
     (with_("eval/archs", ["nosuch"]), "eval.archs", "nosuch"),
     (with_("dataset", {"name": "synthetic-robust"}) | {"eval": {"archs": ["convnet"]}},
      "eval.archs", "image architecture"),
