@@ -295,6 +295,21 @@ def test_bad_device_and_data_root_exit_2():
     assert code == 2 and "dataset.root" in out, out
 
 
+@pytest.mark.parametrize("args", [["run", "--dataset", "mnist", "--method", "erm", "--smoke"],
+                                  ["run", "--dataset", "cifar10", "--method", "erm", "--smoke"],
+                                  ["datasets"]])
+def test_a_data_root_the_file_system_refuses_exits_2(tmp_path, args):
+    """A data root with a 300-character folder name: the file system refuses every path
+    below it (ENAMETOOLONG); the dataset's file checks report it as a bad --data-root."""
+    import errno
+    import os
+
+    code, out = run_cli(*args, "--data-root", str(tmp_path / ("a" * 300)))
+    assert code == 2, out
+    assert "Traceback" not in out and "--data-root" in out, out
+    assert os.strerror(errno.ENAMETOOLONG) in out, out
+
+
 def test_leaderboard_output_never_replaces_a_store_or_an_unforced_file(tmp_path, monkeypatch):
     import sqlite3
 
