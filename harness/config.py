@@ -23,6 +23,15 @@ from harness.train import AUGMENTS, TrainConfig
 # library (numpy, Optuna, Ray) accepts.
 SEED_MAX = 2**63 - 1
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# Optuna's TPE sampler seeds numpy's RandomState, which takes 32-bit seeds only.
+SEARCH_SEED_MAX = 2**32 - 1
+
+
+def derived_seed(value: int) -> int:
+    """A seed computed from a spec's seed (a model's `seed * 1000 + k`, a repeat's
+    `seed + 1 + i`, the attack's `seed + 1`) wrapped into 0..SEED_MAX, so a seed near the top
+    of the range cannot overflow torch's 64-bit seeds. Ordinary seeds are unchanged."""
+    return value % (SEED_MAX + 1)
 # auto: CUDA when present, else the CPU; cuda and cuda:N need CUDA; mps Apple's GPU.
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")]
 
@@ -207,6 +216,8 @@ def describe_validation_error(exc: ValidationError, prefix: str = "",
     shown = "" if isinstance(value, dict) else f" (got {reprlib.repr(value)})"
     if err["type"] == "extra_forbidden":
         msg = "is not a known key; remove it or check its spelling against the README"
+    elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # a validator's own words, without "Value error, "
     else:
         msg = err["msg"]
     return HarnessInputError(f"{msg}{shown}.", field=path or "spec")
@@ -410,7 +421,8 @@ class ObjectiveSpec(Strict):
 
 
 class SearchSpec(Strict):
-    seed: Seed = 0  # seeds Optuna's TPE sampler (one study per method variant)
+    # seeds Optuna's TPE sampler (one study per method variant): 0..2**32-1
+    seed: int = Field(0, ge=0, le=SEARCH_SEED_MAX)
     asha: bool = True  # stop weak trials early on their per-epoch validation metric
     grace_period: int = Field(2, ge=1)  # reports before ASHA may stop a trial
     max_concurrent: int = Field(2, ge=1, le=10_000)  # trials of one variant at a time

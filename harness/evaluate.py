@@ -24,8 +24,10 @@ from torch import nn
 from harness import masking
 from harness.attacks import Threat, accuracy, robust_accuracy
 from harness.autoattack import autoattack
-from harness.config import DatasetSpec, RunSpec
-from harness.datasets import DATASETS, DatasetSplits, default_eps_for, load_dataset
+from harness.config import DatasetSpec, RunSpec, derived_seed
+from harness.datasets import (
+    DATASETS, DatasetSplits, default_eps_for, load_dataset, validate_params,
+)
 from harness.errors import HarnessInputError
 from harness.methods import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
@@ -140,6 +142,8 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     dataset (and its parameters), and the method's effective settings (its config's defaults
     and per-dataset tuned values under the user's own). What a trial records and runs;
     resolving a resolved spec changes nothing."""
+    if spec.dataset.name in DATASETS:  # checked here, before JSON turns a NaN into None
+        validate_params(DATASETS.get(spec.dataset.name), spec.dataset.params())
     tree = spec.model_dump(mode="json")
     if tree["threat"]["eps"] is None:
         tree["threat"]["eps"] = default_eps_for(spec.dataset.name, spec.dataset.params())
@@ -223,7 +227,7 @@ def score_model(
                                                   **aa)
     report = masking.check(
         model, xt, yt, threat, pgd_acc=scores["robust_acc"], autoattack_acc=scores["autoattack_acc"],
-        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed + 1),
+        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(derived_seed(seed + 1)),
         pgd_on_x=True,  # robust_acc is PGD on exactly xt: not run twice
     )
     scores["masking_flags"] = list(report.flags)
@@ -350,9 +354,9 @@ def run_trial(
     select = early_stop_selector(data, threat, device) if early_stop else None
     for arch in archs:
         for k in range(spec.eval.models_per_arch):
-            if any(m.arch == arch and m.seed == spec.seed * 1000 + k for m in models):
+            model_seed = derived_seed(spec.seed * 1000 + k)
+            if any(m.arch == arch and m.seed == model_seed for m in models):
                 continue  # trained and scored before a restart
-            model_seed = spec.seed * 1000 + k
             meter = WorkMeter()
             model = ctx.build(arch, seed=model_seed, metered=False)
             stats = train_model(

@@ -38,6 +38,8 @@ class Variant:
     label: str = ""
     key: str = ""  # file-system-safe identifier (Ray experiment directory name)
     phase_keys: dict[str, str] = field(default_factory=dict)
+    # the spec sections it comes from: `dataset[1]`, `threat[0]` (no index when there is one)
+    sections: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shown = ",".join(f"{k.removeprefix('method.')}={v}" for k, v in self.grid.items())
@@ -54,8 +56,11 @@ def spec_path(key: str) -> str:
 def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
     plan = []
     threats = spec.threats()
-    for ds, threat in itertools.product(spec.datasets(), threats):
-        DATASETS.get(ds.name, field="dataset.name")
+    datasets = spec.datasets()
+    for (di, ds), (ti, threat) in itertools.product(enumerate(datasets), enumerate(threats)):
+        sections = {"dataset": f"dataset[{di}]" if len(datasets) > 1 else "dataset",
+                    "threat": f"threat[{ti}]" if len(threats) > 1 else "threat"}
+        DATASETS.get(ds.name, field=f"{sections['dataset']}.name")
         tname = f"{threat.norm}-{format_eps(threat.eps)}" if len(threats) > 1 and threat.eps else ""
         if len(threats) > 1 and not threat.eps:
             tname = f"{threat.norm}-default"
@@ -86,8 +91,10 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
                 repeats = spec.repeats
                 if smoke:
                     trials, repeats = min(trials, SMOKE_MAX_TRIALS), min(repeats, SMOKE_MAX_REPEATS)
-                variant = Variant(ds.name, tname, method, grid, base, dims, trials, repeats)
-                check_variant(variant, where)
+                variant = Variant(ds.name, tname, method, grid, base, dims, trials, repeats,
+                                  sections=sections)
+                check_variant(variant, where, {spec_path(k): f"{where}.space.{k}"
+                                               for k in msweep.space})
                 plan.append(variant)
     check_unique_keys(plan)
     return plan
@@ -149,10 +156,11 @@ def resolve_trial(variant: Variant, config: dict[str, Any]) -> RunSpec:
 FIXED_BY_STRUCTURE = ("method.name", "dataset.name")
 
 
-def check_variant(variant: Variant, where: str) -> None:
+def check_variant(variant: Variant, where: str, space: dict[str, str]) -> None:
     """Build the RunSpec and method config a trial would build, so a bad spec fails now:
     once per value a searched setting can take (both ends of a range, every choice), the
-    other searched settings at their first value."""
+    other searched settings at their first value. `space`: RunSpec path -> spec path of the
+    settings the method's space sets, so that an error names the field as the spec has it."""
     first = {p: d.example() for p, d in variant.dims.items()}
     samples = [first] + [{**first, p: v} for p, d in variant.dims.items() for v in d.extremes()]
     for values in samples:
@@ -162,22 +170,58 @@ def check_variant(variant: Variant, where: str) -> None:
             resolve_archs(run)
             validate_params(DATASETS.get(run.dataset.name), run.dataset.params())
         except HarnessInputError as exc:
-            raise HarnessInputError(f"in {where} ({variant.label} on {variant.dataset}): {exc}") from None
+            text = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
+            context = f"Variant: {variant.label} on {variant.dataset} {variant.threat}".rstrip()
+            raise HarnessInputError(f"{text} {context}.",
+                                    field=field_in_spec(exc.field, variant, where, space)) from None
+
+
+def field_in_spec(name: str | None, variant: Variant, where: str,
+                  space: dict[str, str]) -> str | None:
+    """A trial's RunSpec field (`method.beta`, `dataset.p`) as the sweep spec's path: where
+    the method's space sets it (`methods.trades.space.beta`), else in its section of the
+    spec (`dataset[1].p`, `threat[0].eps`); a method setting is set in the space."""
+    if not name or name in space:
+        return space.get(name, name) if name else name
+    head, dot, rest = name.partition(".")
+    if head == "method" and dot:
+        return f"{where}.space.{rest}"
+    if head in variant.sections and dot:
+        return f"{variant.sections[head]}.{rest}"
+    return name
 
 
 def check_unique_keys(plan: list[Variant]) -> None:
     """Two variants with one key would share a Ray experiment directory and a leaderboard
-    row (e.g. `grid: [0.1, 0.1]`, or two threats whose eps agree to 4 digits): refuse."""
+    row (e.g. `grid: [0.1, 0.1]`, two entries of one dataset with other parameters, or two
+    threats whose eps agree to 4 digits): refuse, naming the two sections and what differs."""
     seen: dict[str, Variant] = {}
     for v in plan:
-        if v.key in seen:
-            other = seen[v.key]
-            raise HarnessInputError(
-                f"two variants would be recorded under the same name {v.key!r}: "
-                f"{other.label} and {v.label} on {v.dataset} {v.threat}".rstrip() + ". Remove "
-                "the repeated grid value or dataset entry, or make the threats' eps differ in "
-                "their first 4 digits.", field="methods")
-        seen[v.key] = v
+        if v.key not in seen:
+            seen[v.key] = v
+            continue
+        other = seen[v.key]
+        for section, fix in (("dataset", "list each parameter setting of the dataset in a "
+                                         "sweep of its own"),
+                             ("threat", "make the threats' eps differ in their first 4 digits "
+                                        "or remove the repeated threat")):
+            if other.sections[section] != v.sections[section]:
+                raise HarnessInputError(
+                    f"{other.sections[section]} and {v.sections[section]} would be recorded "
+                    f"under the same name {v.key!r}, so their runs could not be told apart "
+                    f"({differences(other.base[section], v.base[section])}). To compare "
+                    f"them, {fix}.", field=section)
+        raise HarnessInputError(
+            f"two variants would be recorded under the same name {v.key!r}: {other.label} and "
+            f"{v.label} on {v.dataset} {v.threat}".rstrip() + ". Remove the repeated grid "
+            "value.", field=f"methods.{v.method}.space")
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """`d: 20 vs 50, p: 0.9 vs 0.8`: the keys whose values differ (or none)."""
+    keys = [k for k in {**a, **b} if a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:5])
+    return f"they differ in {shown}" if keys else "they are identical"
 
 
 def describe(plan: list[Variant]) -> list[dict[str, Any]]:

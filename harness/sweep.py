@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.checkpoint import load_file
-from harness.config import SweepSpec
+from harness.config import SweepSpec, derived_seed
 from harness.errors import HarnessInputError
 from harness.plan import Variant, launch_order, resolve_trial
 from harness.progress import SweepProgress, VariantProgress
@@ -505,7 +505,7 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
     if variant.repeats:
         best = best_config(grid, spec.objective.metric, spec.objective.mode)
         if best is not None:
-            seeds = [spec.seed + 1 + i for i in range(variant.repeats)]
+            seeds = [derived_seed(spec.seed + 1 + i) for i in range(variant.repeats)]
             repeat = Phase(variant, "repeat", search.path + "__repeats")
             rgrid = run_phase(PhaseContext(phase="repeat", **context), repeat, spec,
                               param_space={**best, "seed": tune.grid_search(seeds)},

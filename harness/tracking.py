@@ -98,9 +98,10 @@ def _quick_failure():
 def connect(uri: str | None = None) -> MlflowClient:
     """A client for the store, checked reachable (exit 2 with the fix when it is not)."""
     uri = resolve_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
+    check_sqlite_store(uri)
     try:
         with _quick_failure():
+            client = MlflowClient(tracking_uri=uri)  # opens (and may migrate) an sqlite store
             client.search_experiments(max_results=1)
     except Exception as exc:  # any transport or store error means we cannot record anything
         detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
@@ -112,6 +113,55 @@ def connect(uri: str | None = None) -> MlflowClient:
             field="--tracking-uri",
         ) from None
     return client
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_store(uri: str) -> None:
+    """An existing sqlite store file must be an MLflow store: refuse (exit 2) a file that is
+    not a SQLite database (random bytes, another format) or one that holds other tables, before
+    MLflow opens it. MLflow would fail on the first with a traceback and add its own tables to
+    the second. A missing or empty file is a new store and is left to MLflow."""
+    if not uri.startswith("sqlite:"):
+        return
+    path = local_store_path(uri)
+    try:
+        if path is None or not path.is_file() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise HarnessInputError(
+            f"cannot read the tracking store {str(path)[:300]!r} ({exc.strerror}). Fix its "
+            "permissions or point --tracking-uri (or $MLFLOW_TRACKING_URI) at another store.",
+            field="--tracking-uri") from None
+    shown = str(path)[:300]
+    if head != SQLITE_MAGIC:
+        raise HarnessInputError(
+            f"{shown!r} is not a SQLite database (corrupt, or another kind of file), so it "
+            "cannot be an MLflow tracking store. Point --tracking-uri (or $MLFLOW_TRACKING_URI) "
+            "at the right store, or move the file away and a new store is made there; "
+            "nothing was changed.", field="--tracking-uri")
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                                timeout=10)) as db:
+            tables = {row[0] for row in db.execute(
+                "select name from sqlite_master where type = 'table'")}
+    except sqlite3.Error as exc:
+        raise HarnessInputError(
+            f"{shown!r} is a damaged SQLite database ({exc}); MLflow cannot read runs from it. "
+            "Restore it from a copy, or point --tracking-uri (or $MLFLOW_TRACKING_URI) at "
+            "another store; nothing was changed.", field="--tracking-uri") from None
+    if tables and "experiments" not in tables:
+        listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise HarnessInputError(
+            f"{shown!r} is a SQLite database of something else (tables: {listed}), not an "
+            "MLflow tracking store; MLflow would add its tables to it. Point --tracking-uri "
+            "(or $MLFLOW_TRACKING_URI) at an MLflow store or a new file; nothing was changed.",
+            field="--tracking-uri")
 
 
 def unavailable(exc: BaseException) -> bool:

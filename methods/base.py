@@ -14,10 +14,10 @@ to seconds for `--smoke` runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from harness.attacks import Threat
@@ -33,6 +33,23 @@ LogFn = Callable[[dict[str, float], int], None]
 
 class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Examples per class of a learned or sampled set (`ipc`, `n_per_class`). No built-in dataset
+# has more in one class than this (SVHN's largest class, about 13.9k, is the most), so a
+# larger set would only repeat examples, and a mistyped 10**9 would ask for tens of GB.
+MAX_PER_CLASS = 20_000
+
+
+def _at_most_max_per_class(value: int) -> int:
+    if value > MAX_PER_CLASS:
+        raise ValueError(
+            f"at most {MAX_PER_CLASS} examples per class: no built-in dataset has more in a "
+            "class, so a larger set would only repeat examples and could exhaust memory")
+    return value
+
+
+PerClass = Annotated[int, Field(ge=1), AfterValidator(_at_most_max_per_class)]
 
 
 @dataclass
@@ -151,7 +168,9 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
 
         err = describe_validation_error(exc, prefix="method")
         keys = ", ".join(cls.Config.model_fields) or "none"
-        raise HarnessInputError(f"{err} Settings of method {name!r}: {keys}.") from None
+        text = str(err).removeprefix(f"{err.field}: ")
+        raise HarnessInputError(f"{text} Settings of method {name!r}: {keys}.",
+                                field=err.field) from None
     return cls(cfg)
 
 

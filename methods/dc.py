@@ -14,7 +14,9 @@ from harness.methods._condense import (
     NormalizedSet, RealSampler, class_slice, gradient_distance, natural_steps,
 )
 from harness.methods._synthetic_set import init_synthetic_set
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 
 # (outer_loop, inner_loop) by ipc, from the authors' code (`get_loops`); other ipc values
 # take the entry of the nearest listed ipc.
@@ -120,7 +122,7 @@ class DC(DatasetMethod):
     """
 
     class Config(MethodConfig):
-        ipc: int = Field(10, ge=1)  # synthetic inputs per class (paper: 1, 10, 50)
+        ipc: PerClass = 10  # synthetic inputs per class (paper: 1, 10, 50)
         init: Literal["real", "noise"] = "real"  # paper: real (noise as an ablation)
         iterations: int = Field(1000, ge=1)  # outer iterations, one fresh network each (paper: 1000)
         lr_img: float = Field(0.1, gt=0.0)  # image learning rate, SGD momentum 0.5 (paper: 0.1)

@@ -11,7 +11,9 @@ from torch import nn
 from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
 from harness.methods._condense import NormalizedSet, RealSampler, class_slice
 from harness.methods._synthetic_set import init_synthetic_set
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 
 
 def mean_embedding_gap(net: nn.Module, x_real: torch.Tensor, x_syn: torch.Tensor) -> torch.Tensor:
@@ -49,7 +51,7 @@ class DM(DatasetMethod):
     """
 
     class Config(MethodConfig):
-        ipc: int = Field(10, ge=1)  # synthetic inputs per class (paper: 1, 10, 50)
+        ipc: PerClass = 10  # synthetic inputs per class (paper: 1, 10, 50)
         init: Literal["real", "noise"] = "real"  # paper: real
         iterations: int = Field(20000, ge=1)  # fresh random networks, one step each (paper: 20000)
         lr_img: float = Field(1.0, gt=0.0)  # image learning rate, SGD momentum 0.5 (paper: 1.0)

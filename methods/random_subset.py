@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
 
 from harness.methods._synthetic_set import init_synthetic_set
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 
 
 @register_method("random")
@@ -24,7 +25,7 @@ class RandomSubset(DatasetMethod):
     """
 
     class Config(MethodConfig):
-        ipc: int = Field(10, ge=1)  # examples per class (papers: 1, 10, 50)
+        ipc: PerClass = 10  # examples per class (papers: 1, 10, 50)
 
     smoke: ClassVar[dict] = {"ipc": 2}
 

@@ -21,7 +21,9 @@ from harness.methods._synthetic_set import (
     robust_probe,
     soft_label_logits,
 )
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 from harness.train import lr_factor, soft_cross_entropy
 
 Tensors = dict[str, torch.Tensor]
@@ -157,7 +159,7 @@ class RobustDatasetLearning(DatasetMethod):
     """
 
     class Config(MethodConfig):
-        ipc: int | None = Field(50, ge=1)  # examples per class; null: full-size mode
+        ipc: PerClass | None = 50  # examples per class; null: full-size mode
         init: Literal["real", "noise"] = "real"  # real: class-balanced real examples
         outer_steps: int = Field(2000, ge=1)  # optimiser steps on S
         outer_optimizer: Literal["adam", "sgd"] = "adam"

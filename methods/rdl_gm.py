@@ -20,7 +20,9 @@ from harness.methods._synthetic_set import (
     init_synthetic_set,
     robust_probe,
 )
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 
 
 @register_method("rdl_gm")
@@ -71,7 +73,7 @@ class RobustGradientMatching(DatasetMethod):
     """
 
     class Config(MethodConfig):
-        ipc: int = Field(10, ge=1)  # examples per class (DC: 1, 10, 50)
+        ipc: PerClass = 10  # examples per class (DC: 1, 10, 50)
         init: Literal["real", "noise"] = "real"
         iterations: int = Field(1000, ge=1)  # fresh networks (DC: 1000)
         outer_loop: int = Field(10, ge=1)  # matching updates per network (DC ipc 10: 10)

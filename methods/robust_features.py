@@ -11,7 +11,9 @@ from torch import nn
 
 from harness.attacks import pgd
 from harness.methods._synthetic_set import init_synthetic_set
-from harness.methods.base import DatasetMethod, LearnedDataset, MethodConfig, MethodContext, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+)
 from harness.methods.pgd_at import PGDAT
 from harness.train import train_model
 
@@ -83,7 +85,7 @@ class RobustFeatures(DatasetMethod):
         arch: str | None = None  # robust model; None: the first evaluation arch (paper: ResNet-50)
         at_steps: int = Field(10, ge=1)  # PGD steps per batch of adversarial training (Madry: 7-10)
         at_epochs: int | None = Field(None, ge=1)  # None: the spec's train.epochs
-        n_per_class: int | None = Field(None, ge=1)  # targets per class; None: full-size (paper)
+        n_per_class: PerClass | None = None  # targets per class; None: full-size (paper)
         match_steps: int = Field(200, ge=1)  # L2 PGD steps of the matching (paper: 1000)
         match_step_size: float = Field(0.1, gt=0.0)  # L2 step in input units (paper: 0.1)
         match_eps: float = Field(1000.0, gt=0.0)  # L2 radius around the start (paper: 1000)

@@ -102,6 +102,27 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def descendants(root: int) -> list[int]:
+    """Live processes below `root` (children, theirs, ...), read from /proc; zombies left out."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 def describe(pids: list[int]) -> str:
     """`pid (parent) command line` for each process, for a failure message."""
     lines = []

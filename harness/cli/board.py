@@ -156,12 +156,13 @@ def ui(tracking_uri, port) -> None:
     import socket
     from pathlib import Path
 
-    from harness.tracking import require_existing_store
+    from harness.tracking import check_sqlite_store, masked, require_existing_store
 
     uri = require_existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        raise HarnessInputError(f"{uri} is already a tracking server: open it in a browser.",
-                                field="--tracking-uri")
+        raise HarnessInputError(f"{masked(uri, uri)} is already a tracking server: open it in "
+                                "a browser.", field="--tracking-uri")
+    check_sqlite_store(uri)
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise HarnessInputError(f"port {port} on 127.0.0.1 is in use; pick another with "
@@ -169,7 +170,7 @@ def ui(tracking_uri, port) -> None:
     exe = Path(sys.executable).parent / "mlflow"
     if not exe.exists():
         raise click.ClickException(f"{exe} is missing; reinstall the harness (make install).")
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    click.echo(f"MLflow UI for {masked(uri, uri)} at http://127.0.0.1:{port}  (Ctrl-C stops it)")
     sys.stdout.flush()
     # exec: the server takes over this process, so Ctrl-C and kill reach it directly. One
     # worker and no GenAI job runner: a single local user browsing runs, and every extra

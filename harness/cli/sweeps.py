@@ -149,7 +149,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
                           highlight=False)
         return  # the leaderboard would read an incomplete store
     show_leaderboard(uri, outcome.experiment)
-    click.echo(f"browse the runs: harness ui --tracking-uri {uri}")
+    click.echo(tracking.masked(f"browse the runs: harness ui --tracking-uri {uri}", uri))
 
 
 INTERRUPT_GRACE_S = 45  # after Ctrl-C: time to shut Ray down before the process just exits

@@ -7,6 +7,7 @@ registry is full once `harness.datasets` is imported and no module imports one t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,27 @@ def resolve_root(root: str | Path | None = None) -> Path:
             field="dataset.root") from None
 
 
+@contextlib.contextmanager
+def reading_root(root: Path):
+    """A file-system error while a dataset's files are looked for or read under `root` (a
+    path component longer than the file system allows, no permission, a file where a folder
+    should be) as exit 2 naming the data root and the fix. Errors without a file name (a
+    failed download) pass on unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        def short(path: object) -> str:
+            text = str(path)
+            return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}")
+        raise HarnessInputError(
+            f"cannot use the data root {short(root)}: {exc.strerror or type(exc).__name__} "
+            f"({short(exc.filename)}). Give a data root that exists and can be read, each "
+            "part of the path at most 255 characters: --data-root, dataset.root in the spec, "
+            "or $HARNESS_DATA.", field="dataset.root") from None
+
+
 def validate_params(info: DatasetInfo, params: dict[str, Any] | None) -> BaseModel:
     try:
         return info.params(**(params or {}))
@@ -107,4 +129,6 @@ def files_present(name: str, root: str | Path | None = None) -> bool:
     info = DATASETS.get(name)
     if info.embedded or info.present is None:
         return True
-    return info.present(resolve_root(root))
+    root = resolve_root(root)
+    with reading_root(root):
+        return info.present(root)

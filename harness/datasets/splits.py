@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from harness.datasets.registry import DATASETS, default_eps_for, resolve_root, validate_params
+from harness.datasets.registry import (
+    DATASETS, default_eps_for, reading_root, resolve_root, validate_params,
+)
 from harness.errors import HarnessInputError
 
 
@@ -83,7 +85,9 @@ def load_dataset(
             field="dataset.subset",
         )
     parsed = validate_params(info, params)
-    raw = info.loader(resolve_root(root), download, parsed)
+    root = resolve_root(root)
+    with reading_root(root):
+        raw = info.loader(root, download, parsed)
     gen = torch.Generator().manual_seed(split_seed)
 
     n = raw.x_train.shape[0]
