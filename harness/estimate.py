@@ -170,8 +170,8 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         x, y = data.x_train, data.y_train
         cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
     models = spec.eval.models_per_arch
-    n_attacked = min(spec.eval.max_test, len(data.x_test)) + min(spec.eval.max_val, len(data.x_val))
-    aa_images = min(spec.eval.max_test, len(data.x_test))
+    aa_images = capped(len(data.x_test), spec.eval.max_test)
+    n_attacked = aa_images + capped(len(data.x_val), spec.eval.max_val)
     for arch in archs:
         batch = min(cfg.batch_size, len(x))
         rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
@@ -194,6 +194,11 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         est.attack_seconds_low += models * low * pgd_s
     if spec.threat.autoattack != "off":
         est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
+
+
+def capped(n: int, cap: int | None) -> int:
+    """Examples scored out of `n` under an `eval.max_*` cap (None: all of them)."""
+    return n if cap is None else min(n, cap)
 
 
 def _learn(method, ctx, est: Estimate) -> int | None:

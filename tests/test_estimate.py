@@ -84,3 +84,13 @@ def test_peak_memory_counts_what_the_block_held_at_most():
     assert 200 * 2**20 <= big.peak <= 400 * 2**20
     assert small.peak < 100 * 2**20
     del before
+
+
+def test_a_spec_without_caps_on_scored_images_is_estimated(tmp_path):
+    """eval.max_test unset (score every test image, as the GPU specs do) once crashed the
+    calibration (min of an int and None)."""
+    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "max_test": None, "max_val": None},
+                             "methods": {"erm": {}}})
+    (variant,) = make_plan(spec)
+    est = estimate_variant(variant)
+    assert est.attack_examples > 0 and est.note == ""
