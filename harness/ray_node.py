@@ -148,26 +148,42 @@ def _kill_until_gone(known: set[int], root: int, patience: float = 10.0) -> None
         known = set(ray_processes(root))
 
 
-def ray_processes(root: int) -> list[int]:
-    """Live Ray processes below `root` (Linux /proc; [] elsewhere): its children that run
-    Ray's programs (GCS, raylet, monitors) or Ray workers and agents (`ray::...`), and every
-    process below those."""
-    children: dict[int, list[int]] = {}
+def live_processes() -> list[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after "pid (comm) ") of every live process
+    (Linux; [] elsewhere); zombies are left out. fields[1] is the parent, fields[3] the
+    session."""
+    out = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        fields = stat[stat.rindex(")") + 2:].split()
         if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found = [pid for pid in children.get(root, []) if _runs_ray(pid)]
+            out.append((int(entry.name), fields))
+    return out
+
+
+def descendants(root: int, keep=lambda pid: True) -> list[int]:
+    """Live processes below `root`: its children for which `keep(pid)` holds, and every
+    process below those."""
+    children: dict[int, list[int]] = {}
+    for pid, fields in live_processes():
+        children.setdefault(int(fields[1]), []).append(pid)
+    found = [pid for pid in children.get(root, []) if keep(pid)]
     todo = list(found)
     while todo:
         below = children.get(todo.pop(), [])
         found += below
         todo += below
     return found
+
+
+def ray_processes(root: int) -> list[int]:
+    """Live Ray processes below `root` (Linux /proc; [] elsewhere): its children that run
+    Ray's programs (GCS, raylet, monitors) or Ray workers and agents (`ray::...`), and every
+    process below those."""
+    return descendants(root, keep=_runs_ray)
 
 
 _RAY_DIR = os.path.dirname(ray.__file__)  # its programs run from below here

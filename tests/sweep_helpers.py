@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from harness.ray_node import descendants, live_processes  # noqa: F401 (tests import descendants from here)
+
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 
@@ -87,40 +89,7 @@ def wait_for(predicate, timeout: float, every: float = 1.0) -> bool:
 def session_pids(sid: int) -> list[int]:
     """Live processes of session `sid` (a driver started with start_new_session and every Ray
     process it spawned), read from /proc; zombies are left out."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def descendants(root: int) -> list[int]:
-    """Live processes below `root` (children, theirs, ...), read from /proc; zombies left out."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
+    return [pid for pid, fields in live_processes() if int(fields[3]) == sid]
 
 
 def describe(pids: list[int]) -> str:

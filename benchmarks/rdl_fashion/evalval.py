@@ -8,7 +8,7 @@ from harness.methods import MethodContext
 from harness.train import TrainConfig, WorkMeter, train_model
 
 
-def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7, n_aa=200):
+def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7, n_aa=200, augment=None):
     xv, yv = data.x_val[:n_val], data.y_val[:n_val]
     out = {}
     for arch in archs:
@@ -20,7 +20,8 @@ def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7, n_aa=200)
         cfg = TrainConfig(epochs=300, batch_size=min(256, len(x)), optimizer="sgd", lr=0.01, momentum=0.9,
                           weight_decay=5e-4, schedule="halfway")
         t = time.time()
-        train_model(model, x, y, cfg, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+        train_model(model, x, y, cfg, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"),
+                    augment=augment)
         model.eval()
         attack = Threat("linf", eps, steps=10).attack(bounds=data.bounds, generator=torch.Generator().manual_seed(0))
         out[arch] = {"val_clean": round(accuracy(model, xv, yv), 3),
