@@ -31,7 +31,8 @@ from torch import nn
 from harness.config import RunSpec, apply_overrides, build_run_spec, load_yaml
 from harness.errors import HarnessInputError
 from harness.evaluate import (
-    TrialResult, resolve_threat, run_trial, score_model as _score_model, smoke_assignments,
+    TrialResult, resolve_spec, resolve_threat, run_trial, score_model as _score_model,
+    smoke_assignments,
 )
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
 from harness.record import LEARNED_ARTIFACT, model_artifact
@@ -164,7 +165,8 @@ def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = 
     The model takes raw inputs in the dataset's bounds (normalisation inside)."""
     from harness.datasets import load_dataset
 
-    spec = build_spec(dataset, EXTERNAL, seed=seed, sections={**sections, "device": device})
+    spec = resolve_spec(build_spec(dataset, EXTERNAL, seed=seed,
+                                   sections={**sections, "device": device}))
     ds = spec.dataset
     data = load_dataset(ds.name, root=ds.root, download=ds.download, subset=ds.subset,
                         val_fraction=ds.val_fraction, split_seed=ds.split_seed,

@@ -155,8 +155,11 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
 
 
 def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
+    """The attack of a resolved spec (`resolve_spec` decided its eps)."""
     t = spec.threat
-    return Threat(norm=t.norm, eps=t.eps or data.default_eps, steps=t.steps, alpha=t.alpha,
+    if t.eps is None:
+        raise ValueError("resolve_threat needs a resolved spec (resolve_spec decides eps)")
+    return Threat(norm=t.norm, eps=t.eps, steps=t.steps, alpha=t.alpha,
                   restarts=t.restarts, loss=t.loss)
 
 

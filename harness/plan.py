@@ -8,6 +8,7 @@ budget, then `repeats` extra seeds of its best configuration.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,15 +143,35 @@ def sample_tree(variant: Variant, values: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+# The key of a Tune trial's config that carries its resolved RunSpec (a JSON dump): decided
+# once, when the driver's searcher hands the trial out, and read back by the worker that runs
+# it and the driver that records it.
+RESOLVED_KEY = "resolved_spec"
+
+
 def resolve_trial(variant: Variant, config: dict[str, Any]) -> RunSpec:
-    """The resolved RunSpec of one trial, the one way a trial's settings are decided (the
-    worker runs it, the driver records it): the variant's tree, the searched values and seed
-    Tune chose (`config`: spec path -> value, plus `seed` for repeats), then every default
-    (`harness.evaluate.resolve_spec`: the dataset's eps, the method's effective settings)."""
+    """The resolved RunSpec of one trial, the one way a trial's settings are decided: the
+    variant's tree, the searched values and seed Tune chose (`config`: spec path -> value, plus
+    `seed` for repeats), then every default (`harness.evaluate.resolve_spec`: the dataset's
+    eps, the method's effective settings). A sweep runs it once per trial (`with_resolved`)."""
+    config = {k: v for k, v in config.items() if k != RESOLVED_KEY}
     tree = sample_tree(variant, {k: v for k, v in config.items() if k != "seed"})
     if "seed" in config:
         tree["seed"] = config["seed"]
     return resolve_spec(build_run_spec(tree))
+
+
+def with_resolved(variant: Variant, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its trial's resolved RunSpec under RESOLVED_KEY."""
+    spec = resolve_trial(variant, config)
+    return {**config, RESOLVED_KEY: json.dumps(spec.model_dump(mode="json"), sort_keys=True)}
+
+
+def trial_spec(config: dict[str, Any]) -> RunSpec:
+    """The RunSpec a trial's config carries (see `with_resolved`), rebuilt without resolving."""
+    if RESOLVED_KEY not in config:
+        raise KeyError(f"a sweep trial's config lacks {RESOLVED_KEY!r}: {sorted(config)}")
+    return build_run_spec(json.loads(config[RESOLVED_KEY]))
 
 
 FIXED_BY_STRUCTURE = ("method.name", "dataset.name")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import json
 import os
 import re
 import threading
@@ -33,7 +34,7 @@ from typing import Any
 from harness.checkpoint import load_file
 from harness.config import SweepSpec, derived_seed
 from harness.errors import HarnessInputError
-from harness.plan import Variant, launch_order, resolve_trial
+from harness.plan import RESOLVED_KEY, Variant, launch_order, with_resolved
 from harness.progress import SweepProgress, VariantProgress
 from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
 from harness.tracking import Tracker
@@ -156,16 +157,16 @@ class DriverCallback(tune.Callback):
         return _serving.get()
 
     def _run(self, trial) -> str:
-        """The trial's MLflow run, opened with its resolved settings as params (resolved
-        once per trial: callbacks come at every progress report)."""
+        """The trial's MLflow run, opened with the resolved settings its config carries as
+        params (`plan.with_resolved`)."""
         ctx = self.ctx
         key = f"{ctx.variant.key}/{ctx.phase}/{trial.trial_id}"
         known = ctx.tracker.opened(key)
         if known is not None:
             return known
-        spec = resolve_trial(ctx.variant, trial.config)
+        tree = json.loads(trial.config[RESOLVED_KEY])  # decided when the trial was handed out
         params = TrialRecord(method=ctx.variant.method, dataset=ctx.variant.dataset,
-                             params=spec_params(spec.model_dump(mode="json")),
+                             params=spec_params(tree),
                              metrics={}).mlflow_params()
         return ctx.tracker.trial_run(key, params, {**ctx.identity(), "trial_id": trial.trial_id})
 
@@ -322,10 +323,13 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
                                   resume_errored=False, restart_errored=False,
                                   param_space=param_space)
     searching = phase.name == "search" and bool(param_space)
-    if searching:
-        search_alg = ProgressOptuna(seed=spec.search.seed)
-    else:
+    if searching:  # Optuna picks the values; the searcher adds the resolved spec
+        search_alg = ProgressOptuna(phase.variant, seed=spec.search.seed)
+    else:  # fixed values (a grid of seeds at most): Tune's own generator adds it
         search_alg = None
+        keys = list(param_space)
+        param_space = {**param_space, RESOLVED_KEY: tune.sample_from(
+            lambda trial: with_resolved(phase.variant, {k: trial.config[k] for k in keys})[RESOLVED_KEY])}
     scheduler = FIFOScheduler()
     if asha:
         # rungs in epochs of the probe, not in reports (progress saves are reports too)
@@ -351,7 +355,16 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
 
 class ProgressOptuna(OptunaSearch):
     """Optuna search that passes over reports without the objective (saved progress):
-    Tune's Optuna searcher reads the objective from every report."""
+    Tune's Optuna searcher reads the objective from every report. Each configuration it hands
+    out carries the trial's resolved RunSpec (`plan.with_resolved`)."""
+
+    def __init__(self, variant: Variant, **kwargs):
+        super().__init__(**kwargs)
+        self.variant = variant
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        return with_resolved(self.variant, config) if isinstance(config, dict) else config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result:
@@ -363,7 +376,9 @@ def best_config(grid, metric: str, mode: str) -> dict[str, Any] | None:
         best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
     except RuntimeError:
         return None  # every trial failed
-    return None if best is None or best.config is None else dict(best.config)
+    if best is None or best.config is None:
+        return None
+    return {k: v for k, v in best.config.items() if k != RESOLVED_KEY}
 
 
 @dataclass

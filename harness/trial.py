@@ -10,7 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.checkpoint import TrialCheckpoint, save_file
-from harness.plan import Variant, resolve_trial
+from harness.plan import Variant, trial_spec
 from harness.record import (
     GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, learned_meta, model_artifact,
 )
@@ -25,7 +25,8 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
                     checkpoint_every_s: float | None = None,
                     shared_data: Callable[[Any], Any] | None = None,
                     probe: bool = True) -> TrialRecord:
-    """Resolve the trial's spec (once: `plan.resolve_trial`), run it, report progress while
+    """Run the spec the trial's config carries (resolved once, by the driver's searcher:
+    `plan.with_resolved`), report progress while
     it runs and, at the end, its metrics with its record (`harness.record`) and artifacts.
 
     `restored`: the progress an earlier attempt saved (`harness.checkpoint`), gone on from.
@@ -39,7 +40,7 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
     from harness.train import pick_device
 
     torch.set_num_threads(max(1, threads))
-    spec = resolve_trial(variant, config)
+    spec = trial_spec(config)
 
     def progress(metrics: dict[str, float], step: int) -> None:
         probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))

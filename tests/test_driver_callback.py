@@ -8,10 +8,11 @@ still keep their trials apart."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from harness.config import build_sweep_spec
-from harness.plan import make_plan
+from harness.plan import RESOLVED_KEY, make_plan, with_resolved
 from harness.progress import SweepProgress, VariantProgress
 from harness.sweep import DriverCallback, PhaseContext, _serving
 from harness.tracking import Tracker, connect
@@ -39,6 +40,8 @@ def contexts(tmp_path):
 
 
 def serve(ctx: PhaseContext, event: str, trial) -> None:
+    if not trial.config:  # what the driver's searcher hands out: the resolved spec inside
+        trial.config = with_resolved(ctx.variant, {})
     token = _serving.set(ctx)
     try:
         getattr(DriverCallback(), event)(iteration=0, trials=[], trial=trial)
@@ -127,3 +130,19 @@ def test_a_variant_starts_only_when_those_before_it_have_a_trial_running():
     assert started == ["rdl", "dc", "erm aborted"]
     with pytest.raises(RuntimeError):
         gate.wait("dc")
+
+
+def test_the_run_records_the_spec_the_trial_carries_not_a_second_resolution(tmp_path):
+    """The driver logs the resolved spec that Tune carries in the trial's config (the one the
+    worker runs), instead of resolving the trial again: a marked dump shows which it used."""
+    tracker, _, ctxs = contexts(tmp_path)
+    ctx = ctxs[0]
+    config = with_resolved(ctx.variant, {})
+    tree = json.loads(config[RESOLVED_KEY])
+    assert tree["seed"] == 0
+    tree["seed"] = 777  # not what resolving the variant again would give
+    trial = fake_trial("m_00000")
+    trial.config = {**config, RESOLVED_KEY: json.dumps(tree)}
+    serve(ctx, "on_trial_start", trial)
+    (run,) = tracker.trial_runs()
+    assert run.data.params["seed"] == "777"

@@ -97,7 +97,7 @@ def test_every_progress_metric_arrives_from_a_running_trial():
     """The driver keeps the PROGRESS_METRICS keys of a trial's progress reports; each must be
     in what some trial reports (a model method's epoch probe, a dataset method's probe)."""
     from harness.config import build_sweep_spec
-    from harness.plan import make_plan
+    from harness.plan import make_plan, with_resolved
     from harness.record import PROGRESS_METRICS
     from harness.trial import run_sweep_trial
 
@@ -110,7 +110,7 @@ def test_every_progress_metric_arrives_from_a_running_trial():
             reported.update(metrics)
 
     for variant in make_plan(spec, smoke=True):
-        run_sweep_trial({}, variant=variant, objective="val_robust_acc", smoke=True,
+        run_sweep_trial(with_resolved(variant, {}), variant=variant, objective="val_robust_acc", smoke=True,
                         report=report, probe=True)
     assert set(PROGRESS_METRICS) <= reported, set(PROGRESS_METRICS) - reported
 
