@@ -343,6 +343,8 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
             metric=spec.objective.metric, mode=spec.objective.mode, search_alg=search_alg,
             scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
+            # named by id, not by config (which holds the whole resolved spec)
+            trial_dirname_creator=lambda trial: f"{trial.trainable_name}_{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=0, callbacks=[DriverCallback()],

@@ -264,7 +264,7 @@ class RobustDatasetLearning(DatasetMethod):
     LINKED: ClassVar[tuple[frozenset, ...]] = (frozenset({"unroll_min", "unroll_max"}),)
 
     smoke: ClassVar[dict] = {
-        "ipc": 2, "outer_steps": 4, "unroll_max": 3, "attack_steps": 2, "real_batch": 32,
+        "ipc": 2, "outer_steps": 4, "unroll_min": 1, "unroll_max": 3, "attack_steps": 2, "real_batch": 32,
         "probe_every": 4, "probe_steps": 5, "probe_val": 50,
     }
 
