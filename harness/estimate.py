@@ -186,7 +186,7 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         est.train_examples += models * n_epochs * per_example[0]
         est.train_seconds += models * n_epochs * per_example[1]
         pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
-        _attack_step(net, data, threat, device)  # a full attack batch, for peak memory
+        _attack_step(net, data, device)  # a full attack batch, for peak memory
         passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
         est.attack_examples += models * passes
         est.attack_seconds += models * passes * pgd_s
@@ -244,7 +244,7 @@ def _time_pgd(net, data, threat, device) -> tuple[int, float]:
     return passes, (time.perf_counter() - start) / (len(x) * passes)
 
 
-def _attack_step(net, data, threat, device) -> None:
+def _attack_step(net, data, device) -> None:
     """One gradient step of an attack on a full attack batch: what evaluation holds at most."""
     from harness.attacks import ATTACK_BATCH
 
