@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.checkpoint import load_file
 from harness.config import SweepSpec, derived_seed
@@ -37,8 +37,10 @@ from harness.errors import HarnessInputError
 from harness.plan import RESOLVED_KEY, Variant, launch_order, with_resolved
 from harness.progress import SweepProgress, VariantProgress
 from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
-from harness.tracking import Tracker
 from harness.trial import run_sweep_trial
+
+if TYPE_CHECKING:  # MLflow is the driver's: a trial's worker imports this module, not MLflow
+    from harness.tracking import Tracker
 
 # Save experiment state often: a killed driver loses at most this many seconds of bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -460,7 +462,8 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
     for v, _ in phases:
         progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
     failed = 0
-    workers = spec.search.parallel_variants or default_parallel_variants(spec)
+    workers = spec.search.parallel_variants or default_parallel_variants(
+        spec, [v for v, _ in phases], ray.cluster_resources())
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
     ordered = [p for _, p in launch_order(phases, lambda vp: vp[0].method)]
     turnstile = Turnstile([p.variant.key for p in ordered])
@@ -480,15 +483,26 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
     return failed
 
 
-def default_parallel_variants(spec: SweepSpec) -> int:
-    """Enough variants in flight to fill the cluster with trials, and no more."""
-    total = ray.cluster_resources()
+def default_parallel_variants(spec: SweepSpec, variants: list[Variant],
+                              cluster: dict[str, float]) -> int:
+    """Enough variants in flight to fill the cluster's slots with trials, plus one whose
+    experiment is set up and waiting for the next free slot (the turnstile keeps it at one),
+    so a slot that frees starts a trial at once instead of after a variant's set-up.
+
+    A variant runs at most `max_concurrent` trials at once, and one when nothing is searched
+    (a single trial says it all); the variant that fills fewest slots sets the count."""
     if spec.resources.gpu > 0:
-        slots = total.get("GPU", 0) / spec.resources.gpu
+        slots = cluster.get("GPU", 0) / spec.resources.gpu
     else:
-        slots = total.get("CPU", 1) / spec.resources.cpu
-    per_variant = max(1, spec.search.max_concurrent)
+        slots = cluster.get("CPU", 1) / spec.resources.cpu
+    per_variant = min((min(max(1, spec.search.max_concurrent), variant_samples(v))
+                       for v in variants), default=1)
     return max(1, min(16, math.ceil(slots / per_variant) + 1))
+
+
+def variant_samples(variant: Variant) -> int:
+    """Trials in a variant's search: its `trials` when something is searched, else one."""
+    return variant.trials if search_space(variant) else 1
 
 
 def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: dict,
@@ -507,7 +521,7 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
     """A variant's Optuna search, then its repeats; returns its failed trials."""
     variant = search.variant
     space = search_space(variant)
-    samples = variant.trials if space else 1  # nothing to search: one trial says it all
+    samples = variant_samples(variant)
     progress.variants[variant.key].planned = samples + variant.repeats
     context = dict(tracker=tracker, variant=variant, progress=progress,
                    objective=spec.objective.metric, live=live)

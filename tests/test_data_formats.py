@@ -408,6 +408,20 @@ def test_split_is_seeded_and_subset_is_per_class(tmp_path):
     assert torch.equal(sub.x_val, a.x_val)  # subsetting never moves the validation split
 
 
+def test_digits_read_without_sklearn_equal_sklearns_loader():
+    """The digits are read from scikit-learn's bundled file without importing scikit-learn
+    (a fresh trial worker's start-up); they must be exactly what its loader returns."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from harness.datasets.embedded import digits_arrays
+
+    images, labels = digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and images.shape == (1797, 8, 8)
+    assert np.array_equal(labels, reference.target)
+
+
 def test_digits_split_and_subset():
     a = load_dataset("digits", split_seed=0)
     assert_images(a.x_train, (1, 8, 8))

@@ -146,3 +146,28 @@ def test_the_run_records_the_spec_the_trial_carries_not_a_second_resolution(tmp_
     serve(ctx, "on_trial_start", trial)
     (run,) = tracker.trial_runs()
     assert run.data.params["seed"] == "777"
+
+
+def test_one_variant_waits_ready_for_each_slot_that_frees():
+    """With variants of one trial each, two slots take three variant threads: two running and
+    one whose experiment is set up and waiting, so a slot that frees starts a trial at once.
+    A variant whose search runs `max_concurrent` trials at once needs fewer threads."""
+    from harness.sweep import default_parallel_variants
+
+    def plan(methods, **search):
+        spec = build_sweep_spec({"name": "slots", "dataset": {"name": "digits"}, "trials": 4,
+                                 "search": {"asha": False, **search}, "methods": methods})
+        return spec, make_plan(spec)
+
+    fixed = {"erm": {}, "random": {"space": {"ipc": 2}}}
+    searched = {"pgd_at": {"space": {"train.lr": {"loguniform": [0.01, 0.1]}}}}
+    spec, variants = plan(fixed, max_concurrent=2)
+    assert default_parallel_variants(spec, variants, {"CPU": 2.0}) == 3
+    assert default_parallel_variants(spec, variants, {"CPU": 8.0}) == 9
+    spec, variants = plan(searched, max_concurrent=2)
+    assert default_parallel_variants(spec, variants, {"CPU": 2.0}) == 2
+    spec, variants = plan({**searched, **fixed}, max_concurrent=4)  # the narrowest decides
+    assert default_parallel_variants(spec, variants, {"CPU": 8.0}) == 9
+    spec, variants = plan(searched, max_concurrent=4)
+    assert default_parallel_variants(spec, variants, {"CPU": 8.0}) == 3
+    assert default_parallel_variants(spec, variants, {"CPU": 1000.0}) == 16  # capped

@@ -78,13 +78,33 @@ def load_synthetic(root: Path, download: bool, params: SyntheticParams) -> RawDa
     description="scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes)",
 )
 def load_digits(root: Path, download: bool, params: NoParams) -> RawData:
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
-    y = torch.tensor(bunch.target, dtype=torch.long)
+    images, target = digits_arrays()
+    x = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
+    y = torch.tensor(target, dtype=torch.long)
     # sklearn ships one pool; hold out a fixed, stratified-by-shuffle 20% as the test split.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1234))
     n_test = len(y) // 5
     te, tr = perm[:n_test], perm[n_test:]
     return RawData(x[tr], y[tr], x[te], y[te], num_classes=10)
+
+
+def digits_arrays():
+    """(images (1797, 8, 8), labels) of scikit-learn's digits, read from the CSV scikit-learn
+    ships (one row per image: 64 pixel values, then the label) without importing
+    scikit-learn, whose import is most of a short trial's start-up (~1 s of a fresh worker);
+    through `sklearn.datasets.load_digits` if the file is not where it has always been."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package, runs none of it
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    return bunch.images, bunch.target
