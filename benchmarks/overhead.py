@@ -7,7 +7,7 @@ trial records on their own.
 Prints the wall seconds of each and, last, `overhead_ratio=<best sweep / plain loop>`
 (target <= 1.10 for trials of about 30 s).
 
-    python benchmarks/overhead.py [--quick] [--trials N]
+    python benchmarks/overhead.py [--quick] [--trials N] [--epochs E]
 """
 
 from __future__ import annotations
@@ -104,9 +104,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter trials (about 5 s each)")
     ap.add_argument("--trials", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="training epochs per trial (default 12, ~15 s a trial; 24: ~30 s)")
     a = ap.parse_args()
     n = a.trials or (4 if a.quick else 6)
-    epochs = 2 if a.quick else 12
+    epochs = a.epochs or (2 if a.quick else 12)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         plain = plain_loop(spec_tree(n, epochs, cpu=1, concurrent=1))
