@@ -24,12 +24,31 @@ Work is in examples through the network (the `WorkMeter` unit: a forward pass wi
 backward, attack steps included), also given in work epochs over the full training split as
 the leaderboard reports. Wall time is this machine's, one trial at a time, with the threads a
 trial gets (`resources.cpu`); per-epoch validation probes are not counted.
+
+Work is also given in FLOPs: each example times the forward FLOPs of the network it went
+through, at the spec's settings of that arch (`forward_flops`: convolutions and matrix
+products as `torch.utils.flop_counter` counts them, two per multiply-add; normalisation,
+activations and pooling left out), times `PASS_FLOPS` for a training or learning pass (the
+backward computes gradients for inputs and weights, about twice the forward: the usual
+approximation, e.g. Kaplan et al. 2020, arXiv 2001.08361) and `ATTACK_PASS_FLOPS` for an
+evaluation attack step (its backward stops at the input's gradient). Training passes inside
+adversarial training count 3 too (an upper bound), and the second-order backward of dc and
+rdl_gm is not counted (a lower bound there).
+
+`count_only` (`--assume-tflops R`): the work is counted without being timed, with every
+network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), and a
+full training run inside a method's learning (robust_features' robust model) cut to its
+first batch, the rest charged at that batch's rate (`harness.train.COUNT_ONLY`), so that a
+GPU spec is counted on a CPU; the FLOPs stay those of the spec's networks, and time is the
+work over an assumed sustained rate R. The count equals the full calibration's: no learning
+loop, training budget or attack depends on the network's size (tested, per method).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,6 +57,9 @@ import torch
 CALIBRATION_STEPS = 2  # learning steps timed after the first (which pays for setting up)
 CALIBRATION_BATCHES = 3  # training batches timed per architecture
 ATTACK_SLICE = 32  # test images attacked to time PGD
+PASS_FLOPS = 3  # a training pass in forward FLOPs: the forward and a backward of about two
+ATTACK_PASS_FLOPS = 2  # an attack step: the forward and a backward to the input only
+STANDIN = {"width": 2, "depth": 1, "hidden": 2}  # arch settings a count-only network gets
 AA_PASSES = {"off": 0, "fast": 100 + 9 * 100, "standard": 100 + 9 * 100 + 9 * 100 + 5000 // 2}
 
 
@@ -60,6 +82,15 @@ class Estimate:
     n_train_full: int = 1
     peak_bytes: int | None = None  # see the module docstring; None: not measurable here
     note: str = ""  # why there is no estimate, or what it leaves out
+    learn_flops: float = 0.0  # see the module docstring
+    train_flops: float = 0.0
+    attack_flops: float = 0.0
+    attack_flops_low: float = 0.0  # AutoAttack's lower bound, as attack_seconds_low
+    counted_only: bool = False  # work counted with stand-in networks, nothing timed
+
+    @property
+    def trial_flops(self) -> float:
+        return self.learn_flops + self.train_flops + self.attack_flops
 
     @property
     def trial_seconds(self) -> float:
@@ -112,15 +143,42 @@ def gigabytes(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.2f} GB" if n >= 2**28 else f"{n / 2**20:.0f} MB"
 
 
-def estimate_variant(variant, *, threads: int = 1) -> Estimate:
-    """Calibrate one variant on this machine (see the module docstring)."""
+def forward_flops(arch: str, data, settings: dict) -> float:
+    """FLOPs of one example's forward pass through `arch` built with `settings` for `data`."""
+    key = (arch, tuple(data.input_shape), data.num_classes, tuple(sorted(settings.items())))
+    if key not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from harness.models import build_model
+
+        net = build_model(arch, tuple(data.input_shape), data.num_classes, **settings).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, *data.input_shape))
+        _FLOPS[key] = float(counter.get_total_flops())
+    return _FLOPS[key]
+
+
+_FLOPS: dict[tuple, float] = {}
+
+
+def standin_settings(arch: str, settings: dict) -> dict:
+    """`settings` with every size setting the arch takes at its `STANDIN` value."""
+    from harness.models import arch_params
+
+    takes = arch_params(arch)
+    return {**settings, **{k: v for k, v in STANDIN.items() if k in takes}}
+
+
+def estimate_variant(variant, *, threads: int = 1, count_only: bool = False) -> Estimate:
+    """Calibrate one variant on this machine (see the module docstring); `count_only`: count
+    its work with stand-in networks and time nothing."""
     from harness.evaluate import load_data, resolve_spec
     from harness.plan import resolve_trial
     from harness.train import pick_device
 
     searched = variant.trials if variant.dims else 1
     est = Estimate(variant.label, f"{variant.dataset} {variant.threat}".strip(),
-                   searched + variant.repeats)
+                   searched + variant.repeats, counted_only=count_only)
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
     try:
         data = load_data(spec.dataset)
@@ -131,6 +189,9 @@ def estimate_variant(variant, *, threads: int = 1) -> Estimate:
     torch.set_num_threads(max(1, threads))
     try:
         device = pick_device(spec.device)
+        if count_only:
+            _calibrate(spec, data, device, est)
+            return est
         with PeakMemory(device) as memory:
             _calibrate(spec, data, device, est)
         est.peak_bytes = memory.peak
@@ -143,18 +204,32 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
     from harness.evaluate import downstream_config, resolve_archs, resolve_threat
     from harness.methods import DatasetMethod, MethodContext, make_method
-    from harness.train import WorkMeter, natural_loss, train_model
+    from harness.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
 
     threat = resolve_threat(spec, data)
     method = make_method(spec.method.name, spec.method.params())
     archs = resolve_archs(spec)
     est.n_train_full = data.n_train_full
     meter = WorkMeter()
+    settings = spec.eval.arch_settings
+
+    def flops(arch: str) -> float:  # the spec's network, whatever was built to count
+        return forward_flops(arch, data, settings.get(arch, {}))
+
+    built = settings
+    if est.counted_only:
+        from harness.models import MODELS
+
+        built = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
     ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
                         generator=torch.Generator().manual_seed(spec.seed), seed=spec.seed,
-                        archs=archs, meter=meter, arch_settings=spec.eval.arch_settings)
+                        archs=archs, meter=meter, arch_settings=built)
     if isinstance(method, DatasetMethod):
-        size = _learn(method, ctx, est)
+        token = COUNT_ONLY.set(est.counted_only)
+        try:
+            size = _learn(method, ctx, est, flops)
+        finally:
+            COUNT_ONLY.reset(token)
         if size is None:
             return
         shape = (size, *data.input_shape)
@@ -185,13 +260,19 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         n_epochs = cfg.epochs * len(x)
         est.train_examples += models * n_epochs * per_example[0]
         est.train_seconds += models * n_epochs * per_example[1]
-        pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
-        _attack_step(net, data, device)  # a full attack batch, for peak memory
+        est.train_flops += models * n_epochs * per_example[0] * flops(arch) * PASS_FLOPS
+        if est.counted_only:
+            pgd_passes, pgd_s = pgd_steps(threat), 0.0
+        else:
+            pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
+            _attack_step(net, data, device)  # a full attack batch, for peak memory
         passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
         est.attack_examples += models * passes
+        est.attack_flops += models * passes * flops(arch) * ATTACK_PASS_FLOPS
         est.attack_seconds += models * passes * pgd_s
         low = n_attacked * pgd_passes + aa_images * (spec.threat.autoattack != "off")
         est.attack_seconds_low += models * low * pgd_s
+        est.attack_flops_low += models * low * flops(arch) * ATTACK_PASS_FLOPS
     if spec.threat.autoattack != "off":
         est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
 
@@ -201,17 +282,25 @@ def capped(n: int, cap: int | None) -> int:
     return n if cap is None else min(n, cap)
 
 
-def _learn(method, ctx, est: Estimate) -> int | None:
-    """Time the learning (a few steps, scaled) and return the learned set's size."""
+def _learn(method, ctx, est: Estimate, flops) -> int | None:
+    """Time the learning (a few steps, scaled) and return the learned set's size; its FLOPs
+    from the examples each arch saw (`flops(arch)` per example), scaled the same way."""
     planned = method.planned_steps()
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, int, Counter]] = []
     start = time.perf_counter()
 
     def log(metrics: dict[str, float], step: int) -> None:
         if "outer_loss" in metrics:
-            marks.append((time.perf_counter(), ctx.meter.examples))
+            marks.append((time.perf_counter(), ctx.meter.examples, Counter(ctx.meter.by_arch)))
             if planned and len(marks) > CALIBRATION_STEPS:
                 raise _Enough
+
+    def cost(by_arch: Counter) -> float:  # work nobody labelled (none today) at the mean arch
+        labelled = {a: n for a, n in by_arch.items() if a is not None}
+        if not labelled or not sum(labelled.values()):
+            return 0.0
+        mean = sum(n * flops(a) for a, n in labelled.items()) / sum(labelled.values())
+        return sum(by_arch.values()) * mean * PASS_FLOPS
 
     ctx.log = log
     try:
@@ -220,11 +309,14 @@ def _learn(method, ctx, est: Estimate) -> int | None:
         learned = None
     if learned is not None:  # it finished: its whole cost was measured
         est.learn_seconds, est.learn_examples = time.perf_counter() - start, ctx.meter.examples
+        est.learn_flops = cost(ctx.meter.by_arch)
         return len(learned)
-    (t0, w0), (t1, w1) = marks[0], marks[-1]
+    (t0, w0, a0), (t1, w1, a1) = marks[0], marks[-1]
     steps = len(marks) - 1
     est.learn_seconds = (t0 - start) + (planned - 1) * (t1 - t0) / steps
     est.learn_examples = w0 + (planned - 1) * (w1 - w0) / steps
+    # the steps after the first (an arch pool's turns among them) stand for every later step
+    est.learn_flops = cost(a0) + (planned - 1) * cost(a1 - a0) / steps
     ipc = getattr(method.config_for(ctx.data.name), "ipc", None)
     if not ipc:
         est.note = "no evaluation estimate: the learned set's size is known only at the end"
@@ -238,10 +330,15 @@ def _time_pgd(net, data, threat, device) -> tuple[int, float]:
 
     x, y = data.x_test[:ATTACK_SLICE].to(device), data.y_test[:ATTACK_SLICE].to(device)
     attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
-    passes = threat.steps * max(1, getattr(threat, "restarts", 1)) + 1
+    passes = pgd_steps(threat)
     start = time.perf_counter()
     robust_accuracy(net, x, y, attack)
     return passes, (time.perf_counter() - start) / (len(x) * passes)
+
+
+def pgd_steps(threat) -> int:
+    """Gradient passes PGD takes per image: its steps over every restart, and the final check."""
+    return threat.steps * max(1, getattr(threat, "restarts", 1)) + 1
 
 
 def _attack_step(net, data, device) -> None:
@@ -255,8 +352,8 @@ def _attack_step(net, data, device) -> None:
     torch.autograd.grad(loss, x)
 
 
-def estimate_plan(plan, *, threads: int = 1) -> list[Estimate]:
-    return [estimate_variant(v, threads=threads) for v in plan]
+def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> list[Estimate]:
+    return [estimate_variant(v, threads=threads, count_only=count_only) for v in plan]
 
 
 def hours(seconds: float) -> str:
@@ -267,11 +364,56 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def flop_text(flops: float) -> str:
+    return f"{flops / 1e15:,.1f} PFLOP" if flops >= 1e14 else f"{flops / 1e12:,.2f} TFLOP"
+
+
+def describe_counts(estimates: list[Estimate], *, tflops: float) -> list[str]:
+    """Lines for the CLI: work counted per variant and device time at an assumed rate."""
+    rate = tflops * 1e12
+    lines = [f"work of each trial, counted here with stand-in networks, in FLOPs of the spec's "
+             f"networks; time at an assumed sustained {tflops:g} TFLOP/s per trial (one device "
+             "each; AutoAttack counted as if every image survived every attack):"]
+    total = total_low = 0.0
+    for e in estimates:
+        if e.note.startswith("no estimate"):
+            lines.append(f"  {e.dataset}  {e.variant}: {e.note}")
+            continue
+        high, low = e.trial_flops, e.trial_flops - e.attack_flops + e.attack_flops_low
+        total, total_low = total + high * e.trials, total_low + low * e.trials
+        lines.append(
+            f"  {e.dataset}  {e.variant}: per trial {flop_text(high)} (learning "
+            f"{flop_text(e.learn_flops)}, training {flop_text(e.train_flops)}, attacks "
+            f"{flop_span(e.attack_flops_low, e.attack_flops)}; "
+            f"{e.work_epochs(e.trial_examples):,.0f} work epochs) = "
+            f"{device_span(low / rate, high / rate)}; x {e.trials} trials = "
+            f"{device_span(low * e.trials / rate, high * e.trials / rate)}"
+            + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
+    lines.append(f"  total: {flop_span(total_low, total)} = {device_span(total_low / rate, total / rate)} "
+                 f"at {tflops:g} TFLOP/s (wall time: that over the devices running trials at once; "
+                 "the range is AutoAttack's: every image falls at once .. every image survives "
+                 "every attack)")
+    return lines
+
+
+def device_span(low: float, high: float) -> str:
+    """Device time in hours past two hours, in seconds or minutes below."""
+    if high < 2 * 3600:
+        return span(low, high) + " of device time"
+    a, b = f"{low / 3600:,.1f}", f"{high / 3600:,.1f}"
+    return (a if a == b else f"{a}..{b}") + " device-hours"
+
+
+def flop_span(low: float, high: float) -> str:
+    a, b = flop_text(low), flop_text(high)
+    return a if a == b else f"{a}..{b}"
+
+
 def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: str) -> list[str]:
     """Lines for the CLI: per variant, then the sweep's total."""
     lines = [f"cost estimate on this machine ({device}; per trial with its threads, then "
              f"{concurrent} trials at once):"]
-    total = total_low = 0.0
+    total = total_low = flops = 0.0
     for e in estimates:
         if e.note.startswith("no estimate"):
             lines.append(f"  {e.dataset}  {e.variant}: {e.note}")
@@ -280,11 +422,13 @@ def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: st
         low = per - e.attack_seconds + e.attack_seconds_low
         total += per * e.trials
         total_low += low * e.trials
+        flops += e.trial_flops * e.trials
         lines.append(
             f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
             f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
             f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
-            f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples); "
+            f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples, "
+            f"{flop_text(e.trial_flops)}); "
             f"x {e.trials} trials = {span(low * e.trials, per * e.trials)}; peak memory "
             f"{gigabytes(e.peak_bytes)} above the data"
             + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
@@ -292,6 +436,9 @@ def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: st
     lines.append(f"  total: {span(total_low, total)} of trial time, {span(total_low / n, total / n)}"
                  f" of wall time with {concurrent} trials at once (the range is AutoAttack's: "
                  "every image falls at once .. every image survives every attack)")
+    if total > 0:
+        lines.append(f"  work: {flop_text(flops)} in all; sustained here: {flops / total / 1e12:.2f} "
+                     "TFLOP/s per trial (the rate to give --assume-tflops for this device)")
     return lines
 
 

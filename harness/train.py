@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections import Counter
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator, Literal
 
 import torch
@@ -114,21 +117,25 @@ class WorkMeter:
 
     The hook sits on a model's input layer (its first module with parameters of its own), so
     a pass through the whole network and a pass through its feature extractor alone (as DM
-    and robust_features make) both count once, and watching a model twice counts it once."""
+    and robust_features make) both count once, and watching a model twice counts it once.
+    `by_arch` splits the count by the arch a watched model was labelled with (None: not
+    labelled, or added by hand), for a cost in FLOPs (`harness.estimate`)."""
 
     def __init__(self) -> None:
         self.examples = 0
+        self.by_arch: Counter[str | None] = Counter()
         self.counting = True
         self._hooks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> handle
 
-    def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
+    def _hook(self, arch: str | None, module: nn.Module, args: tuple, output: object) -> None:
         if self.counting and args and isinstance(args[0], torch.Tensor):
-            self.examples += int(args[0].shape[0])
+            self.add(int(args[0].shape[0]), arch)
 
-    def add(self, examples: int) -> None:
+    def add(self, examples: int, arch: str | None = None) -> None:
         """Work the hooks cannot see, in examples (e.g. a second-order backward pass)."""
         if self.counting:
             self.examples += int(examples)
+            self.by_arch[arch] += int(examples)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -139,11 +146,12 @@ class WorkMeter:
         finally:
             self.counting = was
 
-    def watch(self, model: nn.Module) -> nn.Module:
-        """Count `model`'s forward passes from now on, for as long as it lives."""
+    def watch(self, model: nn.Module, arch: str | None = None) -> nn.Module:
+        """Count `model`'s forward passes from now on, for as long as it lives (under `arch`
+        in `by_arch`)."""
         layer = input_layer(model)
         if layer not in self._hooks:
-            self._hooks[layer] = layer.register_forward_hook(self._hook)
+            self._hooks[layer] = layer.register_forward_hook(partial(self._hook, arch))
         return model
 
     @contextmanager
@@ -153,7 +161,7 @@ class WorkMeter:
         if layer in self._hooks:
             yield
             return
-        self._hooks[layer] = layer.register_forward_hook(self._hook)
+        self._hooks[layer] = layer.register_forward_hook(partial(self._hook, None))
         try:
             yield
         finally:
@@ -161,6 +169,11 @@ class WorkMeter:
 
     def epochs(self, n_train_full: int) -> float:
         return self.examples / max(1, n_train_full)
+
+
+# Set by a count-only estimate (`harness.estimate`): `train_model` runs its first batch, charges
+# the meter for the rest of the run at that batch's rate, and returns the model untrained.
+COUNT_ONLY: ContextVar[bool] = ContextVar("COUNT_ONLY", default=False)
 
 
 def input_layer(model: nn.Module) -> nn.Module:
@@ -347,6 +360,8 @@ def train_model(
             "examples": meter.examples if meter is not None else 0,
         }
 
+    counting = COUNT_ONLY.get() and meter is not None and saved is None
+    before_count = Counter(meter.by_arch) if counting else None
     with meter.attach(model) if meter else nullcontext():
         for epoch in range(first, cfg.epochs + 1):
             model.train()
@@ -360,6 +375,13 @@ def train_model(
                 loss.backward()
                 opt.step()
                 sched.step()
+                if counting:  # one batch done: charge the rest of the run at its rate
+                    rest = cfg.epochs * x.shape[0] - len(idx)
+                    for arch, n in (meter.by_arch - before_count).items():
+                        meter.add(n * rest // len(idx), arch)
+                    model.eval()
+                    return TrainStats(seconds=time.perf_counter() - start, steps=total,
+                                      final_loss=float(loss.detach()), kept_epoch=cfg.epochs)
             last = float(loss.detach())
             if not math.isfinite(last):
                 raise FloatingPointError(

@@ -85,7 +85,7 @@ class MethodContext:
             net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std,
                               **self.arch_settings.get(arch, {}))
         net = net.to(self.device)
-        return self.meter.watch(net) if metered else net
+        return self.meter.watch(net, arch) if metered else net
 
 
 @dataclass

@@ -361,7 +361,7 @@ class _Learner:
         grads = torch.autograd.grad(loss, leaves)
         # The hooks saw the unroll's forward passes; the backward through it (second order)
         # costs about one more training step per unrolled step, so it is counted as such.
-        self.ctx.meter.add(k * len(rows))
+        self.ctx.meter.add(k * len(rows), state.arch)
 
         if not self._usable(grads, step):
             self.state = None  # S stays as it was; the exploded network is not continued

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.config import build_sweep_spec
 from harness.estimate import estimate_variant
-from harness.evaluate import run_trial
+from harness.evaluate import load_data, resolve_spec, run_trial
 from harness.plan import make_plan, resolve_trial
 
 COMMON = {
@@ -105,3 +105,96 @@ def test_a_spec_without_caps_on_scored_images_is_estimated(tmp_path):
     (variant,) = make_plan(spec)
     est = estimate_variant(variant)
     assert est.attack_examples > 0 and est.note == ""
+
+
+# Count-only estimates (`--assume-tflops`): every network is built as a small stand-in, so
+# the count must not depend on the network. Each method against the full calibration, with a
+# ConvNet (width and depth shrunk) and an MLP (hidden width and depth shrunk) scored.
+COUNTED = {
+    **METHODS,
+    "dc": {"space": {"ipc": 2, "iterations": 2, "batch_real": 8, "dsa": True}},
+    "rdl_gm": {"space": {"ipc": 1, "iterations": 2}},
+    # its robust model trains 3 epochs of several batches: the count-only shortcut of train_model
+    "robust_features": {"space": {"at_epochs": 3, "train.batch_size": 16, "match_steps": 2,
+                                  "n_per_class": 2}},
+    "trades": {"space": {"steps": 2}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(COUNTED))
+def test_counted_work_is_the_calibrated_work(method):
+    from harness.estimate import ATTACK_PASS_FLOPS, PASS_FLOPS, forward_flops
+
+    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet", "mlp"]},
+                             "threat": {"steps": 3, "autoattack": "fast"},
+                             "methods": {method: COUNTED[method]}})
+    (variant,) = make_plan(spec)
+    full, counted = estimate_variant(variant), estimate_variant(variant, count_only=True)
+    assert counted.counted_only and counted.peak_bytes is None and counted.note == full.note
+    for field in ("learn_examples", "train_examples", "attack_examples", "learn_flops",
+                  "train_flops", "attack_flops", "attack_flops_low"):
+        assert getattr(counted, field) == pytest.approx(getattr(full, field), rel=1e-9), field
+    assert counted.train_flops > 0 and counted.attack_flops > counted.attack_flops_low > 0
+    if method in ("dc", "dm", "rdl", "rdl_gm", "robust_features"):
+        assert counted.learn_flops > 0
+    if method == "dc":  # it learns on the first evaluation arch, the ConvNet
+        data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
+        assert counted.learn_flops == pytest.approx(
+            counted.learn_examples * PASS_FLOPS * forward_flops("convnet", data, {}))
+    assert ATTACK_PASS_FLOPS < PASS_FLOPS
+
+
+def _layer_flops(net, x):
+    """Two FLOPs per multiply-add of every convolution and dense layer, from their shapes."""
+    import torch
+
+    total = []
+
+    def conv(m, args, out):
+        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+        total.append(2 * out.numel() * k)
+
+    def dense(m, args, out):
+        total.append(2 * out.numel() * m.in_features)
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(conv)
+        elif isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(dense)
+    with torch.no_grad():
+        net(x)
+    return sum(total)
+
+
+@pytest.mark.parametrize("arch,settings", [("mlp", {}), ("convnet", {"width": 16, "depth": 2}),
+                                           ("lenet", {}), ("resnet18", {"width": 8})])
+def test_forward_flops_are_two_per_multiply_add(arch, settings):
+    import torch
+
+    from harness.estimate import forward_flops
+    from harness.models import build_model
+
+    (variant,) = make_plan(build_sweep_spec({**COMMON, "methods": {"erm": {}}}))
+    data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
+    if arch == "lenet":  # 8x8 digits are too small for LeNet's two 5x5 convolutions
+        data = type("Shape", (), {"input_shape": (1, 28, 28), "num_classes": 10})()
+    net = build_model(arch, tuple(data.input_shape), data.num_classes, **settings).eval()
+    expected = _layer_flops(net, torch.zeros(1, *data.input_shape))
+    assert expected > 0 and forward_flops(arch, data, settings) == expected
+
+
+def test_assumed_rate_gives_device_time(tmp_path):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
+                    "autoattack: off}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
+                    "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
+                    "[0.01, 0.1]}}}}\n")
+    res = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "1e-6"])
+    assert res.exit_code == 0, res.output
+    assert "assumed sustained 1e-06 TFLOP/s" in res.output
+    per_trial = [line for line in res.output.splitlines() if "digits  erm: per trial" in line]
+    assert len(per_trial) == 1 and "of device time; x 3 trials" in per_trial[0]
+    assert "total:" in res.output and "peak memory" not in res.output
+    bad = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "-3"])
+    assert bad.exit_code == 2 and "--assume-tflops" in bad.output

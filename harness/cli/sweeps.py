@@ -58,37 +58,52 @@ sweep_options = [
     click.option("--smoke", is_flag=True, help="Shrink every budget: minutes on a laptop CPU."),
 ]
 
-estimate_option = click.option(
-    "--estimate", is_flag=True,
-    help="Also time a short calibration of every variant here and print the expected work "
-         "and wall time per trial and for the sweep (needs the data on this machine).")
+def estimate_options(f):
+    f = click.option(
+        "--assume-tflops", "tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+        metavar="R",
+        help="Instead of timing here, count each trial's work in FLOPs (stand-in networks: "
+             "minutes on a laptop, with the data's files present) and give device-hours at "
+             "an assumed sustained R TFLOP/s per trial.")(f)
+    return click.option(
+        "--estimate", is_flag=True,
+        help="Also time a short calibration of every variant here and print the expected "
+             "work and wall time per trial and for the sweep (needs the data on this "
+             "machine).")(f)
 
 
-def print_estimate(spec, plan) -> None:
-    from harness.estimate import concurrency, describe_estimates, estimate_plan
+def print_estimate(spec, plan, tflops: float | None = None) -> None:
+    from harness.estimate import concurrency, describe_counts, describe_estimates, estimate_plan
     from harness.train import pick_device
 
-    estimates = estimate_plan(plan, threads=max(1, int(spec.resources.cpu)))
-    device = str(pick_device(spec.device))
-    for line in describe_estimates(estimates, concurrent=concurrency(spec), device=device):
+    threads = max(1, int(spec.resources.cpu))
+    if tflops is not None:  # nothing is timed: every core here counts
+        estimates = estimate_plan(plan, threads=os.cpu_count() or 1, count_only=True)
+        lines = describe_counts(estimates, tflops=tflops)
+    else:
+        estimates = estimate_plan(plan, threads=threads)
+        device = str(pick_device(spec.device))
+        lines = describe_estimates(estimates, concurrent=concurrency(spec), device=device)
+    for line in lines:
         click.echo(line)
 
 
 @main.command(short_help="Check a sweep spec; print its trial plan.")
 @with_options(sweep_options)
-@estimate_option
-def validate(spec_path, assignments, smoke, estimate) -> None:
+@estimate_options
+def validate(spec_path, assignments, smoke, estimate, tflops) -> None:
     """Check a sweep spec and print its resolved trial plan (with --estimate, its cost).
 
     \b
     Example:
       harness validate sweeps/cifar10.yaml --set trials=2
       harness validate sweeps/quick.yaml --estimate
+      harness validate sweeps/cifar10.yaml --assume-tflops 77
     """
     spec, _, plan = load_sweep(spec_path, assignments, smoke)
     print_plan(spec, plan)
-    if estimate:
-        print_estimate(spec, plan)
+    if estimate or tflops is not None:
+        print_estimate(spec, plan, tflops)
     click.echo(f"{spec_path}: valid")
 
 
@@ -100,9 +115,9 @@ def validate(spec_path, assignments, smoke, estimate) -> None:
 @click.option("--storage", default=None, help="Ray results path or URI (default ./ray_results).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep of the same name.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without running.")
-@estimate_option
+@estimate_options
 def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run,
-          estimate) -> None:
+          estimate, tflops) -> None:
     """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow.
 
     \b
@@ -113,8 +128,8 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     spec, text, plan = load_sweep(spec_path, assignments, smoke)
     if dry_run:
         print_plan(spec, plan)
-        if estimate:
-            print_estimate(spec, plan)
+        if estimate or tflops is not None:
+            print_estimate(spec, plan, tflops)
         return
     if address is None:  # local run: the data must be here (on a cluster, on the workers)
         check_local_data(spec)
