@@ -352,10 +352,6 @@ def _attack_step(net, data, device) -> None:
     torch.autograd.grad(loss, x)
 
 
-def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> list[Estimate]:
-    return [estimate_variant(v, threads=threads, count_only=count_only) for v in plan]
-
-
 def hours(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -368,32 +364,65 @@ def flop_text(flops: float) -> str:
     return f"{flops / 1e15:,.1f} PFLOP" if flops >= 1e14 else f"{flops / 1e12:,.2f} TFLOP"
 
 
-def describe_counts(estimates: list[Estimate], *, tflops: float) -> list[str]:
-    """Lines for the CLI: work counted per variant and device time at an assumed rate."""
-    rate = tflops * 1e12
-    lines = [f"work of each trial, counted here with stand-in networks, in FLOPs of the spec's "
-             f"networks; time at an assumed sustained {tflops:g} TFLOP/s per trial (one device "
-             "each; AutoAttack counted as if every image survived every attack):"]
-    total = total_low = 0.0
-    for e in estimates:
+class CostReport:
+    """The CLI's lines for a sweep's cost: a header, one line per variant as soon as it is
+    estimated (a GPU spec takes minutes to count here), then the totals. `tflops` None: this
+    machine's timed calibration; a rate R: work counted with stand-ins, timed at R."""
+
+    def __init__(self, *, device: str, concurrent: int, tflops: float | None = None):
+        self.device, self.concurrent, self.tflops = device, max(1, concurrent), tflops
+        self.seconds = self.seconds_low = self.flops = self.flops_low = 0.0
+
+    def header(self) -> str:
+        if self.tflops is None:
+            return (f"cost estimate on this machine ({self.device}; per trial with its threads, "
+                    f"then {self.concurrent} trials at once):")
+        return ("work of each trial, counted here with stand-in networks, in FLOPs of the "
+                f"spec's networks; time at an assumed sustained {self.tflops:g} TFLOP/s per "
+                "trial (one device each):")
+
+    def line(self, e: Estimate) -> str:
+        """The variant's line; its cost joins the totals."""
         if e.note.startswith("no estimate"):
-            lines.append(f"  {e.dataset}  {e.variant}: {e.note}")
-            continue
-        high, low = e.trial_flops, e.trial_flops - e.attack_flops + e.attack_flops_low
-        total, total_low = total + high * e.trials, total_low + low * e.trials
-        lines.append(
-            f"  {e.dataset}  {e.variant}: per trial {flop_text(high)} (learning "
-            f"{flop_text(e.learn_flops)}, training {flop_text(e.train_flops)}, attacks "
-            f"{flop_span(e.attack_flops_low, e.attack_flops)}; "
-            f"{e.work_epochs(e.trial_examples):,.0f} work epochs) = "
-            f"{device_span(low / rate, high / rate)}; x {e.trials} trials = "
-            f"{device_span(low * e.trials / rate, high * e.trials / rate)}"
-            + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
-    lines.append(f"  total: {flop_span(total_low, total)} = {device_span(total_low / rate, total / rate)} "
-                 f"at {tflops:g} TFLOP/s (wall time: that over the devices running trials at once; "
-                 "the range is AutoAttack's: every image falls at once .. every image survives "
-                 "every attack)")
-    return lines
+            return f"  {e.dataset}  {e.variant}: {e.note}"
+        note = f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""
+        flops, flops_low = e.trial_flops, e.trial_flops - e.attack_flops + e.attack_flops_low
+        self.flops, self.flops_low = self.flops + flops * e.trials, self.flops_low + flops_low * e.trials
+        if self.tflops is not None:
+            rate = self.tflops * 1e12
+            return (f"  {e.dataset}  {e.variant}: per trial {flop_text(flops)} (learning "
+                    f"{flop_text(e.learn_flops)}, training {flop_text(e.train_flops)}, attacks "
+                    f"{flop_span(e.attack_flops_low, e.attack_flops)}; "
+                    f"{e.work_epochs(e.trial_examples):,.0f} work epochs) = "
+                    f"{device_span(flops_low / rate, flops / rate)}; x {e.trials} trials = "
+                    f"{device_span(flops_low * e.trials / rate, flops * e.trials / rate)}" + note)
+        per = e.trial_seconds
+        low = per - e.attack_seconds + e.attack_seconds_low
+        self.seconds, self.seconds_low = self.seconds + per * e.trials, self.seconds_low + low * e.trials
+        return (f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
+                f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
+                f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
+                f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples, "
+                f"{flop_text(e.trial_flops)}); x {e.trials} trials = "
+                f"{span(low * e.trials, per * e.trials)}; peak memory "
+                f"{gigabytes(e.peak_bytes)} above the data" + note)
+
+    def totals(self) -> list[str]:
+        aa = "the range is AutoAttack's: every image falls at once .. every image survives every attack"
+        if self.tflops is not None:
+            rate = self.tflops * 1e12
+            return [f"  total: {flop_span(self.flops_low, self.flops)} = "
+                    f"{device_span(self.flops_low / rate, self.flops / rate)} at {self.tflops:g} "
+                    f"TFLOP/s (wall time: that over the devices running trials at once; {aa})"]
+        n = self.concurrent
+        lines = [f"  total: {span(self.seconds_low, self.seconds)} of trial time, "
+                 f"{span(self.seconds_low / n, self.seconds / n)} of wall time with {n} trials "
+                 f"at once ({aa})"]
+        if self.seconds > 0:
+            lines.append(f"  work: {flop_text(self.flops)} in all; sustained here: "
+                         f"{self.flops / self.seconds / 1e12:.3f} TFLOP/s per trial (a rate for "
+                         "--assume-tflops on this device)")
+        return lines
 
 
 def device_span(low: float, high: float) -> str:
@@ -407,39 +436,6 @@ def device_span(low: float, high: float) -> str:
 def flop_span(low: float, high: float) -> str:
     a, b = flop_text(low), flop_text(high)
     return a if a == b else f"{a}..{b}"
-
-
-def describe_estimates(estimates: list[Estimate], *, concurrent: int, device: str) -> list[str]:
-    """Lines for the CLI: per variant, then the sweep's total."""
-    lines = [f"cost estimate on this machine ({device}; per trial with its threads, then "
-             f"{concurrent} trials at once):"]
-    total = total_low = flops = 0.0
-    for e in estimates:
-        if e.note.startswith("no estimate"):
-            lines.append(f"  {e.dataset}  {e.variant}: {e.note}")
-            continue
-        per = e.trial_seconds
-        low = per - e.attack_seconds + e.attack_seconds_low
-        total += per * e.trials
-        total_low += low * e.trials
-        flops += e.trial_flops * e.trials
-        lines.append(
-            f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
-            f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
-            f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
-            f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples, "
-            f"{flop_text(e.trial_flops)}); "
-            f"x {e.trials} trials = {span(low * e.trials, per * e.trials)}; peak memory "
-            f"{gigabytes(e.peak_bytes)} above the data"
-            + (f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""))
-    n = max(1, concurrent)
-    lines.append(f"  total: {span(total_low, total)} of trial time, {span(total_low / n, total / n)}"
-                 f" of wall time with {concurrent} trials at once (the range is AutoAttack's: "
-                 "every image falls at once .. every image survives every attack)")
-    if total > 0:
-        lines.append(f"  work: {flop_text(flops)} in all; sustained here: {flops / total / 1e12:.2f} "
-                     "TFLOP/s per trial (the rate to give --assume-tflops for this device)")
-    return lines
 
 
 def span(low: float, high: float) -> str:

@@ -73,18 +73,18 @@ def estimate_options(f):
 
 
 def print_estimate(spec, plan, tflops: float | None = None) -> None:
-    from harness.estimate import concurrency, describe_counts, describe_estimates, estimate_plan
+    """Each variant's cost as soon as it is known, then the sweep's."""
+    from harness.estimate import CostReport, concurrency, estimate_variant
     from harness.train import pick_device
 
-    threads = max(1, int(spec.resources.cpu))
-    if tflops is not None:  # nothing is timed: every core here counts
-        estimates = estimate_plan(plan, threads=os.cpu_count() or 1, count_only=True)
-        lines = describe_counts(estimates, tflops=tflops)
-    else:
-        estimates = estimate_plan(plan, threads=threads)
-        device = str(pick_device(spec.device))
-        lines = describe_estimates(estimates, concurrent=concurrency(spec), device=device)
-    for line in lines:
+    count_only = tflops is not None  # nothing is timed: every core here counts
+    threads = (os.cpu_count() or 1) if count_only else max(1, int(spec.resources.cpu))
+    report = CostReport(device=str(pick_device(spec.device)), concurrent=concurrency(spec),
+                        tflops=tflops)
+    click.echo(report.header())
+    for variant in plan:
+        click.echo(report.line(estimate_variant(variant, threads=threads, count_only=count_only)))
+    for line in report.totals():
         click.echo(line)
 
 
