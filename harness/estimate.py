@@ -169,6 +169,21 @@ def standin_settings(arch: str, settings: dict) -> dict:
     return {**settings, **{k: v for k, v in STANDIN.items() if k in takes}}
 
 
+def work_key(variant) -> str:
+    """What a variant's work depends on: its resolved spec but the threat's radius and step
+    size (two threat models at the same steps and AutoAttack version do the same work)."""
+    import json
+
+    from harness.evaluate import resolve_spec
+    from harness.plan import resolve_trial
+
+    spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
+    dumped = spec.model_dump(mode="json")
+    dumped["threat"] = {k: v for k, v in dumped["threat"].items() if k not in ("eps", "alpha")}
+    return json.dumps([dumped, variant.trials if variant.dims else 1, variant.repeats],
+                      sort_keys=True, default=str)
+
+
 def estimate_variant(variant, *, threads: int = 1, count_only: bool = False) -> Estimate:
     """Calibrate one variant on this machine (see the module docstring); `count_only`: count
     its work with stand-in networks and time nothing."""
@@ -361,7 +376,9 @@ def hours(seconds: float) -> str:
 
 
 def flop_text(flops: float) -> str:
-    return f"{flops / 1e15:,.1f} PFLOP" if flops >= 1e14 else f"{flops / 1e12:,.2f} TFLOP"
+    if flops >= 1e14:
+        return f"{flops / 1e15:,.1f} PFLOP"
+    return f"{flops / 1e12:,.2f} TFLOP" if flops >= 1e10 else f"{flops / 1e9:,.2f} GFLOP"
 
 
 class CostReport:

@@ -198,3 +198,24 @@ def test_assumed_rate_gives_device_time(tmp_path):
     assert "total:" in res.output and "peak memory" not in res.output
     bad = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "-3"])
     assert bad.exit_code == 2 and "--assume-tflops" in bad.output
+
+
+def test_a_count_is_shared_by_threats_that_differ_only_in_radius(tmp_path, monkeypatch):
+    import harness.estimate as estimate
+
+    calls = []
+    real = estimate.estimate_variant
+    monkeypatch.setattr(estimate, "estimate_variant",
+                        lambda v, **kw: calls.append(v.threat) or real(v, **kw))
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\ndataset: {name: digits, subset: 10}\ntrain: {epochs: 2}\n"
+                    "threat: [{eps: 0.1, steps: 2, autoattack: off}, {eps: 0.2, steps: 2, "
+                    "autoattack: off}, {eps: 0.3, steps: 3, autoattack: off}]\n"
+                    "eval: {archs: [mlp], max_test: 20, max_val: 20}\n"
+                    "methods: {pgd_at: {space: {steps: 2}}}\n")
+    res = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "1"])
+    assert res.exit_code == 0, res.output
+    assert calls == ["linf-0.1", "linf-0.3"]
+    per = {line.split()[1]: line.split("per trial ")[1].split(" (")[0]
+           for line in res.output.splitlines() if "pgd_at: per trial" in line}
+    assert per["linf-0.1"] == per["linf-0.2"] != per["linf-0.3"]
