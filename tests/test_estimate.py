@@ -219,3 +219,37 @@ def test_a_count_is_shared_by_threats_that_differ_only_in_radius(tmp_path, monke
     per = {line.split()[1]: line.split("per trial ")[1].split(" (")[0]
            for line in res.output.splitlines() if "pgd_at: per trial" in line}
     assert per["linf-0.1"] == per["linf-0.2"] != per["linf-0.3"]
+
+
+@pytest.mark.parametrize("version,eps", [("fast", 0.5), ("standard", 0.001)])
+def test_autoattack_passes_meet_the_estimated_bounds(version, eps):
+    """AutoAttack's attack steps per correctly classified image (a forward and a backward
+    each; forward-only queries count half): near the estimate's lower bound when every image
+    falls to APGD-CE (a large radius), near its upper bound when every image survives every
+    attack (a tiny one). Ten classes, so the targeted attacks aim at all nine others."""
+    import torch
+
+    from harness.autoattack import robust_mask
+    from harness.estimate import AA_PASSES, AA_PASSES_LOW
+    from harness.models import build_model
+    from harness.train import input_layer
+
+    torch.manual_seed(0)
+    net = build_model("linear", (16,), 10).eval()
+    with torch.no_grad():  # logits that vary across the box, so a large radius breaks them
+        for p in net.parameters():
+            p.mul_(20)
+    x = torch.rand(32, 16)
+    y = net(x).argmax(1)  # every image correctly classified
+    passes = []
+    layer = input_layer(net)
+    layer.register_forward_hook(lambda m, args, out: passes.append(args[0].shape[0]))
+    layer.register_full_backward_hook(lambda m, gin, gout: passes.append(gout[0].shape[0]))
+    robust = robust_mask(net, x, y, norm="linf", eps=eps, num_classes=10, version=version)
+    per_image = sum(passes) / 2 / len(x)
+    if version == "fast":
+        assert robust.sum() == 0
+        assert AA_PASSES_LOW[version] <= per_image <= 1.05 * AA_PASSES_LOW[version], per_image
+    else:
+        assert robust.all()
+        assert 0.95 * AA_PASSES[version] <= per_image <= 1.05 * AA_PASSES[version], per_image
