@@ -13,8 +13,8 @@ For each variant (at its first searched configuration) the calibration runs, on 
   is counted as a range. At most, every image survives every attack: APGD-CE (100 steps) and
   APGD-T (9 targets x 100) for the fast version, plus FAB-T (9 x 100 steps of two forwards
   and a backward: 1.5 passes each) and Square (5,000 queries, forward only: half a pass
-  each) for the standard one (Croce & Hein 2020, arXiv 2003.01690). At least, every image falls to APGD-CE, which still runs its 100 steps on
-  every image it is given.
+  each) for the standard one (Croce & Hein 2020, arXiv 2003.01690). At least, every image
+  falls to APGD-CE, which still runs its 100 steps on every image it is given.
 
 Peak memory: the most memory the calibration's steps held above what the process held when
 it started (tensors of the learning steps, the training batches and one attack step on a full

@@ -62,9 +62,9 @@ def estimate_options(f):
     f = click.option(
         "--assume-tflops", "tflops", type=click.FloatRange(min=0, min_open=True), default=None,
         metavar="R",
-        help="Instead of timing here, count each trial's work in FLOPs (stand-in networks: "
-             "minutes on a laptop, with the data's files present) and give device-hours at "
-             "an assumed sustained R TFLOP/s per trial.")(f)
+        help="Instead of timing here, count each trial's work in FLOPs with small stand-in "
+             "networks (no GPU needed; the data's files must be here) and give device-hours "
+             "at an assumed sustained R TFLOP/s per trial.")(f)
     return click.option(
         "--estimate", is_flag=True,
         help="Also time a short calibration of every variant here and print the expected "
