@@ -43,7 +43,8 @@ full training run inside a method's learning (robust_features' robust model) cut
 first batch, the rest charged at that batch's rate (`harness.train.COUNT_ONLY`), so that a
 GPU spec is counted on a CPU; the FLOPs stay those of the spec's networks, and time is the
 work over an assumed sustained rate R. The count equals the full calibration's: no learning
-loop, training budget or attack depends on the network's size (tested, per method).
+loop, training budget or attack depends on the network's size (tested for the seven
+methods that learn or train adversarially).
 """
 
 from __future__ import annotations
@@ -298,7 +299,7 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         est.attack_seconds_low += models * low * pgd_s
         est.attack_flops_low += models * low * flops(arch) * ATTACK_PASS_FLOPS
     if spec.threat.autoattack != "off":
-        est.note = "AutoAttack counted as an upper bound (every image survives every attack)"
+        est.note = "AutoAttack counted as a range (every image falls to APGD-CE .. survives all)"
 
 
 def capped(n: int, cap: int | None) -> int:
