@@ -38,13 +38,17 @@ adversarial training count 3 too (an upper bound), and the second-order backward
 rdl_gm is not counted (a lower bound there).
 
 `count_only` (`--assume-tflops R`): the work is counted without being timed, with every
-network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), and a
+network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), a
 full training run inside a method's learning (robust_features' robust model) cut to its
-first batch, the rest charged at that batch's rate (`harness.train.COUNT_ONLY`), so that a
-GPU spec is counted on a CPU; the FLOPs stay those of the spec's networks, and time is the
-work over an assumed sustained rate R. The count equals the full calibration's: no learning
-loop, training budget or attack depends on the network's size (tested for the seven
-methods that learn or train adversarially).
+first batch, the rest charged at that batch's rate (`harness.train.COUNT_ONLY`), and loops
+whose items cost alike cut to their first item (`harness.train.count_cut`: the classes of a
+dc, dm or rdl_gm step, robust_features' matching batches), so that a GPU spec is counted on
+a CPU; the FLOPs stay those of the spec's networks, and time is the work over an assumed
+sustained rate R. The count equals the full calibration's (tested for the seven methods that
+learn or train adversarially): no learning loop, training budget or attack depends on the
+network's size, and every class of the shipped specs costs the same (`ipc` rows each, and
+more training examples than the real batch; a class short of it is charged at the first
+class's cost).
 """
 
 from __future__ import annotations

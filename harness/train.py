@@ -172,8 +172,32 @@ class WorkMeter:
 
 
 # Set by a count-only estimate (`harness.estimate`): `train_model` runs its first batch, charges
-# the meter for the rest of the run at that batch's rate, and returns the model untrained.
+# the meter for the rest of the run at that batch's rate, and returns the model untrained;
+# loops whose items cost alike run their first item only (`count_cut`).
 COUNT_ONLY: ContextVar[bool] = ContextVar("COUNT_ONLY", default=False)
+
+
+def charge_rest(meter: WorkMeter, before: Counter, done: int, total: int) -> None:
+    """Charge `meter` for `total - done` more units of work at the rate of the `done` units
+    it counted since `before` (a snapshot of its `by_arch`), arch by arch."""
+    for arch, n in (meter.by_arch - before).items():
+        meter.add(n * (total - done) // done, arch)
+
+
+def count_cut(items: range, meter: WorkMeter | None) -> Iterator[int]:
+    """`items`, or in a count-only estimate (`COUNT_ONLY`) its first item alone, the meter then
+    charged for the whole range at that item's cost per unit (an item at i covers i up to the
+    next item: a class of a per-class loop, or a batch of examples in `range(0, n, batch)`).
+    For loops whose work per unit does not depend on the item: a condensation step's classes
+    (equal when every class has `ipc` rows and at least the real batch), matching batches."""
+    if not (COUNT_ONLY.get() and meter is not None and len(items) > 1):
+        yield from items
+        return
+    total = items.stop - items.start
+    done = min(items.step, total)
+    before = Counter(meter.by_arch)
+    yield items[0]
+    charge_rest(meter, before, done, total)
 
 
 def input_layer(model: nn.Module) -> nn.Module:
@@ -376,9 +400,7 @@ def train_model(
                 opt.step()
                 sched.step()
                 if counting:  # one batch done: charge the rest of the run at its rate
-                    rest = cfg.epochs * x.shape[0] - len(idx)
-                    for arch, n in (meter.by_arch - before_count).items():
-                        meter.add(n * rest // len(idx), arch)
+                    charge_rest(meter, before_count, len(idx), cfg.epochs * x.shape[0])
                     model.eval()
                     return TrainStats(seconds=time.perf_counter() - start, steps=total,
                                       final_loss=float(loss.detach()), kept_epoch=cfg.epochs)

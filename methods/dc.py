@@ -17,6 +17,7 @@ from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
+from harness.train import count_cut
 
 # (outer_loop, inner_loop) by ipc, from the authors' code (`get_loops`); other ipc values
 # take the entry of the nearest listed ipc.
@@ -49,7 +50,7 @@ class DCLoop:
         params = [p for p in net.parameters() if p.requires_grad]
         syn = self.set.x()
         loss = syn.new_zeros(())
-        for c in range(self.ctx.data.num_classes):
+        for c in count_cut(range(self.ctx.data.num_classes), self.ctx.meter):
             x_real = self.real.batch(c, self.cfg.batch_real)
             x_syn = syn[class_slice(c, self.cfg.ipc)]
             if self.aug is not None:

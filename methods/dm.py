@@ -14,6 +14,7 @@ from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
+from harness.train import count_cut
 
 
 def mean_embedding_gap(net: nn.Module, x_real: torch.Tensor, x_syn: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ class DM(DatasetMethod):
         # DM never calls the head: the feature passes are its work (the net is watched on its
         # input layer already; this also counts parameter-free features, as `linear`'s).
         with ctx.meter.attach(net.features):
-            for c in range(ctx.data.num_classes):
+            for c in count_cut(range(ctx.data.num_classes), ctx.meter):
                 x_real = real.batch(c, self.cfg.batch_real)
                 x_syn = x_syn_all[class_slice(c, self.cfg.ipc)]
                 if aug is not None:

@@ -23,6 +23,7 @@ from harness.methods._synthetic_set import (
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
+from harness.train import count_cut
 
 
 @register_method("rdl_gm")
@@ -146,7 +147,8 @@ class RobustGradientMatching(DatasetMethod):
         """Sum over classes of the layer-wise distance between the natural gradient of S's
         class-c rows and the gradient of PGD examples of a real class-c batch; differentiable in xs."""
         loss = xs.new_zeros(())
-        for c, rows in enumerate(syn_rows):
+        for c in count_cut(range(len(syn_rows)), ctx.meter):
+            rows = syn_rows[c]
             x_adv, y_adv = self._adversarial_batch(ctx, net, real, c)
             net.train()  # gradients with batch statistics, as natural training computes them
             g_real = torch.autograd.grad(F.cross_entropy(net(x_adv), y_adv), params)

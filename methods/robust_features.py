@@ -15,7 +15,7 @@ from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
 from harness.methods.pgd_at import PGDAT
-from harness.train import train_model
+from harness.train import count_cut, train_model
 
 
 def representation_gap(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,7 @@ class RobustFeatures(DatasetMethod):
         cfg, out, errs = self.cfg, [], []
         rep = representation(model)
         with ctx.meter.attach(model.features):  # every matching pass runs the feature extractor
-            for i in range(0, targets.shape[0], cfg.batch_size):
+            for i in count_cut(range(0, targets.shape[0], cfg.batch_size), ctx.meter):
                 x0 = starts[i : i + cfg.batch_size].to(ctx.device)
                 with torch.no_grad():
                     goal = rep(targets[i : i + cfg.batch_size].to(ctx.device))
@@ -138,4 +138,6 @@ class RobustFeatures(DatasetMethod):
                 with torch.no_grad():
                     errs.append((rep(x_r) - goal).norm(dim=1) / goal.norm(dim=1).clamp_min(1e-12))
                 out.append(x_r.cpu())
+        matched = sum(len(x) for x in out)  # fewer than all in a count-only estimate (`count_cut`):
+        out.append(starts[matched:])  # the rest was charged; the set keeps its size
         return torch.cat(out), float(torch.cat(errs).mean())

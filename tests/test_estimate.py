@@ -114,9 +114,10 @@ COUNTED = {
     **METHODS,
     "dc": {"space": {"ipc": 2, "iterations": 2, "batch_real": 8, "dsa": True}},
     "rdl_gm": {"space": {"ipc": 1, "iterations": 2}},
-    # its robust model trains 3 epochs of several batches: the count-only shortcut of train_model
+    # its robust model trains 3 epochs of several batches, and it matches 20 targets in batches
+    # of 6, 6, 6 and 2: the count-only shortcuts of train_model and of the matching
     "robust_features": {"space": {"at_epochs": 3, "train.batch_size": 16, "match_steps": 2,
-                                  "n_per_class": 2}},
+                                  "n_per_class": 2, "batch_size": 6}},
     "trades": {"space": {"steps": 2}},
 }
 
