@@ -58,6 +58,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -196,6 +197,22 @@ def work_key(variant) -> str:
     dumped["threat"] = {k: v for k, v in dumped["threat"].items() if k not in ("eps", "alpha")}
     return json.dumps([dumped, variant.trials if variant.dims else 1, variant.repeats],
                       sort_keys=True, default=str)
+
+
+def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> Iterator[Estimate]:
+    """Each variant's estimate, in the plan's order, as soon as it is made. In a count, variants
+    whose work is the same (`work_key`: e.g. threats that differ only in radius) share one."""
+    counted: dict[str, Estimate] = {}
+    for variant in plan:
+        key = work_key(variant) if count_only else ""
+        if key in counted:
+            yield replace(counted[key], variant=variant.label,
+                          dataset=f"{variant.dataset} {variant.threat}".strip())
+            continue
+        est = estimate_variant(variant, threads=threads, count_only=count_only)
+        if key:
+            counted[key] = est
+        yield est
 
 
 def estimate_variant(variant, *, threads: int = 1, count_only: bool = False) -> Estimate:

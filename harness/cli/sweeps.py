@@ -74,9 +74,7 @@ def estimate_options(f):
 
 def print_estimate(spec, plan, tflops: float | None = None) -> None:
     """Each variant's cost as soon as it is known, then the sweep's."""
-    from dataclasses import replace
-
-    from harness.estimate import CostReport, Estimate, concurrency, estimate_variant, work_key
+    from harness.estimate import CostReport, concurrency, estimate_plan
     from harness.train import pick_device
 
     count_only = tflops is not None  # nothing is timed: every core here counts
@@ -84,16 +82,7 @@ def print_estimate(spec, plan, tflops: float | None = None) -> None:
     report = CostReport(device=str(pick_device(spec.device)), concurrent=concurrency(spec),
                         tflops=tflops)
     click.echo(report.header())
-    counted: dict[str, Estimate] = {}  # a count does not depend on the threat's radius
-    for variant in plan:
-        key = work_key(variant) if count_only else ""
-        if key in counted:
-            est = replace(counted[key], variant=variant.label,
-                          dataset=f"{variant.dataset} {variant.threat}".strip())
-        else:
-            est = estimate_variant(variant, threads=threads, count_only=count_only)
-            if key:
-                counted[key] = est
+    for est in estimate_plan(plan, threads=threads, count_only=count_only):
         click.echo(report.line(est))
     for line in report.totals():
         click.echo(line)
