@@ -196,3 +196,21 @@ def test_bad_arch_settings_name_their_spec_path(settings, path, needle):
     with pytest.raises(HarnessInputError) as err:
         EvalSpec(arch_settings=settings)
     assert err.value.field == path and needle in str(err.value)
+
+
+def test_channel_stats_are_computed_once_and_handed_out_as_copies():
+    """Every network a method builds normalises with the split's statistics; they are
+    computed on the first call only, and a caller changing its copy changes nothing else."""
+    import torch
+
+    from harness.datasets.splits import load_dataset
+
+    data = load_dataset("digits", subset=5)
+    mean, std = data.channel_stats()
+    assert torch.allclose(mean, data.x_train.mean(dim=(0, 2, 3)))
+    assert torch.allclose(std, data.x_train.std(dim=(0, 2, 3)))
+    first = mean.clone()
+    mean += 1.0
+    data.x_train = torch.zeros_like(data.x_train)  # not done by the harness: shows the cache
+    again, _ = data.channel_stats()
+    assert torch.equal(again, first)
