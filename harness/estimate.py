@@ -53,6 +53,7 @@ class's cost).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import Counter
@@ -199,25 +200,56 @@ def work_key(variant) -> str:
                       sort_keys=True, default=str)
 
 
+class LastDataset:
+    """`load_data` that keeps the dataset it loaded last (or the error it met): the variants
+    of one dataset load it once, and a large one is never held twice. Before loading another
+    it drops the last and collects cycles: a calibration's context refers to itself through
+    its log callback, which would keep a 5 GB Tiny ImageNet split alive past its variant."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.outcome: object = None
+
+    def __call__(self, dataset_spec):
+        from harness.evaluate import load_data
+
+        key = dataset_spec.model_dump_json()
+        if key != self.key:
+            self.key = self.outcome = None
+            gc.collect()
+            try:
+                self.outcome = load_data(dataset_spec)
+            except Exception as exc:  # noqa: BLE001 (estimate_variant reports it)
+                self.outcome = exc
+            self.key = key
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
 def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> Iterator[Estimate]:
-    """Each variant's estimate, in the plan's order, as soon as it is made. In a count, variants
-    whose work is the same (`work_key`: e.g. threats that differ only in radius) share one."""
+    """Each variant's estimate, in the plan's order, as soon as it is made. Variants of one
+    dataset share its loaded splits (`LastDataset`); in a count, variants whose work is the
+    same (`work_key`: e.g. threats that differ only in radius) share one count."""
     counted: dict[str, Estimate] = {}
+    datasets = LastDataset()
     for variant in plan:
         key = work_key(variant) if count_only else ""
         if key in counted:
             yield replace(counted[key], variant=variant.label,
                           dataset=f"{variant.dataset} {variant.threat}".strip())
             continue
-        est = estimate_variant(variant, threads=threads, count_only=count_only)
+        est = estimate_variant(variant, threads=threads, count_only=count_only, load=datasets)
         if key:
             counted[key] = est
         yield est
 
 
-def estimate_variant(variant, *, threads: int = 1, count_only: bool = False) -> Estimate:
+def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
+                     load=None) -> Estimate:
     """Calibrate one variant on this machine (see the module docstring); `count_only`: count
-    its work with stand-in networks and time nothing."""
+    its work with stand-in networks and time nothing. `load`: how to get the data (default
+    `harness.evaluate.load_data`)."""
     from harness.evaluate import load_data, resolve_spec
     from harness.plan import resolve_trial
     from harness.train import pick_device
@@ -227,7 +259,7 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False) -> 
                    searched + variant.repeats, counted_only=count_only)
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
     try:
-        data = load_data(spec.dataset)
+        data = (load or load_data)(spec.dataset)
     except Exception as exc:  # noqa: BLE001 (no data here: say so, the plan is still valid)
         est.note = f"no estimate: the data is not here ({str(exc).splitlines()[0][:120]})"
         return est

@@ -54,6 +54,46 @@ def test_a_spec_whose_data_is_elsewhere_is_still_valid(tmp_path):
     assert "no estimate: the data is not here" in res.output and "valid" in res.output
 
 
+def test_variants_of_one_dataset_load_it_once_and_a_missing_one_is_tried_once(tmp_path, monkeypatch):
+    import harness.evaluate as evaluate
+    from harness.estimate import estimate_plan
+
+    calls = []
+    real = evaluate.load_data
+    monkeypatch.setattr(evaluate, "load_data", lambda ds: calls.append(ds.name) or real(ds))
+    methods = {"erm": {}, "pgd_at": {"space": {"steps": 2}}}
+    here = build_sweep_spec({**COMMON, "methods": methods})
+    assert [e.note for e in estimate_plan(make_plan(here))] == ["", ""] and calls == ["digits"]
+    calls.clear()
+    away = build_sweep_spec({**COMMON, "dataset": {"name": "cifar10", "root": str(tmp_path)},
+                             "methods": methods})
+    notes = [e.note for e in estimate_plan(make_plan(away))]
+    assert calls == ["cifar10"] and all(n.startswith("no estimate: the data is not here") for n in notes)
+
+
+def test_the_last_dataset_is_freed_before_another_loads():
+    """A calibration's context holds its data in a reference cycle (its log callback); the
+    cache must collect it, or two large splits are held at once."""
+    import gc
+    import weakref
+
+    from harness.config import DatasetSpec
+    from harness.estimate import LastDataset
+
+    load = LastDataset()
+    first = load(DatasetSpec(name="digits", subset=5))
+    cycle = {"data": first}
+    cycle["self"] = cycle  # kept alive only by the cycle once the names below are gone
+    alive = weakref.ref(first)
+    del first, cycle
+    gc.disable()  # no automatic collection in between: the cache's must do it
+    try:
+        load(DatasetSpec(name="synthetic-robust", n_train=50, n_test=20))
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def test_validate_prints_the_estimate_per_variant_and_in_total(tmp_path):
     spec = tmp_path / "c.yaml"
     spec.write_text("name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
