@@ -32,10 +32,11 @@ through, at the spec's settings of that arch (`forward_flops`: convolutions and 
 products as `torch.utils.flop_counter` counts them, two per multiply-add; normalisation,
 activations and pooling left out), times `PASS_FLOPS` for a training or learning pass (the
 backward computes gradients for inputs and weights, about twice the forward: the usual
-approximation, e.g. Kaplan et al. 2020, arXiv 2001.08361) and `ATTACK_PASS_FLOPS` for an
-evaluation attack step (its backward stops at the input's gradient). Training passes inside
-adversarial training count 3 too (an upper bound), and the second-order backward of dc and
-rdl_gm is not counted (a lower bound there).
+approximation, e.g. Kaplan et al. 2020, arXiv 2001.08361), once for a pass with autograd
+off (DM's real batches, robust_features' targets: `WorkMeter.forward_only`), and
+`ATTACK_PASS_FLOPS` for an evaluation attack step (its backward stops at the input's
+gradient). Training passes inside adversarial training count 3 too (an upper bound), and
+the second-order backward of dc and rdl_gm is not counted (a lower bound there).
 
 `count_only` (`--assume-tflops R`): the work is counted without being timed, with every
 network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), a
@@ -56,12 +57,14 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from harness.train import WorkCount
 
 CALIBRATION_STEPS = 2  # learning steps timed after the first (which pays for setting up)
 CALIBRATION_BATCHES = 3  # training batches timed per architecture
@@ -364,21 +367,22 @@ def _learn(method, ctx, est: Estimate, flops) -> int | None:
     """Time the learning (a few steps, scaled) and return the learned set's size; its FLOPs
     from the examples each arch saw (`flops(arch)` per example), scaled the same way."""
     planned = method.planned_steps()
-    marks: list[tuple[float, int, Counter]] = []
+    marks: list[tuple[float, int, WorkCount]] = []
     start = time.perf_counter()
 
     def log(metrics: dict[str, float], step: int) -> None:
         if "outer_loss" in metrics:
-            marks.append((time.perf_counter(), ctx.meter.examples, Counter(ctx.meter.by_arch)))
+            marks.append((time.perf_counter(), ctx.meter.examples, ctx.meter.snapshot()))
             if planned and len(marks) > CALIBRATION_STEPS:
                 raise _Enough
 
-    def cost(by_arch: Counter) -> float:  # work nobody labelled (none today) at the mean arch
-        labelled = {a: n for a, n in by_arch.items() if a is not None}
+    def cost(work: WorkCount) -> float:  # work nobody labelled (none today) at the mean arch
+        labelled = {a: n for a, n in work.by_arch.items() if a is not None}
         if not labelled or not sum(labelled.values()):
             return 0.0
         mean = sum(n * flops(a) for a, n in labelled.items()) / sum(labelled.values())
-        return sum(by_arch.values()) * mean * PASS_FLOPS
+        return sum(((n - work.forward_only[a]) * PASS_FLOPS + work.forward_only[a])
+                   * (mean if a is None else flops(a)) for a, n in work.by_arch.items())
 
     ctx.log = log
     try:
@@ -387,7 +391,7 @@ def _learn(method, ctx, est: Estimate, flops) -> int | None:
         learned = None
     if learned is not None:  # it finished: its whole cost was measured
         est.learn_seconds, est.learn_examples = time.perf_counter() - start, ctx.meter.examples
-        est.learn_flops = cost(ctx.meter.by_arch)
+        est.learn_flops = cost(ctx.meter.snapshot())
         return len(learned)
     (t0, w0, a0), (t1, w1, a1) = marks[0], marks[-1]
     steps = len(marks) - 1

@@ -119,23 +119,31 @@ class WorkMeter:
     a pass through the whole network and a pass through its feature extractor alone (as DM
     and robust_features make) both count once, and watching a model twice counts it once.
     `by_arch` splits the count by the arch a watched model was labelled with (None: not
-    labelled, or added by hand), for a cost in FLOPs (`harness.estimate`)."""
+    labelled, or added by hand), for a cost in FLOPs (`harness.estimate`); `forward_only`
+    holds the part of it that went through with autograd off (no backward can follow, as
+    DM's real batches under `torch.no_grad`), a third of a training pass's FLOPs."""
 
     def __init__(self) -> None:
         self.examples = 0
         self.by_arch: Counter[str | None] = Counter()
+        self.forward_only: Counter[str | None] = Counter()
         self.counting = True
         self._hooks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> handle
 
     def _hook(self, arch: str | None, module: nn.Module, args: tuple, output: object) -> None:
         if self.counting and args and isinstance(args[0], torch.Tensor):
-            self.add(int(args[0].shape[0]), arch)
+            self.add(int(args[0].shape[0]), arch, forward_only=not torch.is_grad_enabled())
 
-    def add(self, examples: int, arch: str | None = None) -> None:
+    def add(self, examples: int, arch: str | None = None, *, forward_only: bool = False) -> None:
         """Work the hooks cannot see, in examples (e.g. a second-order backward pass)."""
         if self.counting:
             self.examples += int(examples)
             self.by_arch[arch] += int(examples)
+            if forward_only:
+                self.forward_only[arch] += int(examples)
+
+    def snapshot(self) -> "WorkCount":
+        return WorkCount(Counter(self.by_arch), Counter(self.forward_only))
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -177,11 +185,25 @@ class WorkMeter:
 COUNT_ONLY: ContextVar[bool] = ContextVar("COUNT_ONLY", default=False)
 
 
-def charge_rest(meter: WorkMeter, before: Counter, done: int, total: int) -> None:
+@dataclass(frozen=True)
+class WorkCount:
+    """A `WorkMeter`'s count at one moment: examples by arch, and the forward-only part."""
+
+    by_arch: Counter
+    forward_only: Counter
+
+    def __sub__(self, other: "WorkCount") -> "WorkCount":
+        return WorkCount(self.by_arch - other.by_arch, self.forward_only - other.forward_only)
+
+
+def charge_rest(meter: WorkMeter, before: WorkCount, done: int, total: int) -> None:
     """Charge `meter` for `total - done` more units of work at the rate of the `done` units
-    it counted since `before` (a snapshot of its `by_arch`), arch by arch."""
-    for arch, n in (meter.by_arch - before).items():
-        meter.add(n * (total - done) // done, arch)
+    it counted since `before` (its `snapshot()`), arch by arch, forward-only passes apart."""
+    spent = meter.snapshot() - before
+    for arch, n in spent.by_arch.items():
+        fwd = spent.forward_only[arch]
+        meter.add((n - fwd) * (total - done) // done, arch)
+        meter.add(fwd * (total - done) // done, arch, forward_only=True)
 
 
 def count_cut(items: range, meter: WorkMeter | None) -> Iterator[int]:
@@ -195,7 +217,7 @@ def count_cut(items: range, meter: WorkMeter | None) -> Iterator[int]:
         return
     total = items.stop - items.start
     done = min(items.step, total)
-    before = Counter(meter.by_arch)
+    before = meter.snapshot()
     yield items[0]
     charge_rest(meter, before, done, total)
 
@@ -385,7 +407,7 @@ def train_model(
         }
 
     counting = COUNT_ONLY.get() and meter is not None and saved is None
-    before_count = Counter(meter.by_arch) if counting else None
+    before_count = meter.snapshot() if counting else None
     with meter.attach(model) if meter else nullcontext():
         for epoch in range(first, cfg.epochs + 1):
             model.train()

@@ -184,6 +184,21 @@ def test_counted_work_is_the_calibrated_work(method):
             counted.learn_examples * PASS_FLOPS * forward_flops("convnet", data, {}))
 
 
+def test_dm_real_batches_cost_one_forward():
+    """DM embeds its real batches with autograd off: one forward each, while its synthetic
+    examples take the forward and the backward (3). Two iterations of 10 classes, 8 real
+    and 1 synthetic example per class, on a ConvNet."""
+    from harness.estimate import PASS_FLOPS, forward_flops
+
+    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet"]},
+                             "methods": {"dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8}}}})
+    (variant,) = make_plan(spec)
+    est = estimate_variant(variant, count_only=True)
+    data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
+    per_iteration = 10 * 8 * 1 + 10 * 1 * PASS_FLOPS
+    assert est.learn_flops == pytest.approx(2 * per_iteration * forward_flops("convnet", data, {}))
+
+
 def _layer_flops(net, x):
     """Two FLOPs per multiply-add of every convolution and dense layer, from their shapes."""
     import torch

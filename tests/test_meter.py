@@ -60,3 +60,12 @@ def test_rdl_counts_the_backward_through_its_unroll():
     rows = 2 * ctx.data.num_classes  # ipc 2, all rows in one batch
     unroll, real = 3 * rows, 8 * (2 + 1)  # unroll passes; PGD-2 and the loss on 8 real images
     assert ctx.meter.examples == unroll + real + unroll
+
+
+def test_passes_with_autograd_off_are_counted_as_forward_only():
+    meter = WorkMeter()
+    net = meter.watch(torch.nn.Linear(4, 2), "linear")
+    net(torch.zeros(5, 4))
+    with torch.no_grad():
+        net(torch.zeros(3, 4))
+    assert meter.by_arch["linear"] == 8 and meter.forward_only["linear"] == 3
