@@ -2,8 +2,9 @@
 bf16 autocast with channels_last tensors (`harness.train.autocast`, `to_device`); this trains
 the same network from the same initialisation, on the same data in the same batch order, with
 that loop and with a plain fp32 loop (`throughput.hand_loop`), naturally and with PGD
-adversarial training, and compares clean and PGD accuracy on held-out images. The gap between
-two fp32 seeds is printed beside it as the scale of ordinary run-to-run noise.
+adversarial training, and compares clean and PGD accuracy on validation images (the test
+split is left for reported numbers). The gap between two fp32 seeds is printed beside it as
+the scale of ordinary run-to-run noise.
 
 On a CPU both loops run in fp32, so their gap must be about zero: a check that the comparison
 is like for like. On a GPU it is the effect of bf16 and channels_last.
@@ -48,7 +49,7 @@ def train_and_score(loop, data, args, device, *, seed: int, adversarial: bool) -
     loop(model, x, y, epochs=args.epochs, batch=128, lr=0.05, attack=attack if adversarial else None,
          gen=torch.Generator().manual_seed(seed))
     model.eval()
-    xt, yt = data.x_test[: args.n_test].to(device), data.y_test[: args.n_test].to(device)
+    xt, yt = data.x_val[: args.n_val].to(device), data.y_val[: args.n_val].to(device)
 
     def evaluation_pgd(m, xb, yb):
         return pgd(m, xb, yb, eps=args.eps, alpha=args.eps / 4, steps=10, random_start=True,
@@ -69,13 +70,13 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.1, help="Linf radius of training and evaluation PGD")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-    args.n_train, args.n_test, args.epochs = (4000, 500, 2) if args.quick else (12000, 2000, 5)
+    args.n_train, args.n_val, args.epochs = (4000, 500, 2) if args.quick else (12000, 2000, 5)
     device = pick_device(args.device)
     data = load_dataset(args.dataset, root=args.data_root)
     path = "bf16 autocast + channels_last" if device.type == "cuda" else "fp32 (no autocast on a CPU)"
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{args.dataset}, ConvNet width {args.width}, {args.n_train} training images x "
-          f"{args.epochs} epochs, {args.n_test} test images, Linf {args.eps}; harness loop: {path}")
+          f"{args.epochs} epochs, {args.n_val} validation images, Linf {args.eps}; harness loop: {path}")
     precision_gap = seed_gap = 0.0
     for regime, adversarial in (("natural", False), ("pgd_at", True)):
         fp32 = train_and_score(hand_loop, data, args, device, seed=0, adversarial=adversarial)

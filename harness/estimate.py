@@ -215,8 +215,9 @@ class LastDataset:
 
     def __call__(self, dataset_spec):
         from harness.evaluate import load_data
+        from harness.shared_data import dataset_key
 
-        key = dataset_spec.model_dump_json()
+        key = dataset_key(dataset_spec)
         if key != self.key:
             self.key = self.outcome = None
             gc.collect()
