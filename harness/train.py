@@ -142,6 +142,16 @@ class WorkMeter:
             if forward_only:
                 self.forward_only[arch] += int(examples)
 
+    def state(self) -> dict[str, Any]:
+        """The counts as plain values (a trial checkpoint's part, `harness.checkpoint`)."""
+        return {"examples": self.examples, "by_arch": [[k, v] for k, v in self.by_arch.items()],
+                "forward_only": [[k, v] for k, v in self.forward_only.items()]}
+
+    def load_state(self, saved: dict[str, Any]) -> None:
+        self.examples = int(saved["examples"])
+        self.by_arch = Counter({k: int(v) for k, v in saved["by_arch"]})
+        self.forward_only = Counter({k: int(v) for k, v in saved["forward_only"]})
+
     def snapshot(self) -> "WorkCount":
         return WorkCount(Counter(self.by_arch), Counter(self.forward_only))
 

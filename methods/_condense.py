@@ -94,3 +94,23 @@ class NormalizedSet:
         with torch.no_grad():
             lo, hi = ((b - self.mean) / self.std for b in self.bounds)
             self.z.copy_(torch.maximum(torch.minimum(self.z, hi), lo))
+
+
+def set_state(syn: NormalizedSet, opt: torch.optim.Optimizer, ctx, next_step: int) -> dict:
+    """What a condensation loop needs to go on at `next_step` after a restart (a trial
+    checkpoint's `learning` section): the set, its optimiser, the method's random stream and
+    its work so far. Taken between steps, where no network is alive."""
+    return {"next_step": next_step, "z": syn.z.detach().cpu().clone(), "opt": opt.state_dict(),
+            "gen": ctx.generator.get_state(), "meter": ctx.meter.state()}
+
+
+def load_set_state(saved: dict | None, syn: NormalizedSet, opt: torch.optim.Optimizer, ctx) -> int:
+    """Go back to `set_state`'s state (None: nothing saved); returns the step to go on from."""
+    if saved is None:
+        return 0
+    with torch.no_grad():
+        syn.z.copy_(saved["z"].to(syn.z.device))
+    opt.load_state_dict(saved["opt"])
+    ctx.generator.set_state(saved["gen"])
+    ctx.meter.load_state(saved["meter"])
+    return int(saved["next_step"])

@@ -11,7 +11,8 @@ from torch import nn
 
 from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
 from harness.methods._condense import (
-    NormalizedSet, RealSampler, class_slice, gradient_distance, natural_steps,
+    NormalizedSet, RealSampler, class_slice, gradient_distance, load_set_state, natural_steps,
+    set_state,
 )
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
@@ -141,8 +142,11 @@ class DC(DatasetMethod):
     def learn(self, ctx: MethodContext) -> LearnedDataset:
         loop = DCLoop(self.cfg, ctx)
         arch = self.cfg.arch or ctx.archs[0]
-        for it in range(self.cfg.iterations):
+        first = load_set_state(ctx.resume.saved(), loop.set, loop.opt, ctx)  # a restarted trial
+        for it in range(first, self.cfg.iterations):
             ctx.log({"outer_loss": loop.iteration(arch)}, it)
+            if it + 1 < self.cfg.iterations:
+                ctx.resume.offer(lambda: set_state(loop.set, loop.opt, ctx, it + 1))
         info = {"ipc": self.cfg.ipc, "arch": arch, "outer_loop": loop.outer, "inner_loop": loop.inner,
                 "dsa": loop.aug is not None}
         return LearnedDataset(loop.set.x().detach().cpu(), loop.y.cpu(), info,

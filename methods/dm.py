@@ -9,7 +9,9 @@ from pydantic import Field
 from torch import nn
 
 from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
-from harness.methods._condense import NormalizedSet, RealSampler, class_slice
+from harness.methods._condense import (
+    NormalizedSet, RealSampler, class_slice, load_set_state, set_state,
+)
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
@@ -71,12 +73,15 @@ class DM(DatasetMethod):
         real = RealSampler(ctx.data, ctx.generator, ctx.device)
         aug = maybe_augment(cfg.dsa, cfg.dsa_strategy, ctx.generator, ctx.data.is_image)
         arch = cfg.arch or ctx.archs[0]
-        for it in range(cfg.iterations):
+        first = load_set_state(ctx.resume.saved(), syn, opt, ctx)  # a restarted trial
+        for it in range(first, cfg.iterations):
             loss = self.step(ctx.build(arch), syn, real, aug, ctx)
             (syn.z.grad,) = torch.autograd.grad(loss, syn.z)
             opt.step()
             syn.project_()
             ctx.log({"outer_loss": float(loss.detach()) / ctx.data.num_classes}, it)
+            if it + 1 < cfg.iterations:
+                ctx.resume.offer(lambda: set_state(syn, opt, ctx, it + 1))
         info = {"ipc": cfg.ipc, "arch": arch, "dsa": aug is not None}
         return LearnedDataset(syn.x().detach().cpu(), y, info, augment=evaluation_augment(aug))
 

@@ -53,6 +53,17 @@ SPECS = {
             "eval": {"archs": ["linear"], "models_per_arch": 2, "epochs": 20, "max_test": 100,
                      "max_val": 100},
             "threat": {"steps": 5, "autoattack": "fast"}},
+    # the condensation loops save between iterations (DC: a network each; DM: a step each)
+    "dc": {"dataset": {"name": "digits", "subset": 30},
+           "method": {"name": "dc", "ipc": 2, "iterations": 4, "batch_real": 16, "arch": "mlp"},
+           "eval": {"archs": ["linear"], "models_per_arch": 1, "epochs": 10, "max_test": 100,
+                    "max_val": 100},
+           "threat": {"steps": 3, "autoattack": "off"}},
+    "dm": {"dataset": {"name": "digits", "subset": 30},
+           "method": {"name": "dm", "ipc": 2, "iterations": 5, "batch_real": 16, "arch": "mlp"},
+           "eval": {"archs": ["linear"], "models_per_arch": 1, "epochs": 10, "max_test": 100,
+                    "max_val": 100},
+           "threat": {"steps": 3, "autoattack": "off"}},
 }
 
 SCORES = ("clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc", "learn_work_epochs",
@@ -84,6 +95,8 @@ def uninterrupted():
     ("pgd_at", 5),   # in the second model's training, the first one scored
     ("rdl", 1),      # mid-learning (after outer step 3)
     ("rdl", 4),      # in the evaluation, the learned set saved
+    ("dc", 2),       # mid-learning (after iteration 2 of 4)
+    ("dm", 3),       # mid-learning (after step 3 of 5)
 ])
 def test_a_killed_trial_resumes_where_it_was_and_ends_the_same(uninterrupted, name, kill_at):
     full, full_storage = uninterrupted[name]
@@ -112,6 +125,10 @@ def test_sections_name_the_stage_they_resume(uninterrupted):
     assert set(learning) == {"learning"} and learning["learning"]["next_step"] == 3
     final = torch.load(io.BytesIO(rdl.saves[-1]), weights_only=True)
     assert set(final) == {"learned", "models"} and len(final["models"]["scores"]) == 2
+    for name, steps in (("dc", 4), ("dm", 5)):  # a save after every step but the last
+        _, saves = uninterrupted[name]
+        learning = [torch.load(io.BytesIO(b), weights_only=True).get("learning") for b in saves.saves]
+        assert [x["next_step"] for x in learning if x] == list(range(1, steps))
 
 
 def test_saves_are_spaced_by_the_interval():
