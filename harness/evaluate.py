@@ -406,6 +406,7 @@ def learn_once(method: DatasetMethod, ctx: MethodContext,
         return LearnedDataset(saved["x"], saved["y"], saved["info"], augment=augment), saved["seconds"]
     ctx.resume = Stage(checkpoint, "learning")
     learned = method.learn(ctx)
+    check_learned(method.name, learned)
     seconds = ctx.resume.seconds()
     dsa = learned.augment.strategy if isinstance(learned.augment, DSATrainAugment) else ""
     if learned.augment is None or dsa:  # another augmentation could not be rebuilt from a file
@@ -415,6 +416,18 @@ def learn_once(method: DatasetMethod, ctx: MethodContext,
             "seconds": seconds, "examples": ctx.meter.examples,
         }, drop=("learning",))
     return learned, seconds
+
+
+def check_learned(name: str, learned: LearnedDataset) -> None:
+    """A learned set with NaN or infinite inputs or labels is a diverged run, not a dataset:
+    trained on, it would score as a set that teaches nothing."""
+    for part, values in (("inputs", learned.x), ("labels", learned.y)):
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise FloatingPointError(
+                f"method {name!r} returned a learned set whose {part} hold {bad} NaN or infinite "
+                "values (its learning diverged); lower its learning rates (e.g. method.lr_img, "
+                "method.outer_lr) or its number of steps")
 
 
 def summarise(spec, method, *, data, threat, models, learned, learn_seconds, learn_meter,
