@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import faults
+
 FILE = "progress.pt"  # the file of a checkpoint folder that holds a trial's progress
 
 Persist = Callable[[dict[str, Any]], None]
@@ -51,6 +53,7 @@ class TrialCheckpoint:
         if self.persist is not None and time.monotonic() - self._saved_at >= self.every_s:
             self.sections[section] = make()
             self._save()
+        faults.point(section)  # `learning`, `training`: where a test kills the trial's worker
 
     def put(self, section: str, value: Any, *, drop: tuple[str, ...] = ()) -> None:
         """A stage finished: keep `value` as `section`, forget the sections in `drop` (the

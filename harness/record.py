@@ -13,7 +13,7 @@ In MLflow a record is:
   per architecture `arch.<name>.<clean_acc|robust_acc|autoattack_acc|n>`;
 - tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
   `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
-  `stopped_early`, `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
+  `stopped_early`, `resumed_from` (the saved progress a restarted trial went on from), `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
   method says about its learned set;
 - artifacts (also what `harness run --output DIR` keeps): `spec.yaml` (the resolved RunSpec),
   `dataset/learned.pt` (a learned set: `x`, `y` and `meta`, see `learned_meta`),
@@ -45,7 +45,7 @@ FLAGS_TAG = "masking_flags"
 INFO_PREFIX = "info."
 IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",
                  "objective_mode")
-OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early")
+OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early", "resumed_from")
 
 SPEC_ARTIFACT = "spec.yaml"
 LEARNED_ARTIFACT = "dataset/learned.pt"
@@ -100,6 +100,9 @@ class TrialRecord:
     ray_node: str = ""
     error: str = ""
     stopped_early: str = ""
+    # the saved progress (`harness.checkpoint` sections, comma-separated) the attempt that
+    # finished went on from; '' when it started afresh
+    resumed_from: str = ""
     smoke: bool = False  # run with --smoke's shrunken budgets: a check, not a result
     status: str = "FINISHED"  # as MLflow says: FINISHED, FAILED, KILLED, RUNNING
     run_id: str = ""

@@ -11,9 +11,11 @@ writes to MLflow (through `harness.tracking`, records shaped by `harness.record`
 Tune callbacks.
 
 Resume: Tune saves every experiment's state under `<storage>/<sweep>/<variant>`; `--resume`
-restores each with `Tuner.restore`, so finished trials are kept and unfinished ones rerun,
-and the tracker finds each trial's MLflow run by its `trial_key` tag (variant, phase and
-Tune trial id) instead of making another.
+restores each with `Tuner.restore` (with the param space of the first run, torn state files
+set aside: `harness.storage`), so finished trials are kept and unfinished ones rerun, and
+the tracker finds each trial's MLflow run by its `trial_key` tag (variant, phase and the
+trial's number in its experiment) instead of making another. `harness.faults` names the
+points where the fault matrix (tests/test_faults*.py) kills the driver.
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ import json
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import faults
 from harness.checkpoint import load_file
 from harness.config import SweepSpec, derived_seed
 from harness.errors import HarnessInputError
+from harness.storage import (
+    INTERRUPTED_TAG, TORN_SUFFIX, StorageFault, check_writable, fault_in, set_aside_torn_state,
+    storage_root, unwritable_message,
+)
 from harness.plan import RESOLVED_KEY, Variant, launch_order, with_resolved
 from harness.progress import SweepProgress, VariantProgress
 from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
@@ -96,10 +103,35 @@ class PhaseContext:
     objective: str
     live: Any  # the rich Live display, or None
     turnstile: "Turnstile | None" = None  # the variants' launch turns (search phase only)
+    counted: set[str] = field(default_factory=set)  # numbers of the trials counted as ended
+    storage: str = ""  # the sweep's Ray results folder (`harness.storage`)
 
     @property
     def state(self) -> VariantProgress:
         return self.progress.variants[self.variant.key]
+
+    def key(self, number: str) -> str:
+        """The trial's key in the tracker (its MLflow tag `trial_key`): variant, phase and
+        the trial's number in its experiment. Not Tune's trial id: a trial that a killed
+        driver had started but Tune's saved state had not kept yet is handed out again
+        under the same number (the searcher's saved state is as old as the trials') and a
+        new id, and must find the run it had."""
+        return f"{self.variant.key}/{self.phase}/{number}"
+
+    def count(self, number: str, *, ok: bool) -> None:
+        """A trial ended: counted once, whether its end was seen here or restored."""
+        if number in self.counted:
+            return
+        self.counted.add(number)
+        if ok:
+            self.state.done += 1
+        else:
+            self.state.failed += 1
+
+    def note_best(self, record: TrialRecord) -> None:
+        value = record.metric(self.objective)
+        if value is not None and self.progress.better(self.state.best, value):
+            self.state.best = value
 
     def identity(self) -> dict[str, str]:
         return {"method": self.variant.method, "dataset": self.variant.dataset,
@@ -161,19 +193,12 @@ class DriverCallback(tune.Callback):
     def _run(self, trial) -> str:
         """The trial's MLflow run, opened with the resolved settings its config carries as
         params (`plan.with_resolved`)."""
-        ctx = self.ctx
-        key = f"{ctx.variant.key}/{ctx.phase}/{trial.trial_id}"
-        known = ctx.tracker.opened(key)
-        if known is not None:
-            return known
-        tree = json.loads(trial.config[RESOLVED_KEY])  # decided when the trial was handed out
-        params = TrialRecord(method=ctx.variant.method, dataset=ctx.variant.dataset,
-                             params=spec_params(tree),
-                             metrics={}).mlflow_params()
-        return ctx.tracker.trial_run(key, params, {**ctx.identity(), "trial_id": trial.trial_id})
+        return open_trial_run(self.ctx, trial_number(trial.experiment_tag), trial.trial_id,
+                              trial.config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
+        faults.point("trial_start", self.ctx.phase)
         self.ctx.state.running += 1
         if self.ctx.turnstile is not None:
             self.ctx.turnstile.passed(self.ctx.variant.key)
@@ -182,6 +207,7 @@ class DriverCallback(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed attempt that Tune will retry (`max_failures`): it starts again later."""
         run_id, ctx = self._run(trial), self.ctx
+        self._stop_if_storage_failed(trial, run_id)
         ctx.tracker.set_tags(run_id, {"retried": str(trial.num_failures)})
         ctx.state.running -= 1
         self._refresh()
@@ -193,9 +219,8 @@ class DriverCallback(tune.Callback):
             record = replace(TrialRecord.from_json(result["record"]), **ctx.identity())
             ctx.tracker.log_metrics(run_id, record.mlflow_metrics(), step=step)
             ctx.tracker.set_tags(run_id, record.mlflow_tags())
-            value = record.metric(ctx.objective)
-            if value is not None and ctx.progress.better(ctx.state.best, value):
-                ctx.state.best = value
+            ctx.note_best(record)
+            faults.point("trial_record", ctx.phase)
         else:  # progress while it trains
             shown = {k: v for k, v in result.items()
                      if k in (*PROGRESS_METRICS, ctx.objective) or k.startswith(ARCH_PREFIX)}
@@ -214,30 +239,94 @@ class DriverCallback(tune.Callback):
             ctx.tracker.set_tags(run_id, {"stopped_early": "asha"})  # no final scores
         ctx.tracker.finish(run_id, ok=True)
         ctx.state.running -= 1
-        ctx.state.done += 1
+        ctx.count(trial_number(trial.experiment_tag), ok=True)
         self._refresh()
+        faults.point("trial_complete", ctx.phase)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id, ctx = self._run(trial), self.ctx
+        self._stop_if_storage_failed(trial, run_id)
         trace = trial_error_text(trial)
         ctx.tracker.set_tags(run_id, {"error": error_summary(trace, trial)})
         if trace:
             ctx.tracker.log_text(run_id, trace, "error.txt")
         ctx.tracker.finish(run_id, ok=False)
         ctx.state.running -= 1
-        ctx.state.failed += 1
+        ctx.count(trial_number(trial.experiment_tag), ok=False)
         self._refresh()
+
+    def _stop_if_storage_failed(self, trial, run_id: str) -> None:
+        """A trial that could not write to the sweep's storage has not failed: its run is
+        marked interrupted (rerun by `--resume`) and the sweep stops (`harness.storage`)."""
+        ctx = self.ctx
+        fault = fault_in(trial_error_text(trial), ctx.storage)
+        if fault is None:
+            return
+        ctx.tracker.set_tags(run_id, {INTERRUPTED_TAG: f"storage: {fault}"})
+        ctx.tracker.interrupt(run_id)
+        ctx.state.running -= 1
+        raise StorageFault(unwritable_message(ctx.storage, fault),
+                                   field="--storage")
 
     def _refresh(self):
         if self.ctx.live is not None:
             self.ctx.live.update(self.ctx.progress.table())
 
 
+def trial_number(experiment_tag: str) -> str:
+    """A trial's number in its experiment: Tune's experiment tag starts with it (`3_lr=0.1`)."""
+    return str(experiment_tag).split("_", 1)[0]
+
+
+def open_trial_run(ctx: PhaseContext, number: str, trial_id: str, config: dict) -> str:
+    """The MLflow run of trial `number` of the phase, opened once (a resumed sweep finds the
+    run it made before), with the resolved settings the trial's config carries as params."""
+    key = ctx.key(number)
+    known = ctx.tracker.opened(key)
+    if known is not None:
+        return known
+    tree = json.loads(config[RESOLVED_KEY])  # decided when the trial was handed out
+    params = TrialRecord(method=ctx.variant.method, dataset=ctx.variant.dataset,
+                         params=spec_params(tree), metrics={}).mlflow_params()
+    return ctx.tracker.trial_run(key, params, {**ctx.identity(), "trial_id": trial_id})
+
+
+def settle(ctx: PhaseContext, grid) -> None:
+    """After a restored experiment: count in the live view the trials that had ended before
+    the restart (Tune calls no callback for them), with their objective."""
+    for result in grid:
+        metrics = result.metrics or {}
+        number = trial_number(metrics.get("experiment_tag") or result_dir_number(result.path))
+        if not number:
+            continue
+        ctx.count(number, ok=result.error is None)
+        if "record" in metrics:
+            ctx.note_best(TrialRecord.from_json(metrics["record"]))
+
+
+def result_dir_number(path: str | None) -> str:
+    """The trial number in a trial folder's name (`trial_dirname`), '' if it has none."""
+    found = re.search(r"_n(\d+)_[0-9a-f]+(?:_\d+)?$", Path(path or "").name)
+    return found.group(1) if found else ""
+
+
+def trial_dirname(trial) -> str:
+    """`<trainable>_n<number>_<trial id>`: named by number and id, not by config (which holds
+    the whole resolved spec)."""
+    return f"{trial.trainable_name}_n{trial_number(trial.experiment_tag)}_{trial.trial_id}"
+
+
 def trial_error_text(trial) -> str:
-    """The failed trial's traceback as Tune stored it ('' when it cannot be read)."""
+    """The failed trial's traceback as Tune stored it ('' when it cannot be read): from the
+    driver's own copy (written as the error arrives), else from the sweep's storage (which
+    a write that failed for want of space never reached)."""
+    with contextlib.suppress(Exception):  # storage trouble must not hide the failure itself
+        local = getattr(trial, "error_file", None)
+        if local and Path(local).is_file():
+            return Path(local).read_text(errors="replace")
     try:
         return str(trial.get_error() or "")
-    except Exception:  # noqa: BLE001 (storage trouble must not hide the failure itself)
+    except Exception:  # noqa: BLE001 (as above)
         return ""
 
 
@@ -248,12 +337,6 @@ def error_summary(trace: str, trial) -> str:
     named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
     chosen = named[-1] if named else (lines[-1] if lines else str(trial.error_file or "see Ray logs"))
     return chosen[:500]
-
-
-def storage_root(storage: str | None) -> str:
-    if storage and "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage or "ray_results").expanduser().resolve())
 
 
 def experiment_path(root: str, sweep: str, name: str) -> str:
@@ -312,7 +395,7 @@ def variant_trainable(variant: Variant, *, objective: str, smoke: bool,
 
 
 def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples: int,
-               smoke: bool, resume: bool):
+               smoke: bool, resume: bool, resume_errored: bool = False):
     asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
         variant_trainable(phase.variant, objective=spec.objective.metric, smoke=smoke,
@@ -320,18 +403,19 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
                           probe=asha),  # per-epoch probes only where ASHA reads them
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
+    param_space, search_alg = phase_space(phase, spec, param_space)
+    if resume:
+        for name in set_aside_torn_state(phase.path):
+            logging.getLogger("harness").warning(
+                "%s/%s is torn (a write cut short) or has no whole state beside it: renamed "
+                "to %s%s; the state before it is restored, or the experiment starts again",
+                phase.path, name, name, TORN_SUFFIX)
     if resume and tune.Tuner.can_restore(phase.path):
+        # The same param space as the first run's (Tune refuses any other); the searcher's
+        # state, trials and their results come back from the experiment's saved state.
         return tune.Tuner.restore(phase.path, trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False,
+                                  resume_errored=resume_errored, restart_errored=False,
                                   param_space=param_space)
-    searching = phase.name == "search" and bool(param_space)
-    if searching:  # Optuna picks the values; the searcher adds the resolved spec
-        search_alg = ProgressOptuna(phase.variant, seed=spec.search.seed)
-    else:  # fixed values (a grid of seeds at most): Tune's own generator adds it
-        search_alg = None
-        keys = list(param_space)
-        param_space = {**param_space, RESOLVED_KEY: tune.sample_from(
-            lambda trial: with_resolved(phase.variant, {k: trial.config[k] for k in keys})[RESOLVED_KEY])}
     scheduler = FIFOScheduler()
     if asha:
         # rungs in epochs of the probe, not in reports (progress saves are reports too)
@@ -345,8 +429,7 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
             metric=spec.objective.metric, mode=spec.objective.mode, search_alg=search_alg,
             scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
-            # named by id, not by config (which holds the whole resolved spec)
-            trial_dirname_creator=lambda trial: f"{trial.trainable_name}_{trial.trial_id}",
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=root, verbose=0, callbacks=[DriverCallback()],
@@ -355,6 +438,20 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def phase_space(phase: Phase, spec: SweepSpec, param_space: dict):
+    """The experiment's param space and searcher, the same on a first run and on `--resume`.
+
+    Each trial's config carries its resolved RunSpec (`plan.with_resolved`): where Optuna
+    picks values, its searcher adds it; where every value is fixed (a grid of seeds at most),
+    Tune's own generator does, through a `sample_from` entry of the param space."""
+    if phase.name == "search" and param_space:
+        return param_space, ProgressOptuna(phase.variant, seed=spec.search.seed)
+    keys, variant = list(param_space), phase.variant
+    resolved = tune.sample_from(
+        lambda trial: with_resolved(variant, {k: trial.config[k] for k in keys})[RESOLVED_KEY])
+    return {**param_space, RESOLVED_KEY: resolved}, None
 
 
 class ProgressOptuna(OptunaSearch):
@@ -412,6 +509,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
             "or change `name` in the spec (or --storage) to start a new one; nothing was changed.",
             field="name",
         )
+    check_writable(root, spec.name)  # before anything is recorded
     tracker: Tracker = tracker_factory(resume, outbox_path(root, spec.name))
     tracker.set_tags(tracker.parent_run_id, {"ray_storage": f"{root}/{spec.name}",
                                              "smoke": str(smoke).lower()})
@@ -436,6 +534,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
         if local:
             stop_ray()
     unsent = tracker.finish_sweep(ok=True)
+    faults.point("sweep_end")
     return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
                         [v.label for v in plan], unsent=unsent,
                         outbox=str(tracker.outbox.root) if tracker.outbox else "")
@@ -472,8 +571,15 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
             jobs = [pool.submit(run_variant, spec, p, tracker=tracker, progress=progress,
                                 live=live, smoke=smoke, resume=resume, turnstile=turnstile)
                     for p in ordered]
-            for job in as_completed(jobs):
-                failed += job.result()
+            pending = set(jobs)
+            while pending:
+                # Woken twice a second, not only when a variant ends: Python runs a signal's
+                # handler in the main thread, and a main thread asleep in a lock wait never
+                # wakes for a Ctrl-C that the kernel handed to one of Ray's threads (seen:
+                # the driver sat on a SIGINT for good; tests/test_ray_local.py sends one so).
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for job in done:
+                    failed += job.result()
                 live.update(progress.table())
     except BaseException:
         turnstile.abort()
@@ -509,11 +615,33 @@ def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: 
               num_samples: int, smoke: bool, resume: bool):
     """Run one experiment to its end, its callbacks writing to `ctx`; Tune's result grid."""
     token = _serving.set(ctx)
+    # trials a failed write to the storage interrupted: Tune may have saved them as errored
+    rerun = resume and ctx.tracker.any_interrupted(ctx.key(""), INTERRUPTED_TAG)
     try:
-        return make_tuner(phase, spec, param_space=param_space, num_samples=num_samples,
-                          smoke=smoke, resume=resume).fit()
+        grid = make_tuner(phase, spec, param_space=param_space, num_samples=num_samples,
+                          smoke=smoke, resume=resume, resume_errored=rerun).fit()
+    except Exception as exc:  # Tune wraps what a callback raised in its own TuneError
+        fault = cause_of_type(exc, StorageFault)
+        if fault is not None:
+            raise fault from None
+        raise
     finally:
         _serving.reset(token)
+    if resume:
+        settle(ctx, grid)
+    faults.point("phase_end", ctx.phase)
+    return grid
+
+
+def cause_of_type(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` or the first exception of type `kind` in its chain of causes and contexts."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: SweepProgress,
@@ -524,7 +652,8 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
     samples = variant_samples(variant)
     progress.variants[variant.key].planned = samples + variant.repeats
     context = dict(tracker=tracker, variant=variant, progress=progress,
-                   objective=spec.objective.metric, live=live)
+                   objective=spec.objective.metric, live=live,
+                   storage=search.path.rpartition("/")[0])
     turnstile.wait(variant.key)
     try:
         grid = run_phase(PhaseContext(phase="search", turnstile=turnstile, **context), search,

@@ -321,6 +321,25 @@ class Tracker:
     def finish(self, run_id: str, ok: bool = True) -> None:
         self._write({"op": "finish", "run": run_id, "ok": ok})
 
+    def interrupt(self, run_id: str) -> None:
+        """End a trial's run as KILLED: stopped by something outside it, to be run again."""
+        self._write({"op": "finish", "run": run_id, "ok": False, "status": "KILLED"})
+
+    def any_interrupted(self, prefix: str, tag: str) -> bool:
+        """Whether a run of this sweep whose trial key starts with `prefix` is KILLED and
+        carries `tag` (False while the server is away: nothing is known then)."""
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{tag}` != '' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+                max_results=10_000)
+        except Exception as exc:  # noqa: BLE001 (classified just below)
+            if unavailable(exc):
+                return False
+            raise
+        return any(r.info.status == "KILLED" and r.data.tags.get("trial_key", "").startswith(prefix)
+                   for r in runs)
+
     def finish_sweep(self, ok: bool = True) -> int:
         """End the parent run and send what the outbox holds; returns the writes still kept
         (0 unless the server is still away)."""
@@ -408,15 +427,26 @@ class Tracker:
         elif kind == "tags":
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["tags"].items()])
         elif kind == "finish":
-            self.client.set_terminated(run_id, status="FINISHED" if op["ok"] else "FAILED")
+            status = op.get("status") or ("FINISHED" if op["ok"] else "FAILED")
+            self.client.set_terminated(run_id, status=status)
         return None
 
     def _open(self, key: str, params: dict[str, str], tags: dict[str, str]) -> str:
         if key in self._runs:
             return self._runs[key]
         run_id = self._find_trial(key)
+        if run_id is not None and self._conflicts(run_id, params):
+            # Made by a killed driver for a trial that Tune's saved state did not keep, and
+            # the trial handed out again under this number has other settings: that run
+            # stands for nothing that will ever finish. Deleted (MLflow keeps it restorable)
+            # so the sweep still shows one run per trial.
+            self.client.set_tag(run_id, "harness.superseded", "true")
+            self.client.delete_run(run_id)
+            run_id = None
         if run_id is not None:  # resumed, or made by an attempt cut short
             self.client.update_run(run_id, status="RUNNING")
+            # the trial may carry a new Tune id (one that Tune's saved state had not kept)
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         else:
             all_tags = {"trial_id": key, **self._common, **tags, "trial_key": key,
                         "mlflow.parentRunId": self.parent_run_id}
@@ -428,6 +458,12 @@ class Tracker:
         self._runs[key] = run_id
         self._waiting.discard(f"trial:{key}")
         return run_id
+
+    def _conflicts(self, run_id: str, params: dict[str, str]) -> bool:
+        """Whether the run already holds some of `params` with other values (MLflow refuses
+        to change a param)."""
+        old = self.client.get_run(run_id).data.params
+        return any(k in old and old[k] != v for k, v in params.items())
 
     def trial_runs(self) -> Iterable[Any]:
         with self._lock:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import yaml
 
+from harness import faults
 from harness.checkpoint import TrialCheckpoint, save_file
 from harness.plan import Variant, trial_spec
 from harness.record import (
@@ -41,6 +42,7 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
 
     torch.set_num_threads(max(1, threads))
     spec = trial_spec(config)
+    faults.context = (spec.method.name, variant.key)  # where fault injection may kill it
 
     def progress(metrics: dict[str, float], step: int) -> None:
         probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
@@ -60,7 +62,8 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
                        data=data)
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
-                                     ray_node=node, variant=variant.label, smoke=smoke)
+                                     ray_node=node, variant=variant.label, smoke=smoke,
+                                     resumed_from=",".join(sorted(restored or {})))
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tree, result)
         report({**record.metrics, "record": record.to_json()}, Path(tmp))

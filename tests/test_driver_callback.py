@@ -18,8 +18,9 @@ from harness.sweep import DriverCallback, PhaseContext, _serving
 from harness.tracking import Tracker, connect
 
 
-def fake_trial(trial_id: str, failures: int = 0):
-    return SimpleNamespace(trial_id=trial_id, config={}, last_result={}, num_failures=failures,
+def fake_trial(trial_id: str, failures: int = 0, number: int = 0):
+    return SimpleNamespace(trial_id=trial_id, experiment_tag=f"{number}_lr=0.1", config={},
+                           last_result={}, num_failures=failures,
                            error_file=None, get_error=lambda: "RuntimeError: simulated bug")
 
 
@@ -171,3 +172,38 @@ def test_one_variant_waits_ready_for_each_slot_that_frees():
     spec, variants = plan(searched, max_concurrent=4)
     assert default_parallel_variants(spec, variants, {"CPU": 8.0}) == 3
     assert default_parallel_variants(spec, variants, {"CPU": 1000.0}) == 16  # capped
+
+
+def test_a_trial_handed_out_again_finds_its_run_by_number_not_by_tune_id(tmp_path):
+    """A killed driver had opened a run for a trial that Tune's saved state did not keep yet;
+    the resumed experiment hands the trial out again under the same number and a new id.
+    Same settings: the run is taken up again (its id tag updated). Other settings (a search
+    that suggested otherwise the second time): the stale run is deleted, a new one made;
+    either way one run per trial."""
+    tracker, _, ctxs = contexts(tmp_path)
+    ctx = ctxs[0]
+    serve(ctx, "on_trial_start", fake_trial("first", number=1))
+    (run,) = tracker.trial_runs()
+    resumed = Tracker(tracker.client, "clash", tracker.parent_run_id)
+    ctx2 = PhaseContext(tracker=resumed, variant=ctx.variant, phase=ctx.phase,
+                        progress=ctx.progress, objective=ctx.objective, live=None)
+    serve(ctx2, "on_trial_start", fake_trial("second", number=1))
+    serve(ctx2, "on_trial_complete", fake_trial("second", number=1))
+    (again,) = resumed.trial_runs()
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert again.data.tags["trial_id"] == "second"
+
+    third = Tracker(tracker.client, "clash", tracker.parent_run_id)
+    ctx3 = PhaseContext(tracker=third, variant=ctx.variant, phase=ctx.phase,
+                        progress=ctx.progress, objective=ctx.objective, live=None)
+    other = fake_trial("third", number=1)
+    config = with_resolved(ctx.variant, {})
+    tree = json.loads(config[RESOLVED_KEY])
+    tree["seed"] = 5  # the settings the trial carries this time
+    other.config = {**config, RESOLVED_KEY: json.dumps(tree)}
+    serve(ctx3, "on_trial_start", other)
+    (latest,) = third.trial_runs()
+    assert latest.info.run_id != run.info.run_id and latest.data.params["seed"] == "5"
+    stale = tracker.client.get_run(run.info.run_id)
+    assert stale.info.lifecycle_stage == "deleted"
+    assert stale.data.tags["harness.superseded"] == "true"

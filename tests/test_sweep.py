@@ -148,7 +148,9 @@ def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
         "train": {"epochs": 3},
         "trials": 5,
         "search": {"max_concurrent": 1, "asha": False},
-        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.3]}}}},
+        # a searched variant and a fixed one (whose restore once failed: issue 20)
+        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.3]}}},
+                    "random": {"space": {"ipc": 5}}},
     })
     db = tmp_path / "mlflow.db"
 
@@ -170,15 +172,15 @@ def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
     finally:
         kill_group(proc)
     done_before = finished_trials()
-    assert done_before < 5, "the sweep finished before it could be killed"
+    assert done_before < 6, "the sweep finished before it could be killed"
 
     resumed = run_sweep(spec, tmp_path, "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     client = MlflowClient(f"sqlite:///{db}")
     trials, parents = trial_runs(client, "killed")
     assert len(parents) == 1  # the resumed sweep continued the same parent run
-    per_trial = Counter(r.data.tags["trial_id"] for r in trials)
-    assert len(per_trial) == 5 and set(per_trial.values()) == {1}
+    per_trial = Counter(r.data.tags["trial_key"] for r in trials)
+    assert len(per_trial) == 6 and set(per_trial.values()) == {1}
     assert all(r.info.status == "FINISHED" for r in trials)
     assert all("robust_acc" in r.data.metrics for r in trials)
 
@@ -230,7 +232,9 @@ PLUGIN = '''
 """Test-only methods: one fails its first attempt, one always fails."""
 from pathlib import Path
 
-from harness.methods.base import ModelMethod, MethodConfig, register_method
+from harness.methods.base import (
+    DatasetMethod, LearnedDataset, ModelMethod, MethodConfig, register_method,
+)
 from harness.train import natural_loss
 
 MARKER = Path(__file__).with_name("attempted")
@@ -261,6 +265,16 @@ class NanLoss(ModelMethod):
 
     def loss_step(self, ctx):
         return lambda model, xb, yb: natural_loss(model, xb, yb) * float("nan")
+
+
+@register_method("nan_set")
+class NanSet(DatasetMethod):
+    """Its learned set is NaN (a learning run that diverged without raising)."""
+
+    def learn(self, ctx):
+        import torch
+        x = torch.full((10, *ctx.data.input_shape), float("nan"))
+        return LearnedDataset(x, torch.arange(10) % ctx.data.num_classes)
 
 
 @register_method("resumed")
@@ -305,7 +319,7 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
         "max_failures": 1,
         "checkpoint_every_s": 0,
         "methods": {"broken": {}, "flaky": {}, "erm": {}, "nan_loss": {}, "killed": {},
-                    "resumed": {}},
+                    "resumed": {}, "nan_set": {}},
     })
     env = {"HARNESS_PLUGINS": "harness_test_plugin",
            "PYTHONPATH": str(tmp_path / "plugins")}
@@ -316,8 +330,8 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     status = {r.data.tags["method"]: r.info.status for r in trials}
     assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED",
                       "nan_loss": "FAILED", "killed": "FAILED",
-                      "resumed": "FINISHED"}, res.stderr[-3000:]
-    assert len(trials) == 6  # a retried trial keeps its one run
+                      "resumed": "FINISHED", "nan_set": "FAILED"}, res.stderr[-3000:]
+    assert len(trials) == 7  # a retried trial keeps its one run
     assert (tmp_path / "plugins" / "attempted").exists()
     # The killed attempt's successor went on from epoch 3 (epochs 1 and 2 are not trained
     # twice: 4 epochs + the killed one, where a restart from scratch makes 3 + 4) and ended
@@ -333,8 +347,9 @@ def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     # The error tag carries what went wrong, not just where Ray put the trace.
     assert "simulated bug" in errors["broken"], errors
     assert "diverged" in errors["nan_loss"], errors
+    assert "NaN or infinite" in errors["nan_set"], errors
     assert errors["killed"] and "error.txt" not in errors["killed"], errors
-    for name in ("broken", "nan_loss"):
+    for name in ("broken", "nan_loss", "nan_set"):
         run = next(r for r in trials if r.data.tags["method"] == name)
         files = {f.path for f in client.list_artifacts(run.info.run_id)}
         assert "error.txt" in files, files

@@ -9,6 +9,7 @@ import time
 import click
 from rich.markup import escape
 
+from harness import faults
 from harness.cli.app import err_console, main, with_options
 from harness.errors import HarnessInputError
 
@@ -131,6 +132,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
         if estimate or tflops is not None:
             print_estimate(spec, plan, tflops)
         return
+    check_fault_setting()
     if address is None:  # local run: the data must be here (on a cluster, on the workers)
         check_local_data(spec)
     from harness import tracking
@@ -194,6 +196,18 @@ def arm_interrupt_watchdog(spec_path: str) -> None:
         signal.signal(signal.SIGINT, on_interrupt)
 
 
+def check_fault_setting() -> None:
+    """A mistyped `HARNESS_FAULT` (fault injection, `harness.faults`) is bad input, caught
+    before anything starts rather than in every trial."""
+    value = os.environ.get(faults.ENV)
+    if value:
+        try:
+            faults.parse(value)
+        except ValueError as exc:
+            raise HarnessInputError(f"{exc}. Unset it to run without fault injection.",
+                                    field=faults.ENV) from None
+
+
 def check_local_data(spec) -> None:
     from harness.datasets import DATASETS, files_present, resolve_root
 
@@ -215,4 +229,5 @@ def show_leaderboard(uri: str, experiment: str) -> None:
     except ImportError:
         return
     records = leaderboard.load_records(tracking_uri=uri, experiment=experiment)
+    faults.point("leaderboard")
     click.echo(report.render(records, "md"))
