@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -72,6 +74,61 @@ def kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
+
+
+# Figures that differ between two runs of the same trials: wall time, and run ids.
+VOLATILE = ("seconds", "run_id")
+
+
+def run_with_fault(spec: Path, cwd: Path, fault: str | None, *extra: str,
+                   mark: Path | None = None) -> subprocess.CompletedProcess:
+    """The driver in its own process group (so that a driver point kills Ray with it)."""
+    env = sweep_env({"HARNESS_FAULT": fault} if fault else {})
+    if mark is not None:
+        env["HARNESS_FAULT_MARK"] = str(mark)
+    proc = subprocess.Popen([*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        kill_group(proc)  # anything left of a group whose leader died
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def trials_by_key(cwd: Path, sweep: str) -> dict[str, object]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    runs, parents = trial_runs(client, sweep)
+    assert len(parents) == 1, "a resumed sweep continues its parent run"
+    counts = Counter(r.data.tags["trial_key"] for r in runs)
+    doubled = {k: n for k, n in counts.items() if n > 1}
+    assert not doubled, f"trials recorded more than once: {doubled}"
+    return {r.data.tags["trial_key"]: r for r in runs}
+
+
+def board(cwd: Path, sweep: str) -> list[dict]:
+    """The sweep's leaderboard records, without the figures that no two runs share."""
+    from harness import leaderboard, report
+
+    records = leaderboard.load_records(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}",
+                                       experiment=sweep)
+
+    def steady(value):
+        if isinstance(value, dict):
+            return {k: steady(v) for k, v in value.items()
+                    if not any(word in k for word in VOLATILE)}
+        if isinstance(value, list):
+            return [steady(v) for v in value]
+        return value
+
+    return steady(json.loads(report.render(records, "json"))["records"])
+
+
+def scores(run) -> dict[str, float]:
+    return {k: v for k, v in run.data.metrics.items() if not any(w in k for w in VOLATILE)}
+
 
 
 def wait_for(predicate, timeout: float, every: float = 1.0) -> bool:
