@@ -31,9 +31,9 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 def main() -> None:
     import torchattacks
 
-    from harness.attacks import pgd
-    from harness.models import build_model
-    from harness.train import pick_device
+    from harness.protocol.attacks import pgd
+    from harness.protocol.models import build_model
+    from harness.protocol.train import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="convnet")

@@ -45,9 +45,9 @@ def plain_loop(tree: dict) -> float:
     """Every trial of the spec, one after another, in this process (all threads)."""
     import torch
 
-    from harness.config import build_sweep_spec
-    from harness.evaluate import run_trial
-    from harness.plan import make_plan, resolve_trial
+    from harness.spec.schema import build_sweep_spec
+    from harness.protocol.evaluate import run_trial
+    from harness.spec.plan import make_plan, resolve_trial
 
     torch.set_num_threads(CPUS)
     plan = make_plan(build_sweep_spec(tree))
@@ -70,7 +70,7 @@ def sweep(tree: dict, folder: Path) -> float:
 
 
 def ray_start_stop() -> float:
-    from harness.ray_node import start_ray, stop_ray
+    from harness.sweep.ray_node import start_ray, stop_ray
 
     start = time.perf_counter()
     start_ray(None)
@@ -80,7 +80,7 @@ def ray_start_stop() -> float:
 
 def mlflow_logging(n: int, folder: Path) -> float:
     """N trial records (open, params, progress, final metrics and tags, artifacts, finish)."""
-    from harness.tracking import Tracker, connect
+    from harness.tracking.writer import Tracker, connect
 
     art = folder / "art"
     (art / "model").mkdir(parents=True)

@@ -1,5 +1,5 @@
 """Does the harness's fast path change what a model learns? On CUDA the training loop runs under
-bf16 autocast with channels_last tensors (`harness.train.autocast`, `to_device`); this trains
+bf16 autocast with channels_last tensors (`harness.protocol.train.autocast`, `to_device`); this trains
 the same network from the same initialisation, on the same data in the same batch order, with
 that loop and with a plain fp32 loop (`throughput.hand_loop`), naturally and with PGD
 adversarial training, and compares clean and PGD accuracy on validation images (the test
@@ -28,8 +28,8 @@ from throughput import hand_loop, harness_loop  # noqa: E402
 
 
 def train_and_score(loop, data, args, device, *, seed: int, adversarial: bool) -> dict[str, float]:
-    from harness.attacks import accuracy, pgd, robust_accuracy
-    from harness.models import build_model
+    from harness.protocol.attacks import accuracy, pgd, robust_accuracy
+    from harness.protocol.models import build_model
 
     mean, std = data.channel_stats()
     torch.manual_seed(seed)
@@ -60,7 +60,7 @@ def train_and_score(loop, data, args, device, *, seed: int, adversarial: bool) -
 
 def main() -> None:
     from harness.datasets import load_dataset
-    from harness.train import pick_device
+    from harness.protocol.train import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and epochs (~3 min on 2 CPU cores)")

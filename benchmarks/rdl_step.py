@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from harness.attacks import Threat
+from harness.protocol.attacks import Threat
 from harness.datasets.splits import DatasetSplits
-from harness.estimate import PeakMemory, gigabytes
+from harness.estimate.cost import PeakMemory, gigabytes
 from harness.methods import MethodContext, make_method
 from harness.methods.rdl import _Learner
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 BUDGET_SECONDS = 3.0
 BUDGET_BYTES = 2 * 2**30

@@ -10,7 +10,7 @@ Zhao, Mopuri, Bilen, "Dataset Condensation with Gradient Matching" (ICLR 2021, a
 Every number printed here goes through the harness: `load_dataset("fashion-mnist")`, the
 `random` method (`methods/random_subset.py`), `MethodContext.build` (the registry's
 `convnet`, normalisation inside `forward` from the pool's statistics) and the one training
-loop `train_model`; test accuracy is `harness.attacks.accuracy`. So a gap is a gap of the
+loop `train_model`; test accuracy is `harness.protocol.attacks.accuracy`. So a gap is a gap of the
 harness, not of a side script. Usage:
 
     python benchmarks/reproduce.py [--quick] [--models N] [--device auto|cpu|cuda]
@@ -23,7 +23,7 @@ The protocol (DC paper, Sec. 4 and its evaluation recipe):
   instance, which are also its defaults (set explicitly here so a change of default shows).
 - SGD, lr 0.01, momentum 0.9, weight decay 5e-4, batch 256 (the whole set when smaller),
   300 epochs, lr x0.1 once at epoch 150: the loop's `halfway` schedule. This is the
-  harness's downstream protocol itself: `harness.evaluate.downstream_config` at
+  harness's downstream protocol itself: `harness.protocol.evaluate.downstream_config` at
   `eval.epochs: 300` gives the same recipe field for field (tests/test_recipes.py).
 - No augmentation: the authors apply it for MNIST and batch-normed ConvNets, not for
   Fashion-MNIST with instance norm.
@@ -72,10 +72,10 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.attacks import Threat, accuracy
+from harness.protocol.attacks import Threat, accuracy
 from harness.datasets import DatasetSplits, load_dataset
 from harness.methods import MethodContext, make_method
-from harness.train import TrainConfig, WorkMeter, pick_device, train_model
+from harness.protocol.train import TrainConfig, WorkMeter, pick_device, train_model
 
 ARCH = "convnet"
 ARCH_SETTINGS = {"width": 128, "depth": 3, "norm": "instance"}  # DC's ConvNet-3

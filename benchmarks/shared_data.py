@@ -1,5 +1,5 @@
 """Memory a trial holds for its dataset: loading its own copy vs mapping the node's shared
-copy (harness.shared_data; its cache actors are in harness.ray_node), measured side by side
+copy (harness.sweep.shared_data; its cache actors are in harness.sweep.ray_node), measured side by side
 on one local Ray node.
 
 Each of N Ray tasks stands in for a trial: it gets the dataset one way or the other, touches
@@ -20,8 +20,8 @@ import statistics
 
 import ray
 
-from harness.config import DatasetSpec
-from harness.ray_node import shared_dataset, start_caches
+from harness.spec.schema import DatasetSpec
+from harness.sweep.ray_node import shared_dataset, start_caches
 
 
 def memory_mb() -> dict[str, float]:
@@ -35,7 +35,7 @@ def memory_mb() -> dict[str, float]:
 def trial(spec_json: str, shared: bool) -> dict:
     import torch
 
-    from harness.evaluate import load_data
+    from harness.protocol.evaluate import load_data
 
     spec = DatasetSpec.model_validate(json.loads(spec_json))
     before = memory_mb()

@@ -1,6 +1,6 @@
 """Is the harness fast where it matters? Side by side, in one run, on this machine:
 
-1. training: images/s of the harness's training loop (`harness.train.train_model`: work meter,
+1. training: images/s of the harness's training loop (`harness.protocol.train.train_model`: work meter,
    schedule, autocast, augment hooks) against a minimal hand-written PyTorch loop on the same
    model, batch, data and optimiser, natural and PGD-adversarial (both loops call the same
    attack, so the loop itself is what is compared). Target >= 0.95.
@@ -52,7 +52,7 @@ def hand_loop(model, x, y, *, epochs: int, batch: int, lr: float, attack, gen) -
 
 
 def harness_loop(model, x, y, *, epochs: int, batch: int, lr: float, attack, gen) -> float:
-    from harness.train import TrainConfig, WorkMeter, natural_loss, train_model
+    from harness.protocol.train import TrainConfig, WorkMeter, natural_loss, train_model
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, optimizer="sgd", momentum=0.9,
                       weight_decay=5e-4, schedule="constant")
@@ -68,8 +68,8 @@ def harness_loop(model, x, y, *, epochs: int, batch: int, lr: float, attack, gen
 
 
 def compare_training(args, device, shape) -> dict[str, float]:
-    from harness.attacks import pgd
-    from harness.models import build_model
+    from harness.protocol.attacks import pgd
+    from harness.protocol.models import build_model
 
     n = 1024 if args.quick else 4096
     x = torch.rand(n, *shape, device=device)
@@ -107,8 +107,8 @@ def compare_training(args, device, shape) -> dict[str, float]:
 def compare_pgd(args, device, shape) -> float:
     import torchattacks
 
-    from harness.attacks import pgd
-    from harness.models import build_model
+    from harness.protocol.attacks import pgd
+    from harness.protocol.models import build_model
 
     torch.manual_seed(0)
     model = build_model(args.arch, shape, 10, **arch_settings(args)).to(device).eval()
@@ -147,9 +147,9 @@ def compare_autoattack(args, device) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from reference_autoattack import reference_autoattack, reference_robust_mask
 
-    from harness.autoattack import robust_mask
-    from harness.config import build_run_spec
-    from harness.evaluate import run_trial
+    from harness.protocol.autoattack import robust_mask
+    from harness.spec.schema import build_run_spec
+    from harness.protocol.evaluate import run_trial
 
     if reference_autoattack() is None:
         print("AutoAttack: the reference (pip install pyautoattack) is not installed; skipped")
@@ -160,7 +160,7 @@ def compare_autoattack(args, device) -> None:
                            "eval": {"archs": ["mlp"], "models_per_arch": 1}})
     result = run_trial(spec)
     from harness.datasets import load_dataset
-    from harness.models import build_model
+    from harness.protocol.models import build_model
 
     data = load_dataset("digits")
     mean, std = data.channel_stats()
@@ -187,7 +187,7 @@ def arch_settings(args) -> dict:
 
 
 def main() -> None:
-    from harness.train import pick_device
+    from harness.protocol.train import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and repeats (~1 min)")

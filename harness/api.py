@@ -13,7 +13,7 @@
     result = api.run_spec("my_trial.yaml", smoke=True)          # a whole RunSpec (or a dict)
     state = api.load_weights(run_id, "convnet", "sqlite:///mlflow.db")  # a sweep trial's model
 
-Everything runs under the harness's evaluation protocol (`harness.evaluate`): a dataset is
+Everything runs under the harness's evaluation protocol (`harness.protocol.evaluate`): a dataset is
 scored by naturally training fresh models on it and attacking them on the held-out test split;
 a model is attacked as it is. Spec sections (`threat`, `eval`, `train`, `dataset` settings)
 are the YAML spec's keys, as dicts; unknown keys are refused with `HarnessInputError`.
@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import RunSpec, apply_overrides, build_run_spec, load_yaml
+from harness.spec.schema import RunSpec, apply_overrides, build_run_spec, load_yaml
 from harness.errors import HarnessInputError
-from harness.evaluate import (
+from harness.protocol.evaluate import (
     TrialResult, resolve_spec, resolve_threat, run_trial, score_model as _score_model,
     smoke_assignments,
 )
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
-from harness.record import LEARNED_ARTIFACT, model_artifact
+from harness.results.record import LEARNED_ARTIFACT, model_artifact
 
 EXTERNAL = "external"  # the method name a scored outside dataset is recorded under
 
@@ -179,7 +179,7 @@ def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = 
 
 def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset:
     """The set a sweep trial learned, from its MLflow artifact (`LEARNED_ARTIFACT`), with its
-    metadata (`harness.record.learned_meta`) as `info`."""
+    metadata (`harness.results.record.learned_meta`) as `info`."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +192,7 @@ def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset
 def load_weights(run_id: str, arch: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The state dict of architecture `arch`'s first model in a trial run (its artifact
     `model/<arch>.pt`), loaded with torch.load(weights_only=True). It fits
-    `harness.models.build_model(arch, data.input_shape, data.num_classes, mean=..., std=...)`
+    `harness.protocol.models.build_model(arch, data.input_shape, data.num_classes, mean=..., std=...)`
     for the trial's dataset `data`, built with `mean, std = data.channel_stats()` (the state
     holds the normalisation too)."""
     import tempfile
@@ -206,7 +206,7 @@ def load_weights(run_id: str, arch: str, tracking_uri: str | None = None) -> dic
 
 def _download(run_id: str, artifact: str, tracking_uri: str | None, folder: str, *,
               what: str, hint: str) -> str:
-    from harness import tracking
+    from harness.tracking import writer as tracking
 
     client = tracking.connect(tracking_uri)
     try:

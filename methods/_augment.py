@@ -15,7 +15,7 @@ side with zero padding, color = brightness +-0.5, saturation x[0, 2], contrast x
 cutout = one square of half the side set to 0.
 
 Evaluation: models trained on a set learned with DSA are trained with the same strategy
-(`DSATrainAugment`, the `harness.train.Augment` interface): one family per batch, parameters
+(`DSATrainAugment`, the `harness.protocol.train.Augment` interface): one family per batch, parameters
 drawn per image, as the authors' evaluation does.
 
 Departures: one parameter draw per call is shared by every image of every batch (the
@@ -174,7 +174,7 @@ class SiameseAugment:
 class DSATrainAugment:
     """DSA as the DSA and DM papers train evaluation models on a learned set.
 
-    `harness.train.Augment` interface: `aug(x, generator)`. Each batch gets one family of the
+    `harness.protocol.train.Augment` interface: `aug(x, generator)`. Each batch gets one family of the
     strategy, with parameters drawn per image (the authors' evaluation calls DiffAugment
     without a shared seed, so nothing ties images together).
     """

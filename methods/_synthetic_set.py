@@ -12,9 +12,9 @@ from typing import Literal
 
 import torch
 
-from harness.attacks import Bounds, accuracy, pgd, robust_accuracy
+from harness.protocol.attacks import Bounds, accuracy, pgd, robust_accuracy
 from harness.datasets import DatasetSplits
-from harness.train import TrainConfig, train_model
+from harness.protocol.train import TrainConfig, train_model
 
 Init = Literal["real", "noise"]
 

@@ -2,7 +2,7 @@
 
 Two kinds:
 - `ModelMethod` produces trained models. It gives the harness a per-batch `loss_step`; the
-  harness's one training loop (`harness.train.train_model`) does the rest.
+  harness's one training loop (`harness.protocol.train.train_model`) does the rest.
 - `DatasetMethod` produces a labelled dataset (`learn`). The harness scores it by *naturally*
   training fresh models of several architectures and seeds on it.
 
@@ -20,13 +20,13 @@ import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from harness.attacks import Threat
-from harness.checkpoint import Stage, TrialCheckpoint
+from harness.protocol.attacks import Threat
+from harness.protocol.checkpoint import Stage, TrialCheckpoint
 from harness.datasets import DatasetSplits
 from harness.errors import HarnessInputError
-from harness.models import build_model
+from harness.protocol.models import build_model
 from harness.registry import Registry
-from harness.train import Augment, LossStep, TrainConfig, WorkMeter
+from harness.protocol.train import Augment, LossStep, TrainConfig, WorkMeter
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -69,7 +69,7 @@ class MethodContext:
     # the spec's `eval.arch_settings`: keyword settings of each arch, for every network built
     arch_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # where a long `learn` saves its state between steps and finds it after a restart
-    # (`harness.checkpoint.Stage`; by default nothing is saved)
+    # (`harness.protocol.checkpoint.Stage`; by default nothing is saved)
     resume: Stage = field(default_factory=lambda: Stage(TrialCheckpoint(), "learning"))
 
     def build(self, arch: str, seed: int | None = None, *, metered: bool = True) -> nn.Module:
@@ -126,7 +126,7 @@ class Method:
 
     def config_for(self, dataset: str) -> MethodConfig:
         """The settings a run on `dataset` uses (methods with per-dataset tuned defaults
-        override this); `harness.evaluate.resolve_spec` records them with the trial."""
+        override this); `harness.protocol.evaluate.resolve_spec` records them with the trial."""
         return self.cfg
 
 
@@ -164,7 +164,7 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
     try:
         cfg = cls.Config(**(params or {}))
     except ValidationError as exc:
-        from harness.config import describe_validation_error
+        from harness.spec.schema import describe_validation_error
 
         err = describe_validation_error(exc, prefix="method")
         keys = ", ".join(cls.Config.model_fields) or "none"

@@ -18,7 +18,7 @@ from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
-from harness.train import count_cut
+from harness.protocol.train import count_cut
 
 # (outer_loop, inner_loop) by ipc, from the authors' code (`get_loops`); other ipc values
 # take the entry of the nearest listed ipc.

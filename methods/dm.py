@@ -16,7 +16,7 @@ from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
-from harness.train import count_cut
+from harness.protocol.train import count_cut
 
 
 def mean_embedding_gap(net: nn.Module, x_real: torch.Tensor, x_syn: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.methods.base import MethodContext, ModelMethod, register_method
-from harness.train import LossStep, natural_loss
+from harness.protocol.train import LossStep, natural_loss
 
 
 @register_method("erm")

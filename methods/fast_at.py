@@ -7,9 +7,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from harness.attacks import pgd
+from harness.protocol.attacks import pgd
 from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
-from harness.train import LossStep, TrainConfig, soft_cross_entropy
+from harness.protocol.train import LossStep, TrainConfig, soft_cross_entropy
 
 
 @register_method("fast_at")

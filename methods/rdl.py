@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from harness.attacks import margin_loss, pgd
+from harness.protocol.attacks import margin_loss, pgd
 from harness.methods._synthetic_set import (
     RowOptimizer,
     clamp_to_bounds_,
@@ -24,7 +24,7 @@ from harness.methods._synthetic_set import (
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
-from harness.train import lr_factor, soft_cross_entropy
+from harness.protocol.train import lr_factor, soft_cross_entropy
 
 Tensors = dict[str, torch.Tensor]
 

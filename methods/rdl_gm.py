@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.attacks import pgd
+from harness.protocol.attacks import pgd
 from harness.methods._condense import RealSampler, gradient_distance, natural_steps
 from harness.methods._synthetic_set import (
     RowOptimizer,
@@ -23,7 +23,7 @@ from harness.methods._synthetic_set import (
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
-from harness.train import count_cut
+from harness.protocol.train import count_cut
 
 
 @register_method("rdl_gm")

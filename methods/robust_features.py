@@ -9,13 +9,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.attacks import pgd
+from harness.protocol.attacks import pgd
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
 )
 from harness.methods.pgd_at import PGDAT
-from harness.train import count_cut, train_model
+from harness.protocol.train import count_cut, train_model
 
 
 def representation_gap(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.attacks import pgd
+from harness.protocol.attacks import pgd
 from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
-from harness.train import LossStep, soft_cross_entropy
+from harness.protocol.train import LossStep, soft_cross_entropy
 
 
 def kl_to(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.ray_node import descendants, live_processes  # noqa: F401 (tests import descendants from here)
+from harness.sweep.ray_node import descendants, live_processes  # noqa: F401 (tests import descendants from here)
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
@@ -110,7 +110,7 @@ def trials_by_key(cwd: Path, sweep: str) -> dict[str, object]:
 
 def board(cwd: Path, sweep: str) -> list[dict]:
     """The sweep's leaderboard records, without the figures that no two runs share."""
-    from harness import leaderboard, report
+    from harness.board import leaderboard, report
 
     records = leaderboard.load_records(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}",
                                        experiment=sweep)

@@ -23,15 +23,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harness.attacks import Threat, pgd
+from harness.protocol.attacks import Threat, pgd
 from harness.cli import main
-from harness.config import build_run_spec
+from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
-from harness.evaluate import run_trial
+from harness.protocol.evaluate import run_trial
 from harness.methods import MethodContext, make_method
 from harness.methods.trades import kl_to
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 ADVERSARIAL = ("pgd_at", "trades", "fast_at")
 

@@ -121,8 +121,8 @@ def test_run_spec_takes_a_yaml_file_or_a_dict_and_refuses_unsafe_yaml(tmp_path):
 def test_load_weights_gives_a_trials_model_back(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from harness.models import build_model
-    from harness.trial import write_artifacts
+    from harness.protocol.models import build_model
+    from harness.sweep.trial import write_artifacts
 
     result = api.run("digits", "erm", smoke=True, eval={"archs": ["mlp"]})
     (tmp_path / "out").mkdir()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from harness.autoattack import autoattack
-from harness.attacks import (
+from harness.protocol.autoattack import autoattack
+from harness.protocol.attacks import (
     AttackModeError,
     Threat,
     accuracy,
@@ -20,7 +20,7 @@ from harness.attacks import (
     robust_accuracy,
 )
 from harness.errors import HarnessInputError
-from harness.models import build_model
+from harness.protocol.models import build_model
 
 EPS = 0.2  # digits' default Linf radius: natural training falls well below clean accuracy
 
@@ -222,7 +222,7 @@ def test_threat_defaults_and_validation():
 
 
 def test_margin_loss_is_largest_wrong_minus_true_logit():
-    from harness.attacks import margin_loss
+    from harness.protocol.attacks import margin_loss
 
     logits = torch.tensor([[2.0, 5.0, 1.0], [0.5, -1.0, 3.0]])
     y = torch.tensor([0, 2])

@@ -1,5 +1,5 @@
 """A trial killed part-way goes on from its last saved progress and ends with the scores of
-an uninterrupted run (harness.checkpoint): adversarial training mid-epochs and between
+an uninterrupted run (harness.protocol.checkpoint): adversarial training mid-epochs and between
 models, rdl mid-learning, and a learned set's evaluation.
 
 "Killed" here is a save that raises after it wrote: what the trial had saved is all the
@@ -13,9 +13,9 @@ import io
 import pytest
 import torch
 
-from harness.checkpoint import TrialCheckpoint
-from harness.config import build_run_spec
-from harness.evaluate import run_trial
+from harness.protocol.checkpoint import TrialCheckpoint
+from harness.spec.schema import build_run_spec
+from harness.protocol.evaluate import run_trial
 
 
 class Killed(Exception):

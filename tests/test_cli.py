@@ -39,7 +39,7 @@ def test_the_largest_seed_runs_and_ordinary_seeds_keep_their_derived_seeds():
     """Seeds derived from the spec's (a model's seed * 1000 + k, a repeat's seed + 1 + i) stay
     in torch's 64-bit range at the top of 0..2**63-1, and are unchanged for ordinary seeds
     (recorded results and the README's figures depend on them)."""
-    from harness.config import SEED_MAX, derived_seed
+    from harness.spec.schema import SEED_MAX, derived_seed
 
     assert [derived_seed(3 * 1000 + k) for k in range(3)] == [3000, 3001, 3002]
     assert derived_seed(SEED_MAX + 1) == 0
@@ -244,8 +244,8 @@ def test_run_output_keeps_what_the_trial_made_and_never_overwrites(tmp_path):
 
 
 def test_a_trial_reports_its_learning_steps_and_models():
-    from harness.config import build_run_spec
-    from harness.evaluate import run_trial
+    from harness.spec.schema import build_run_spec
+    from harness.protocol.evaluate import run_trial
 
     seen: list[tuple[str, int, int]] = []
     spec = build_run_spec({"dataset": {"name": "digits", "subset": 10},

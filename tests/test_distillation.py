@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.config import build_run_spec
+from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
-from harness.evaluate import run_trial
+from harness.protocol.evaluate import run_trial
 from harness.methods._augment import FAMILIES, SiameseAugment
 from harness.methods._condense import gradient_distance
 from harness.methods.dc import loops_for

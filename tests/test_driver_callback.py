@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from harness.config import build_sweep_spec
-from harness.plan import RESOLVED_KEY, make_plan, with_resolved
-from harness.progress import SweepProgress, VariantProgress
-from harness.sweep import DriverCallback, PhaseContext, _serving
-from harness.tracking import Tracker, connect
+from harness.spec.schema import build_sweep_spec
+from harness.spec.plan import RESOLVED_KEY, make_plan, with_resolved
+from harness.sweep.progress import SweepProgress, VariantProgress
+from harness.sweep.driver import DriverCallback, PhaseContext, _serving
+from harness.tracking.writer import Tracker, connect
 
 
 def fake_trial(trial_id: str, failures: int = 0, number: int = 0):
@@ -83,7 +83,7 @@ def test_a_retried_attempt_is_not_counted_as_still_running(tmp_path):
 def test_variants_start_in_method_order_across_datasets():
     """The driver starts a method's variants on every dataset together, in the spec's method
     order, so the long methods listed first overlap instead of one running alone at the end."""
-    from harness.plan import launch_order
+    from harness.spec.plan import launch_order
 
     spec = build_sweep_spec({
         "name": "order", "dataset": [{"name": "digits"}, {"name": "synthetic-robust"}],
@@ -104,7 +104,7 @@ def test_a_variant_starts_only_when_those_before_it_have_a_trial_running():
 
     import pytest
 
-    from harness.sweep import Turnstile
+    from harness.sweep.driver import Turnstile
 
     gate = Turnstile(["rdl", "dc", "erm"])
     started = []
@@ -153,7 +153,7 @@ def test_one_variant_waits_ready_for_each_slot_that_frees():
     """With variants of one trial each, two slots take three variant threads: two running and
     one whose experiment is set up and waiting, so a slot that frees starts a trial at once.
     A variant whose search runs `max_concurrent` trials at once needs fewer threads."""
-    from harness.sweep import default_parallel_variants
+    from harness.sweep.driver import default_parallel_variants
 
     def plan(methods, **search):
         spec = build_sweep_spec({"name": "slots", "dataset": {"name": "digits"}, "trials": 4,

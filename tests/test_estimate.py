@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.config import build_sweep_spec
-from harness.estimate import estimate_variant
-from harness.evaluate import load_data, resolve_spec, run_trial
-from harness.plan import make_plan, resolve_trial
+from harness.spec.schema import build_sweep_spec
+from harness.estimate.cost import estimate_variant
+from harness.protocol.evaluate import load_data, resolve_spec, run_trial
+from harness.spec.plan import make_plan, resolve_trial
 
 COMMON = {
     "name": "cost",
@@ -55,8 +55,8 @@ def test_a_spec_whose_data_is_elsewhere_is_still_valid(tmp_path):
 
 
 def test_variants_of_one_dataset_load_it_once_and_a_missing_one_is_tried_once(tmp_path, monkeypatch):
-    import harness.evaluate as evaluate
-    from harness.estimate import estimate_plan
+    import harness.protocol.evaluate as evaluate
+    from harness.estimate.cost import estimate_plan
 
     calls = []
     real = evaluate.load_data
@@ -77,8 +77,8 @@ def test_the_last_dataset_is_freed_before_another_loads():
     import gc
     import weakref
 
-    from harness.config import DatasetSpec
-    from harness.estimate import LastDataset
+    from harness.spec.schema import DatasetSpec
+    from harness.estimate.cost import LastDataset
 
     load = LastDataset()
     first = load(DatasetSpec(name="digits", subset=5))
@@ -109,7 +109,7 @@ def test_validate_prints_the_estimate_per_variant_and_in_total(tmp_path):
 
 PEAK_PROBE = """
 import json, torch
-from harness.estimate import PeakMemory
+from harness.estimate.cost import PeakMemory
 before = torch.ones(64 * 2**20 // 4)  # held before the block: not counted
 with PeakMemory(torch.device("cpu")) as small:
     a = torch.ones(16 * 2**20 // 4)  # 16 MB
@@ -164,7 +164,7 @@ COUNTED = {
 
 @pytest.mark.parametrize("method", sorted(COUNTED))
 def test_counted_work_is_the_calibrated_work(method):
-    from harness.estimate import PASS_FLOPS, forward_flops
+    from harness.estimate.cost import PASS_FLOPS, forward_flops
 
     spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet", "mlp"]},
                              "threat": {"steps": 3, "autoattack": "fast"},
@@ -188,7 +188,7 @@ def test_dm_real_batches_cost_one_forward():
     """DM embeds its real batches with autograd off: one forward each, while its synthetic
     examples take the forward and the backward (3). Two iterations of 10 classes, 8 real
     and 1 synthetic example per class, on a ConvNet."""
-    from harness.estimate import PASS_FLOPS, forward_flops
+    from harness.estimate.cost import PASS_FLOPS, forward_flops
 
     spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet"]},
                              "methods": {"dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8}}}})
@@ -227,8 +227,8 @@ def _layer_flops(net, x):
 def test_forward_flops_are_two_per_multiply_add(arch, settings):
     import torch
 
-    from harness.estimate import forward_flops
-    from harness.models import build_model
+    from harness.estimate.cost import forward_flops
+    from harness.protocol.models import build_model
 
     (variant,) = make_plan(build_sweep_spec({**COMMON, "methods": {"erm": {}}}))
     data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
@@ -256,7 +256,7 @@ def test_assumed_rate_gives_device_time(tmp_path):
 
 
 def test_a_count_is_shared_by_threats_that_differ_only_in_radius(tmp_path, monkeypatch):
-    import harness.estimate as estimate
+    import harness.estimate.cost as estimate
 
     calls = []
     real = estimate.estimate_variant
@@ -284,10 +284,10 @@ def test_autoattack_passes_meet_the_estimated_bounds(version, eps):
     attack (a tiny one). Ten classes, so the targeted attacks aim at all nine others."""
     import torch
 
-    from harness.autoattack import robust_mask
-    from harness.estimate import AA_PASSES, AA_PASSES_LOW
-    from harness.models import build_model
-    from harness.train import input_layer
+    from harness.protocol.autoattack import robust_mask
+    from harness.estimate.cost import AA_PASSES, AA_PASSES_LOW
+    from harness.protocol.models import build_model
+    from harness.protocol.train import input_layer
 
     torch.manual_seed(0)
     net = build_model("linear", (16,), 10).eval()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from harness import faults
 from harness.cli import main
-from harness.storage import (
+from harness.sweep.storage import (
     TORN_SUFFIX, StorageFault, check_writable, complete, fault_in, set_aside_torn_state,
 )
 

@@ -1,6 +1,6 @@
 """Leaderboard, report and `harness ui` on MLflow stores written the way the sweep writes them.
 
-The store is built with `harness.tracking.Tracker` from the plain list `TRIALS`; every expected
+The store is built with `harness.tracking.writer.Tracker` from the plain list `TRIALS`; every expected
 number is recomputed here straight from that list (numpy, its own selection rule, tabulated t
 quantiles), never from what the store or the leaderboard returns.
 """
@@ -28,11 +28,11 @@ from click.testing import CliRunner
 
 from harness.cli import main
 from harness.errors import HarnessInputError
-from harness.leaderboard import build_records, load_records
-from harness.report import render
-from harness.plots import pareto_front
-from harness.runs import RunData
-from harness.tracking import Tracker, connect
+from harness.board.leaderboard import build_records, load_records
+from harness.board.report import render
+from harness.board.plots import pareto_front
+from harness.tracking.reader import RunData
+from harness.tracking.writer import Tracker, connect
 
 SWEEP = "lb-test"
 ARCHS = ("mlp", "convnet")
@@ -159,7 +159,7 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     uri = f"sqlite:///{path}"
     with pytest.MonkeyPatch.context() as mp:  # skip importing ray just to tag its version
-        mp.setattr("harness.tracking.version_tags", lambda: {"torch_version": "test"})
+        mp.setattr("harness.tracking.writer.version_tags", lambda: {"torch_version": "test"})
         tracker, run_ids = write_store(uri)
     return {"uri": uri, "run_ids": run_ids, "parent": tracker.parent_run_id, "dir": path.parent}
 
@@ -309,7 +309,7 @@ def test_ties_break_on_work_then_start_time(store, records):
 
 
 def runs_as_data(store) -> list[RunData]:
-    from harness.runs import load_trial_runs
+    from harness.tracking.reader import load_trial_runs
 
     return load_trial_runs(store["uri"], sweep_run_id=store["parent"])
 
@@ -661,7 +661,7 @@ def stop_group(proc: subprocess.Popen) -> None:
     ("linf", None, "Linf eps ?"),
 ])
 def test_threat_titles(norm, eps, text):
-    from harness.report import threat_text
+    from harness.board.report import threat_text
 
     assert threat_text(norm, eps) == text
 
@@ -671,7 +671,7 @@ def test_selection_follows_the_sweeps_objective():
     metric, not the one best on validation PGD accuracy."""
     from types import SimpleNamespace
 
-    from harness.leaderboard import build_records
+    from harness.board.leaderboard import build_records
 
     def run(run_id, val_pgd, val_aa, test_aa, start):
         return SimpleNamespace(
@@ -697,7 +697,7 @@ def test_selection_follows_the_sweeps_objective():
 def test_break_even_counts_models_against_the_best_method_that_learns_nothing(records):
     from dataclasses import replace
 
-    from harness.report import break_even_note
+    from harness.board.report import break_even_note
 
     base = records[0]
     rows = [replace(base, variant="pgd_at", learn_work_epochs=0.0, train_work_epochs=60.0),
@@ -710,6 +710,6 @@ def test_break_even_counts_models_against_the_best_method_that_learns_nothing(re
         "scores): rdl after 90 models; dm never (no cheaper per model).")
     assert break_even_note(rows[2:]) == ""  # nothing that learns nothing to compare with
     assert break_even_note(rows[:2]) == ""  # nothing that learns
-    from harness.report import render_md
+    from harness.board.report import render_md
 
     assert "\nLearning once pays against pgd_at" in render_md(rows, "t")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness import masking
-from harness.attacks import Threat, robust_accuracy
+from harness.protocol import masking
+from harness.protocol.attacks import Threat, robust_accuracy
 from harness.datasets import load_dataset
-from harness.models import build_model
+from harness.protocol.models import build_model
 
 EPS = 0.2
 
@@ -150,7 +150,7 @@ def test_randomized_output_is_flagged(digits_mlp, wrap):
 def test_deterministic_model_is_not_flagged_randomized(digits_mlp):
     model, x, y = digits_mlp
     # Ordinary dropout is off in eval mode. (A model left in train mode never gets this far:
-    # the attacks refuse it, harness.attacks.AttackModeError.)
+    # the attacks refuse it, harness.protocol.attacks.AttackModeError.)
     with_dropout = nn.Sequential(nn.Dropout(0.5), model).eval()
     report = report_of(with_dropout, x, y)
     assert "randomized_output" not in report.flags
@@ -158,7 +158,7 @@ def test_deterministic_model_is_not_flagged_randomized(digits_mlp):
 
 
 def test_every_flag_has_a_footnote_text():
-    from harness.report import FLAG_TEXT
+    from harness.board.report import FLAG_TEXT
     assert set(masking.CODES) == set(FLAG_TEXT)
     assert "randomized_output" in masking.CODES
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.attacks import Threat
+from harness.protocol.attacks import Threat
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 
 def context(dataset: str = "digits", archs=("mlp",)) -> MethodContext:

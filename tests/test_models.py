@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call, grad
 
 from harness.errors import HarnessInputError
-from harness.models import IMAGE_ARCHS, MODELS, Classifier, arch_params, build_model
+from harness.protocol.models import IMAGE_ARCHS, MODELS, Classifier, arch_params, build_model
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (101,)]
 # Narrow widths keep the suite fast; the default sizes are checked once below.
@@ -165,9 +165,9 @@ def conv_blocks(model):
 
 @pytest.mark.parametrize("depth", [2, 4])
 def test_arch_settings_reach_every_network_a_method_builds(depth):
-    from harness.attacks import Threat
+    from harness.protocol.attacks import Threat
     from harness.datasets import load_dataset
-    from harness.train import TrainConfig, WorkMeter
+    from harness.protocol.train import TrainConfig, WorkMeter
     from harness.methods.base import MethodContext
 
     data = load_dataset("digits", subset=2)
@@ -191,7 +191,7 @@ def test_arch_settings_reach_every_network_a_method_builds(depth):
     ({"linear": {"hidden": 8}}, "eval.arch_settings.linear.hidden", "none"),
 ])
 def test_bad_arch_settings_name_their_spec_path(settings, path, needle):
-    from harness.config import EvalSpec
+    from harness.spec.schema import EvalSpec
 
     with pytest.raises(HarnessInputError) as err:
         EvalSpec(arch_settings=settings)

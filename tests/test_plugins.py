@@ -105,7 +105,7 @@ def test_an_installed_layout_finds_its_own_methods(tmp_path):
 
 PLAIN = '''
 from harness.methods import ModelMethod
-from harness.train import natural_loss
+from harness.protocol.train import natural_loss
 
 
 class Plain(ModelMethod):
@@ -121,7 +121,7 @@ def helper():
 
 DECORATED = '''
 from harness.methods import ModelMethod, register_method
-from harness.train import natural_loss
+from harness.protocol.train import natural_loss
 
 
 @register_method("{name}")

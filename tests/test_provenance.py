@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from harness.provenance import git_tags, version_tags
+from harness.tracking.provenance import git_tags, version_tags
 
 
 def git(cwd, *args: str) -> str:

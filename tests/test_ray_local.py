@@ -157,7 +157,7 @@ def test_a_local_ray_tolerates_a_raylet_that_stops_answering_for_minutes():
     harness starts runs with the longer tolerance, in its workers too."""
     import ray
 
-    from harness.ray_node import LOCAL_RAY_CONFIG, start_ray, stop_ray
+    from harness.sweep.ray_node import LOCAL_RAY_CONFIG, start_ray, stop_ray
 
     assert not ray.is_initialized()
     assert start_ray(None, cpus=1)

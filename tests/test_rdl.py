@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from harness.attacks import Threat, accuracy, robust_accuracy
+from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.cli import main
 from harness.datasets import load_dataset
 from harness.methods import make_method
@@ -17,7 +17,7 @@ from harness.methods._synthetic_set import RowOptimizer, init_synthetic_set
 from harness.methods.base import MethodContext
 from harness.methods.rdl import NetState, unroll_sgd
 from harness.methods._condense import RealSampler, gradient_distance
-from harness.train import TrainConfig, WorkMeter, train_model
+from harness.protocol.train import TrainConfig, WorkMeter, train_model
 
 CPU = torch.device("cpu")
 
@@ -129,7 +129,7 @@ def test_arch_pool_with_batchnorm_runs_and_updates_running_statistics():
 
     # The unroll of a BatchNorm network trains in batch-statistics mode and updates its
     # running statistics through functional_call's buffers.
-    from harness.models import build_model
+    from harness.protocol.models import build_model
 
     net = build_model("vgg11", (1, 8, 8), 10)
     state = NetState.fresh(net, "vgg11")

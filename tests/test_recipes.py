@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.evaluate as evaluate
-from harness.config import build_run_spec
+import harness.protocol.evaluate as evaluate
+from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
-from harness.evaluate import run_trial
+from harness.protocol.evaluate import run_trial
 from harness.methods._augment import DEFAULT_STRATEGY, DSATrainAugment
 
 
@@ -170,5 +170,5 @@ def test_reproduction_recipe_is_the_downstream_protocol(monkeypatch):
     protocol = evaluate.downstream_config(run, 60_000, 60_000)
     assert dataclasses.asdict(recipe) == dataclasses.asdict(protocol)
     # A set smaller than a batch: the protocol trains on it whole, as the loop clips the
-    # recipe's 256 to the set (harness.train: batch = min(batch_size, len(x))).
+    # recipe's 256 to the set (harness.protocol.train: batch = min(batch_size, len(x))).
     assert evaluate.downstream_config(run, 100, 60_000).batch_size == 100

@@ -1,4 +1,4 @@
-"""`harness.record`: a trial's schema both ways (MLflow params, metrics, tags, artifacts), and
+"""`harness.results.record`: a trial's schema both ways (MLflow params, metrics, tags, artifacts), and
 the artifact names that writers and readers take from it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from harness.record import (
+from harness.results.record import (
     GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, model_artifact,
 )
 
@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def resolved_tree(dataset: str = "digits", method: str = "random") -> dict:
-    from harness.config import build_run_spec
-    from harness.evaluate import resolve_spec
+    from harness.spec.schema import build_run_spec
+    from harness.protocol.evaluate import resolve_spec
 
     spec = build_run_spec({"dataset": {"name": dataset}, "method": {"name": method}, "seed": 4})
     return resolve_spec(spec).model_dump(mode="json")
@@ -50,8 +50,9 @@ def store_run(tmp_path: Path, folder: Path) -> tuple[str, str]:
 
 
 def test_artifacts_are_written_where_the_readers_look(tmp_path):
-    from harness import api, runs
-    from harness.trial import write_artifacts
+    from harness import api
+    from harness.tracking import reader as runs
+    from harness.sweep.trial import write_artifacts
 
     tree = resolved_tree()
     result = fake_result(tree)
@@ -81,11 +82,11 @@ ARTIFACT_NAMES -= {"./", ".pt"}
 
 def test_only_the_record_spells_an_artifact_name():
     """No other module writes an artifact's name (or a piece of it: `"model/"` in an
-    f-string) as a literal: they take it from `harness.record`."""
+    f-string) as a literal: they take it from `harness.results.record`."""
     spelled = []
     for folder in ("harness", "methods"):
         for path in (REPO / folder).rglob("*.py"):
-            if path == REPO / "harness" / "record.py":
+            if path == REPO / "harness" / "results" / "record.py":
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value in ARTIFACT_NAMES:
@@ -96,10 +97,10 @@ def test_only_the_record_spells_an_artifact_name():
 def test_every_progress_metric_arrives_from_a_running_trial():
     """The driver keeps the PROGRESS_METRICS keys of a trial's progress reports; each must be
     in what some trial reports (a model method's epoch probe, a dataset method's probe)."""
-    from harness.config import build_sweep_spec
-    from harness.plan import make_plan, with_resolved
-    from harness.record import PROGRESS_METRICS
-    from harness.trial import run_sweep_trial
+    from harness.spec.schema import build_sweep_spec
+    from harness.spec.plan import make_plan, with_resolved
+    from harness.results.record import PROGRESS_METRICS
+    from harness.sweep.trial import run_sweep_trial
 
     spec = build_sweep_spec({"name": "progress", "dataset": {"name": "digits"},
                              "methods": {"erm": {}, "rdl": {}}})
@@ -117,7 +118,7 @@ def test_every_progress_metric_arrives_from_a_running_trial():
 
 def finished_result(tree: dict):
     """A TrialResult as `run_trial` returns it for a dataset method (numbers made up)."""
-    from harness.evaluate import ArchSummary, TrialResult
+    from harness.protocol.evaluate import ArchSummary, TrialResult
     from harness.methods import LearnedDataset
 
     learned = LearnedDataset(torch.rand(4, 1, 28, 28), torch.arange(4),
@@ -140,7 +141,7 @@ def test_a_record_survives_the_round_trip_through_mlflow(tmp_path):
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from harness.runs import RunData
+    from harness.tracking.reader import RunData
 
     tree = resolved_tree("fashion-mnist", "rdl")  # rdl's Fashion-MNIST defaults filled in
     sent = TrialRecord.from_result(finished_result(tree), tree, device="cpu", variant="rdl",

@@ -10,8 +10,8 @@ import yaml
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.config import build_run_spec
-from harness.evaluate import run_trial
+from harness.spec.schema import build_run_spec
+from harness.protocol.evaluate import run_trial
 
 SCORES = ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc", "val_clean_acc")
 
@@ -42,7 +42,7 @@ def test_same_spec_and_seed_give_identical_metrics(method):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A store with a sweep parent, a trial that recorded its spec and one that did not."""
-    from harness.tracking import Tracker, connect
+    from harness.tracking.writer import Tracker, connect
 
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     uri = f"sqlite:///{path}"

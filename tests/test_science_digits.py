@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import build_run_spec
-from harness.evaluate import run_trial
+from harness.spec.schema import build_run_spec
+from harness.protocol.evaluate import run_trial
 
 COMMON = {
     "dataset": {"name": "digits", "split_seed": 2},

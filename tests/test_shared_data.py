@@ -1,4 +1,4 @@
-"""A dataset passed through the node-shared form (harness.shared_data) is the same dataset,
+"""A dataset passed through the node-shared form (harness.sweep.shared_data) is the same dataset,
 and the trial reads it without a copy of its own (the sweep-level check that trials get the
 node's copy is in test_sweep.py)."""
 
@@ -8,9 +8,9 @@ import pickle
 
 import torch
 
-from harness.config import DatasetSpec
-from harness.evaluate import load_data
-from harness.shared_data import dataset_key, from_arrays, to_arrays
+from harness.spec.schema import DatasetSpec
+from harness.protocol.evaluate import load_data
+from harness.sweep.shared_data import dataset_key, from_arrays, to_arrays
 
 
 def test_round_trip_keeps_every_split_and_fact():

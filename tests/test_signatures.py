@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (file, function): how many parameters may be passed by position
 KEYWORDS_AFTER = {
-    ("harness/evaluate.py", "summarise"): 2,  # spec, method
+    ("harness/protocol/evaluate.py", "summarise"): 2,  # spec, method
     ("harness/cli/trial.py", "fresh_tree"): 2,  # dataset, method
-    ("harness/sweep.py", "variant_trainable"): 1,  # variant
+    ("harness/sweep/driver.py", "variant_trainable"): 1,  # variant
 }
 
 

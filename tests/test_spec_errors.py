@@ -238,18 +238,18 @@ def test_a_password_in_a_tracking_uri_is_masked_by_ui_and_after_a_sweep(tmp_path
     browse hint), show the URI with its password masked. The sweep's Ray and store are
     stood in for: what is checked is what the command prints."""
     import harness.cli.sweeps as sweeps_cli
-    import harness.sweep
-    import harness.tracking
+    import harness.sweep.driver
+    import harness.tracking.writer
 
     uri = "http://alice:s3cret@127.0.0.1:9"
     code, out = run_cli("ui", "--tracking-uri", uri)
     assert code == 2 and "s3cret" not in out and "***" in out, out
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(harness.tracking, "connect", lambda uri: object())
+    monkeypatch.setattr(harness.tracking.writer, "connect", lambda uri: object())
     monkeypatch.setattr(sweeps_cli, "arm_interrupt_watchdog", lambda path: None)
     monkeypatch.setattr(sweeps_cli, "show_leaderboard", lambda uri, experiment: None)
-    monkeypatch.setattr(harness.sweep, "run_sweep", lambda *a, **k: harness.sweep.SweepOutcome(
+    monkeypatch.setattr(harness.sweep.driver, "run_sweep", lambda *a, **k: harness.sweep.driver.SweepOutcome(
         parent_run_id="p", experiment="ok", storage="ray_results", failed=0, variants=[]))
     spec = tmp_path / "spec.yaml"
     spec.write_text(dump(VALID))

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from harness.config import build_run_spec, build_sweep_spec, load_yaml
-from harness.provenance import git_tags
+from harness.spec.schema import build_run_spec, build_sweep_spec, load_yaml
+from harness.tracking.provenance import git_tags
 from harness.methods import make_method
-from harness.plan import make_plan
+from harness.spec.plan import make_plan
 from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
                            wait_for, write_spec)
 
@@ -85,7 +85,7 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         assert ran["dataset"]["name"] == tags["dataset"]
         assert str(ran["seed"]) == params["seed"]
         # every logged param is the value of the resolved spec the worker ran
-        from harness.record import flatten
+        from harness.results.record import flatten
         ran_flat = {k: str(v) for k, v in flatten(ran).items()}
         for key, value in params.items():
             if key in ran_flat:
@@ -235,7 +235,7 @@ from pathlib import Path
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, ModelMethod, MethodConfig, register_method,
 )
-from harness.train import natural_loss
+from harness.protocol.train import natural_loss
 
 MARKER = Path(__file__).with_name("attempted")
 

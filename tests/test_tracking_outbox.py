@@ -11,7 +11,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from harness.tracking import Tracker, connect, unavailable
+from harness.tracking.writer import Tracker, connect, unavailable
 
 
 class Outage:

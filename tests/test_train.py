@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessInputError
-from harness.train import (
+from harness.protocol.train import (
     TrainConfig, WorkMeter, crop_padding, lr_factor, natural_loss, random_crop, random_flip,
     soft_cross_entropy, train_model,
 )

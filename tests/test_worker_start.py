@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from harness.images import PAD, save_grid
+from harness.results.images import PAD, save_grid
 
 TRIAL = """
 import json, sys
-import harness.sweep  # what the worker unpickles the trial function from
-from harness.config import build_sweep_spec
-from harness.plan import make_plan, with_resolved
-from harness.trial import run_sweep_trial
+import harness.sweep.driver  # what the worker unpickles the trial function from
+from harness.spec.schema import build_sweep_spec
+from harness.spec.plan import make_plan, with_resolved
+from harness.sweep.trial import run_sweep_trial
 
 spec = build_sweep_spec({"name": "lean", "dataset": {"name": "digits", "subset": 20},
                          "methods": {"random": {"space": {"ipc": 2}}}})

@@ -9,8 +9,8 @@ paper), on the VALIDATION split only (split seed 1, seed 1): PGD-10 and AutoAtta
         --rdl-steps 100 --archs convnet,lenet
 """
 import argparse, json, time
-from harness.config import build_run_spec
-from harness.evaluate import run_trial
+from harness.spec.schema import build_run_spec
+from harness.protocol.evaluate import run_trial
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--methods", default="random,rdl,dm,dc")

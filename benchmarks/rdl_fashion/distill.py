@@ -6,10 +6,10 @@ import argparse, json, sys, time
 import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from evalval import score_val
-from harness.attacks import Threat
+from harness.protocol.attacks import Threat
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--method", choices=["dc", "dm"], required=True)

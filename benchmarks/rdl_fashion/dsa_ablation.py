@@ -15,11 +15,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evalval import score_val  # noqa: E402
-from harness.attacks import Threat  # noqa: E402
+from harness.protocol.attacks import Threat  # noqa: E402
 from harness.datasets import load_dataset  # noqa: E402
 from harness.methods import MethodContext, make_method  # noqa: E402
 from harness.methods._augment import DEFAULT_STRATEGY, DSATrainAugment  # noqa: E402
-from harness.train import TrainConfig, WorkMeter  # noqa: E402
+from harness.protocol.train import TrainConfig, WorkMeter  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rdl-set", required=True)

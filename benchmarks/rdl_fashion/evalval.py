@@ -2,10 +2,10 @@
 trained on it (DC protocol, 300 epochs), clean and PGD-10 accuracy on validation images."""
 import time
 import torch
-from harness.attacks import Threat, accuracy, robust_accuracy
-from harness.autoattack import autoattack
+from harness.protocol.attacks import Threat, accuracy, robust_accuracy
+from harness.protocol.autoattack import autoattack
 from harness.methods import MethodContext
-from harness.train import TrainConfig, WorkMeter, train_model
+from harness.protocol.train import TrainConfig, WorkMeter, train_model
 
 
 def score_val(data, x, y, archs, eps=0.1, n_val=500, width=32, seed=7, n_aa=200, augment=None):

@@ -5,12 +5,12 @@ the features of random ConvNets (a fresh random network from a pool each step). 
 ConvNet / MLP naturally trained on S (DC protocol), PGD-10 and clean accuracy."""
 import argparse, json, time
 import torch, torch.nn.functional as F
-from harness.attacks import Threat, accuracy, margin_loss, pgd, robust_accuracy
+from harness.protocol.attacks import Threat, accuracy, margin_loss, pgd, robust_accuracy
 from harness.datasets import load_dataset
-from harness.evaluate import eval_epochs
+from harness.protocol.evaluate import eval_epochs
 from harness.methods import MethodContext
 from harness.methods._synthetic_set import init_synthetic_set
-from harness.train import TrainConfig, WorkMeter, train_model
+from harness.protocol.train import TrainConfig, WorkMeter, train_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--ipc", type=int, default=10); ap.add_argument("--steps", type=int, default=300)

@@ -1,11 +1,11 @@
 """Cost of one rdl outer step on Fashion-MNIST with ConvNets (issue 10): seconds and peak RSS."""
 import resource, sys, time
 import torch
-from harness.attacks import Threat
+from harness.protocol.attacks import Threat
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
 from harness.methods.rdl import _Learner
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 torch.set_num_threads(2)
 arch, width, unroll, ipc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -4,11 +4,11 @@ import argparse, json, time, sys
 import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from evalval import score_val
-from harness.attacks import Threat
+from harness.protocol.attacks import Threat
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
 from harness.methods.rdl import _Learner
-from harness.train import TrainConfig, WorkMeter
+from harness.protocol.train import TrainConfig, WorkMeter
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=150); ap.add_argument("--unroll", type=int, default=10)

@@ -35,7 +35,7 @@ def datasets(data_root, as_json) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from harness.config import format_eps
+    from harness.spec.schema import format_eps
 
     click.echo(f"data root: {resolve_root(data_root)}")
     click.echo(f"{'name':18s} {'files':9s} {'Linf eps':>9s}  {'archs':18s} description")
@@ -53,7 +53,7 @@ def archs() -> None:
     Example:
       harness archs
     """
-    from harness.models import MODELS
+    from harness.protocol.models import MODELS
 
     for name in MODELS:
         doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
@@ -101,8 +101,8 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> N
     """
     from pathlib import Path
 
-    from harness import leaderboard as board
-    from harness.report import render
+    from harness.board import leaderboard as board
+    from harness.board.report import render
 
     if output is not None:
         check_output(Path(output), force)
@@ -156,7 +156,7 @@ def ui(tracking_uri, port) -> None:
     import socket
     from pathlib import Path
 
-    from harness.tracking import check_sqlite_store, masked, require_existing_store
+    from harness.tracking.writer import check_sqlite_store, masked, require_existing_store
 
     uri = require_existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):

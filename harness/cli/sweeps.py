@@ -18,8 +18,8 @@ def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
     """Read, override, validate and plan a sweep spec (exit 2 on any problem)."""
     import yaml
 
-    from harness.config import apply_overrides, build_sweep_spec, load_yaml
-    from harness.plan import make_plan
+    from harness.spec.schema import apply_overrides, build_sweep_spec, load_yaml
+    from harness.spec.plan import make_plan
 
     # --smoke is for checking a spec on a laptop: no GPU asked for (an explicit --set wins).
     pre = ["resources.gpu=0"] if smoke else []
@@ -29,7 +29,7 @@ def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
 
 
 def print_plan(spec, plan) -> None:
-    from harness.plan import describe
+    from harness.spec.plan import describe
 
     rows = describe(plan)
     click.echo(f"sweep {spec.name!r}: {len(plan)} variants")
@@ -75,8 +75,8 @@ def estimate_options(f):
 
 def print_estimate(spec, plan, tflops: float | None = None) -> None:
     """Each variant's cost as soon as it is known, then the sweep's."""
-    from harness.estimate import CostReport, concurrency, estimate_plan
-    from harness.train import pick_device
+    from harness.estimate.cost import CostReport, concurrency, estimate_plan
+    from harness.protocol.train import pick_device
 
     count_only = tflops is not None  # nothing is timed: every core here counts
     threads = (os.cpu_count() or 1) if count_only else max(1, int(spec.resources.cpu))
@@ -135,7 +135,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     check_fault_setting()
     if address is None:  # local run: the data must be here (on a cluster, on the workers)
         check_local_data(spec)
-    from harness import tracking
+    from harness.tracking import writer as tracking
 
     client = tracking.connect(tracking_uri)
 
@@ -143,7 +143,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
         parent = tracking.find_sweep_parent(client, spec.name) if resuming else None
         return tracking.Tracker(client, spec.name, parent, outbox=outbox)
 
-    from harness.sweep import run_sweep
+    from harness.sweep.driver import run_sweep
 
     arm_interrupt_watchdog(spec_path)
     try:
@@ -181,7 +181,7 @@ def arm_interrupt_watchdog(spec_path: str) -> None:
 
     def watchdog() -> None:
         time.sleep(INTERRUPT_GRACE_S)
-        from harness.sweep import stop_ray
+        from harness.sweep.driver import stop_ray
 
         stop_ray(timeout=15)
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
@@ -225,7 +225,7 @@ def check_local_data(spec) -> None:
 
 def show_leaderboard(uri: str, experiment: str) -> None:
     try:
-        from harness import leaderboard, report
+        from harness.board import leaderboard, report
     except ImportError:
         return
     records = leaderboard.load_records(tracking_uri=uri, experiment=experiment)

@@ -79,8 +79,8 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
       harness run --from-run 3f2a... --tracking-uri sqlite:///mlflow.db
       harness run --dataset digits --method rdl --output runs/rdl-digits
     """
-    from harness.config import apply_overrides, build_run_spec
-    from harness.evaluate import resolve_spec, run_trial
+    from harness.spec.schema import apply_overrides, build_run_spec
+    from harness.protocol.evaluate import resolve_spec, run_trial
 
     if from_run:
         tree = recorded_tree(from_run, tracking_uri, dataset=dataset, method=method, smoke=smoke,
@@ -117,7 +117,7 @@ def check_output_dir(output: str) -> None:
 def keep_outputs(output: str, spec, result) -> None:
     from pathlib import Path
 
-    from harness.trial import write_artifacts
+    from harness.sweep.trial import write_artifacts
 
     root = Path(output)
     root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def keep_outputs(output: str, spec, result) -> None:
 def fresh_tree(dataset, method, *, arch, seed, device, data_root,
                smoke) -> tuple[dict, list[str]]:
     """The spec tree of `harness run --dataset --method`, and --smoke's overrides."""
-    from harness.evaluate import smoke_assignments
+    from harness.protocol.evaluate import smoke_assignments
 
     if not dataset or not method:
         raise HarnessInputError("give --dataset NAME and --method NAME, or --from-run RUN_ID "
@@ -158,8 +158,8 @@ def recorded_tree(run_id: str, uri: str | None, *, dataset, method, smoke, given
     refused rather than silently mixed in."""
     from click.core import ParameterSource
 
-    from harness import runs
-    from harness.config import set_path
+    from harness.tracking import reader as runs
+    from harness.spec.schema import set_path
 
     clashing = [flag for flag, value in (("--dataset", dataset), ("--method", method),
                                          ("--smoke", smoke)) if value]
@@ -198,7 +198,7 @@ def check_device(device: str) -> None:
 
 
 def print_result(result) -> None:
-    from harness.config import format_eps
+    from harness.spec.schema import format_eps
 
     table = Table(title=f"{result.method} on {result.dataset} "
                         f"({result.threat['norm']} eps {format_eps(result.threat['eps'])})")
@@ -236,8 +236,8 @@ def score(path, dataset, archs, allow_other_dataset, seed, assignments, smoke, a
       harness score my_ipc10.pt --dataset fashion-mnist --archs convnet,mlp --json
     """
     from harness import api
-    from harness.config import apply_overrides
-    from harness.record import meta_dataset
+    from harness.spec.schema import apply_overrides
+    from harness.results.record import meta_dataset
 
     x, y, meta = api.load_set(path)
     named = meta_dataset(meta)

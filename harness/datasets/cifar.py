@@ -4,7 +4,7 @@ torchvision's CIFAR10 and CIFAR100 are not used to read them: they accept only f
 matches the official release (batches.meta included) and then unpickle them with plain
 `pickle.load`, so a copy that is not byte-identical, such as a re-pickled batch or a test
 fixture, is refused with a bare RuntimeError. The batches are read here with the restricted
-unpickler of `harness.untrusted`, which runs no callable a file names and allocates no more
+unpickler of `harness.datasets.untrusted`, which runs no callable a file names and allocates no more
 than the file holds, and every field is checked against CIFAR's shapes.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from harness.datasets.files import DOWNLOAD_FLAG, corrupt, missing, to_labels, to_unit, tv_download
 from harness.datasets.registry import NoParams, RawData, register_dataset
-from harness.untrusted import load_pickle, read_small_file
+from harness.datasets.untrusted import load_pickle, read_small_file
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR = {

@@ -21,7 +21,7 @@ import torch
 
 from harness.datasets.files import DOWNLOAD_FLAG, corrupt, missing, to_labels, to_unit, tv_download
 from harness.datasets.registry import NoParams, RawData, register_dataset
-from harness.untrusted import read_at_most
+from harness.datasets.untrusted import read_at_most
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -38,7 +38,7 @@ class DatasetSplits:
     n_train_full: int  # size of the training split before `subset`: the unit of work epochs
     params: dict[str, Any] = field(default_factory=dict)
     # "disk": loaded by this process; "node": read-only views of the copy a sweep's trials on
-    # this node share (harness.shared_data)
+    # this node share (harness.sweep.shared_data)
     source: str = "disk"
     _stats: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
                                                               compare=False)

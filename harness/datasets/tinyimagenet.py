@@ -18,7 +18,7 @@ import torch
 from harness.datasets.files import DOWNLOAD_FLAG, corrupt, missing
 from harness.datasets.registry import NoParams, RawData, register_dataset
 from harness.errors import HarnessInputError
-from harness.untrusted import inside, read_small_file
+from harness.datasets.untrusted import inside, read_small_file
 
 TINY_FOLDER = "tiny-imagenet-200"
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"

@@ -21,10 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from harness import masking
-from harness.attacks import Threat, accuracy, robust_accuracy
-from harness.autoattack import autoattack
-from harness.config import DatasetSpec, RunSpec, derived_seed
+from harness.protocol import masking
+from harness.protocol.attacks import Threat, accuracy, robust_accuracy
+from harness.protocol.autoattack import autoattack
+from harness.spec.schema import DatasetSpec, RunSpec, derived_seed
 from harness.datasets import (
     DATASETS, DatasetSplits, default_eps_for, load_dataset, validate_params,
 )
@@ -32,11 +32,11 @@ from harness.errors import HarnessInputError
 from harness.methods import (
     METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
 )
-from harness.models import IMAGE_ARCHS, MODELS
-from harness.record import METRIC
-from harness.checkpoint import Stage, TrialCheckpoint
+from harness.protocol.models import IMAGE_ARCHS, MODELS
+from harness.results.record import METRIC
+from harness.protocol.checkpoint import Stage, TrialCheckpoint
 from harness.methods._augment import DSATrainAugment
-from harness.train import (
+from harness.protocol.train import (
     ResumePoint, Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model,
 )
 
@@ -58,7 +58,7 @@ class ModelScore:
     train_seconds: float
     train_work_epochs: float
     kept_epoch: int  # epoch whose weights were scored (< the last when early-stopped)
-    masking_flags: list[str] = field(default_factory=list)  # see harness.masking
+    masking_flags: list[str] = field(default_factory=list)  # see harness.protocol.masking
 
 
 @dataclass
@@ -76,7 +76,7 @@ class ArchSummary:
 @dataclass
 class TrialResult:
     """One trial's outcome; `to_json()` is the `harness run --json` contract. Fields with
-    `metadata=METRIC` are the trial's metrics in MLflow and the leaderboard (harness.record)."""
+    `metadata=METRIC` are the trial's metrics in MLflow and the leaderboard (harness.results.record)."""
 
     method: str
     kind: str
@@ -89,7 +89,7 @@ class TrialResult:
     val_clean_acc: float = field(metadata=METRIC)
     val_robust_acc: float = field(metadata=METRIC)
     val_autoattack_acc: float | None = field(metadata=METRIC)
-    masking_flags: list[str]  # every gradient-masking flag raised on any model (harness.masking)
+    masking_flags: list[str]  # every gradient-masking flag raised on any model (harness.protocol.masking)
     # one-time dataset learning (0 for model-producing methods)
     learn_seconds: float = field(metadata=METRIC)
     train_seconds: float = field(metadata=METRIC)  # mean per trained model
@@ -308,8 +308,8 @@ def run_trial(
     dataset made outside the harness this way). `progress(phase, done, total)`: told after
     each learning step (of `method.planned_steps`) and each downstream model. `checkpoint`:
     where the trial saves its progress and, after a restart, what it goes on from
-    (`harness.checkpoint`; the result is the same as an uninterrupted run's). `data`: the
-    spec's dataset, already loaded (a sweep's node-shared copy, `harness.shared_data`)."""
+    (`harness.protocol.checkpoint`; the result is the same as an uninterrupted run's). `data`: the
+    spec's dataset, already loaded (a sweep's node-shared copy, `harness.sweep.shared_data`)."""
     checkpoint = checkpoint or TrialCheckpoint()
     log = log or (lambda metrics, step: None)
     progress = progress or (lambda phase, done, total: None)

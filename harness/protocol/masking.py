@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.attacks import Bounds, Threat, _draw, _project, accuracy, fgsm, pgd, robust_accuracy
+from harness.protocol.attacks import Bounds, Threat, _draw, _project, accuracy, fgsm, pgd, robust_accuracy
 
 CODES = ("noise_beats_pgd", "fgsm_beats_pgd", "aa_far_below_pgd", "zero_input_grad",
          "no_zero_at_large_eps", "randomized_output")

@@ -1,4 +1,4 @@
-"""MLflow tracking: writing runs (reading them back is `harness.runs`; the two are the only
+"""MLflow tracking: writing runs (reading them back is `harness.tracking.reader`; the two are the only
 modules that import mlflow).
 
 Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
@@ -6,7 +6,7 @@ Layout of a store (what `harness leaderboard` and the MLflow UI rely on):
 - one parent run per sweep (tag `harness.role=sweep`), one child run per trial (tags
   `mlflow.parentRunId`, `method`, `variant`, `dataset`, `sweep`, `trial_id` (Tune's),
   `trial_key` (unique in the sweep: `<variant key>/<phase>/<trial_id>`), `phase`
-  (`search` or `repeat`), `device`, and from `harness.provenance` `git_sha`, `git_dirty` and
+  (`search` or `repeat`), `device`, and from `harness.tracking.provenance` `git_sha`, `git_dirty` and
   the versions of torch, ray, mlflow and the harness);
 - params: the resolved trial spec flattened to dotted keys, plus `method` and `dataset`, so
   the same names mean the same thing for every method in the UI's compare view;
@@ -32,8 +32,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessInputError
-from harness.provenance import git_tags, version_tags
-from harness.record import SPEC_ARTIFACT
+from harness.tracking.provenance import git_tags, version_tags
+from harness.results.record import SPEC_ARTIFACT
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 

@@ -16,9 +16,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from harness.config import format_eps
+from harness.spec.schema import format_eps
 from harness.errors import HarnessInputError
-from harness.leaderboard import Record, groups
+from harness.board.leaderboard import Record, groups
 
 FORMATS = ("md", "csv", "json", "html")
 NESTED = ("run_ids", "config", "per_arch", "flags")
@@ -366,7 +366,7 @@ def html_table(rows: list[Record], numbers: dict[str, int]) -> str:
 
 
 def html_section(key: tuple, rows: list[Record]) -> str:
-    from harness.plots import group_plots
+    from harness.board.plots import group_plots
 
     figures = "".join(
         f'<figure><img alt="{html.escape(p.title)}" src="data:image/png;base64,{p.png_base64}">'

@@ -41,8 +41,8 @@ the second-order backward of dc and rdl_gm is not counted (a lower bound there).
 `count_only` (`--assume-tflops R`): the work is counted without being timed, with every
 network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), a
 full training run inside a method's learning (robust_features' robust model) cut to its
-first batch, the rest charged at that batch's rate (`harness.train.COUNT_ONLY`), and loops
-whose items cost alike cut to their first item (`harness.train.count_cut`: the classes of a
+first batch, the rest charged at that batch's rate (`harness.protocol.train.COUNT_ONLY`), and loops
+whose items cost alike cut to their first item (`harness.protocol.train.count_cut`: the classes of a
 dc, dm or rdl_gm step, robust_features' matching batches), so that a GPU spec is counted on
 a CPU; the FLOPs stay those of the spec's networks, and time is the work over an assumed
 sustained rate R. The count equals the full calibration's (tested for the seven methods that
@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 if TYPE_CHECKING:
-    from harness.train import WorkCount
+    from harness.protocol.train import WorkCount
 
 CALIBRATION_STEPS = 2  # learning steps timed after the first (which pays for setting up)
 CALIBRATION_BATCHES = 3  # training batches timed per architecture
@@ -168,7 +168,7 @@ def forward_flops(arch: str, data, settings: dict) -> float:
     if key not in _FLOPS:
         from torch.utils.flop_counter import FlopCounterMode
 
-        from harness.models import build_model
+        from harness.protocol.models import build_model
 
         net = build_model(arch, tuple(data.input_shape), data.num_classes, **settings).eval()
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -182,7 +182,7 @@ _FLOPS: dict[tuple, float] = {}
 
 def standin_settings(arch: str, settings: dict) -> dict:
     """`settings` with every size setting the arch takes at its `STANDIN` value."""
-    from harness.models import arch_params
+    from harness.protocol.models import arch_params
 
     takes = arch_params(arch)
     return {**settings, **{k: v for k, v in STANDIN.items() if k in takes}}
@@ -193,8 +193,8 @@ def work_key(variant) -> str:
     size (two threat models at the same steps and AutoAttack version do the same work)."""
     import json
 
-    from harness.evaluate import resolve_spec
-    from harness.plan import resolve_trial
+    from harness.protocol.evaluate import resolve_spec
+    from harness.spec.plan import resolve_trial
 
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
     dumped = spec.model_dump(mode="json")
@@ -214,8 +214,8 @@ class LastDataset:
         self.outcome: object = None
 
     def __call__(self, dataset_spec):
-        from harness.evaluate import load_data
-        from harness.shared_data import dataset_key
+        from harness.protocol.evaluate import load_data
+        from harness.sweep.shared_data import dataset_key
 
         key = dataset_key(dataset_spec)
         if key != self.key:
@@ -253,10 +253,10 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
                      load=None) -> Estimate:
     """Calibrate one variant on this machine (see the module docstring); `count_only`: count
     its work with stand-in networks and time nothing. `load`: how to get the data (default
-    `harness.evaluate.load_data`)."""
-    from harness.evaluate import load_data, resolve_spec
-    from harness.plan import resolve_trial
-    from harness.train import pick_device
+    `harness.protocol.evaluate.load_data`)."""
+    from harness.protocol.evaluate import load_data, resolve_spec
+    from harness.spec.plan import resolve_trial
+    from harness.protocol.train import pick_device
 
     searched = variant.trials if variant.dims else 1
     est = Estimate(variant.label, f"{variant.dataset} {variant.threat}".strip(),
@@ -284,9 +284,9 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
 
 def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
-    from harness.evaluate import downstream_config, resolve_archs, resolve_threat
+    from harness.protocol.evaluate import downstream_config, resolve_archs, resolve_threat
     from harness.methods import DatasetMethod, MethodContext, make_method
-    from harness.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
+    from harness.protocol.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
 
     threat = resolve_threat(spec, data)
     method = make_method(spec.method.name, spec.method.params())
@@ -300,7 +300,7 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
 
     built = settings
     if est.counted_only:
-        from harness.models import MODELS
+        from harness.protocol.models import MODELS
 
         built = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
     ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
@@ -409,7 +409,7 @@ def _learn(method, ctx, est: Estimate, flops) -> int | None:
 
 def _time_pgd(net, data, threat, device) -> tuple[int, float]:
     """Gradient passes PGD takes per image, and seconds per pass per image on this machine."""
-    from harness.attacks import robust_accuracy
+    from harness.protocol.attacks import robust_accuracy
 
     x, y = data.x_test[:ATTACK_SLICE].to(device), data.y_test[:ATTACK_SLICE].to(device)
     attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
@@ -426,7 +426,7 @@ def pgd_steps(threat) -> int:
 
 def _attack_step(net, data, device) -> None:
     """One gradient step of an attack on a full attack batch: what evaluation holds at most."""
-    from harness.attacks import ATTACK_BATCH
+    from harness.protocol.attacks import ATTACK_BATCH
 
     net.eval()
     x = data.x_test[:ATTACK_BATCH].to(device).requires_grad_(True)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessInputError
-from harness.attacks import ATTACK_BATCH
+from harness.protocol.attacks import ATTACK_BATCH
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 VERSIONS = ("standard", "fast")
@@ -149,7 +149,7 @@ def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, ep
     As in the reference, only examples that are classified correctly are attacked, and each
     attack only sees the examples every earlier attack failed on. torchattacks reseeds the
     global RNG; that happens inside `torch.random.fork_rng`, so the caller's state is kept."""
-    from harness.attacks import _check_norm, require_eval
+    from harness.protocol.attacks import _check_norm, require_eval
 
     if version not in VERSIONS:
         raise HarnessInputError(f"unknown AutoAttack version {version!r}; use one of "

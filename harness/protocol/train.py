@@ -119,7 +119,7 @@ class WorkMeter:
     a pass through the whole network and a pass through its feature extractor alone (as DM
     and robust_features make) both count once, and watching a model twice counts it once.
     `by_arch` splits the count by the arch a watched model was labelled with (None: not
-    labelled, or added by hand), for a cost in FLOPs (`harness.estimate`); `forward_only`
+    labelled, or added by hand), for a cost in FLOPs (`harness.estimate.cost`); `forward_only`
     holds the part of it that went through with autograd off (no backward can follow, as
     DM's real batches under `torch.no_grad`), a third of a training pass's FLOPs."""
 
@@ -143,7 +143,7 @@ class WorkMeter:
                 self.forward_only[arch] += int(examples)
 
     def state(self) -> dict[str, Any]:
-        """The counts as plain values (a trial checkpoint's part, `harness.checkpoint`)."""
+        """The counts as plain values (a trial checkpoint's part, `harness.protocol.checkpoint`)."""
         return {"examples": self.examples, "by_arch": [[k, v] for k, v in self.by_arch.items()],
                 "forward_only": [[k, v] for k, v in self.forward_only.items()]}
 
@@ -189,7 +189,7 @@ class WorkMeter:
         return self.examples / max(1, n_train_full)
 
 
-# Set by a count-only estimate (`harness.estimate`): `train_model` runs its first batch, charges
+# Set by a count-only estimate (`harness.estimate.cost`): `train_model` runs its first batch, charges
 # the meter for the rest of the run at that batch's rate, and returns the model untrained;
 # loops whose items cost alike run their first item only (`count_cut`).
 COUNT_ONLY: ContextVar[bool] = ContextVar("COUNT_ONLY", default=False)
@@ -301,11 +301,11 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class ResumePoint:
     """Where one training run keeps its epoch-boundary state in a trial's checkpoint (the
-    `training` section, see `harness.checkpoint`). `tag` names the run (e.g. `mlp/0`): a
+    `training` section, see `harness.protocol.checkpoint`). `tag` names the run (e.g. `mlp/0`): a
     saved state of another run is not taken. `generators`: random streams the loss step
     draws from besides the loop's own (an adversarial method's attack noise)."""
 
-    store: Any  # harness.checkpoint.TrialCheckpoint
+    store: Any  # harness.protocol.checkpoint.TrialCheckpoint
     tag: str
     generators: tuple[torch.Generator, ...] = ()
 

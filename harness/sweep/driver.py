@@ -1,18 +1,18 @@
 """`harness sweep`'s driver: Ray Tune experiments, their MLflow records, the live view.
 
-With `harness.ray_node` (the driver's Ray), the only modules that import Ray: a trial itself
-is `harness.trial`, plain Python, and the live view is `harness.progress`.
+With `harness.sweep.ray_node` (the driver's Ray), the only modules that import Ray: a trial itself
+is `harness.sweep.trial`, plain Python, and the live view is `harness.sweep.progress`.
 
-Each variant (dataset x method x grid point, see `harness.plan`) is one Ray Tune experiment
+Each variant (dataset x method x grid point, see `harness.spec.plan`) is one Ray Tune experiment
 with its own seeded OptunaSearch and the same trial budget; ASHA stops weak trials on the
 per-epoch / per-probe validation metric; then `repeats` extra seeds of the variant's best
 configuration run as a second experiment. Trials run in Ray workers; only this driver
-writes to MLflow (through `harness.tracking`, records shaped by `harness.record`), from
+writes to MLflow (through `harness.tracking.writer`, records shaped by `harness.results.record`), from
 Tune callbacks.
 
 Resume: Tune saves every experiment's state under `<storage>/<sweep>/<variant>`; `--resume`
 restores each with `Tuner.restore` (with the param space of the first run, torn state files
-set aside: `harness.storage`), so finished trials are kept and unfinished ones rerun, and
+set aside: `harness.sweep.storage`), so finished trials are kept and unfinished ones rerun, and
 the tracker finds each trial's MLflow run by its `trial_key` tag (variant, phase and the
 trial's number in its experiment) instead of making another. `harness.faults` names the
 points where the fault matrix (tests/test_faults*.py) kills the driver.
@@ -34,33 +34,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import faults
-from harness.checkpoint import load_file
-from harness.config import SweepSpec, derived_seed
+from harness.protocol.checkpoint import load_file
+from harness.spec.schema import SweepSpec, derived_seed
 from harness.errors import HarnessInputError
-from harness.storage import (
+from harness.sweep.storage import (
     INTERRUPTED_TAG, TORN_SUFFIX, StorageFault, check_writable, fault_in, set_aside_torn_state,
     storage_root, unwritable_message,
 )
-from harness.plan import RESOLVED_KEY, Variant, launch_order, with_resolved
-from harness.progress import SweepProgress, VariantProgress
-from harness.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
-from harness.trial import run_sweep_trial
+from harness.spec.plan import RESOLVED_KEY, Variant, launch_order, with_resolved
+from harness.sweep.progress import SweepProgress, VariantProgress
+from harness.results.record import ARCH_PREFIX, PROGRESS_METRICS, TrialRecord, spec_params
+from harness.sweep.trial import run_sweep_trial
 
 if TYPE_CHECKING:  # MLflow is the driver's: a trial's worker imports this module, not MLflow
-    from harness.tracking import Tracker
+    from harness.tracking.writer import Tracker
 
 # Save experiment state often: a killed driver loses at most this many seconds of bookkeeping.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# A trial reports progress saves (harness.checkpoint) that carry no objective; Tune would
+# A trial reports progress saves (harness.protocol.checkpoint) that carry no objective; Tune would
 # otherwise refuse every report without it.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from harness.ray_node import shared_dataset, start_caches, start_ray, stop_ray  # noqa: E402
+from harness.sweep.ray_node import shared_dataset, start_caches, start_ray, stop_ray  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402
@@ -104,7 +104,7 @@ class PhaseContext:
     live: Any  # the rich Live display, or None
     turnstile: "Turnstile | None" = None  # the variants' launch turns (search phase only)
     counted: set[str] = field(default_factory=set)  # numbers of the trials counted as ended
-    storage: str = ""  # the sweep's Ray results folder (`harness.storage`)
+    storage: str = ""  # the sweep's Ray results folder (`harness.sweep.storage`)
 
     @property
     def state(self) -> VariantProgress:
@@ -229,7 +229,7 @@ class DriverCallback(tune.Callback):
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         if "record" not in (trial.last_result or {}):
-            return  # saved progress (harness.checkpoint), not the trial's artifacts
+            return  # saved progress (harness.protocol.checkpoint), not the trial's artifacts
         with checkpoint.as_directory() as local:
             self.ctx.tracker.log_artifacts(self._run(trial), local)
 
@@ -257,7 +257,7 @@ class DriverCallback(tune.Callback):
 
     def _stop_if_storage_failed(self, trial, run_id: str) -> None:
         """A trial that could not write to the sweep's storage has not failed: its run is
-        marked interrupted (rerun by `--resume`) and the sweep stops (`harness.storage`)."""
+        marked interrupted (rerun by `--resume`) and the sweep stops (`harness.sweep.storage`)."""
         ctx = self.ctx
         fault = fault_in(trial_error_text(trial), ctx.storage)
         if fault is None:

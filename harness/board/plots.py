@@ -11,7 +11,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from harness.leaderboard import Record
+from harness.board.leaderboard import Record
 
 DPI = 110
 

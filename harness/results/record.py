@@ -21,7 +21,7 @@ In MLflow a record is:
   architecture); a sweep's parent run keeps the sweep spec as given under the same
   `spec.yaml`. Writers and readers take these names from here (`SPEC_ARTIFACT`, ...).
 
-Adding a metric is one change in one place: a field of `harness.evaluate.TrialResult` with
+Adding a metric is one change in one place: a field of `harness.protocol.evaluate.TrialResult` with
 `metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
 leaderboard's records by itself.
 """
@@ -38,7 +38,7 @@ METRIC = {"metric": True}  # field metadata of the TrialResult fields that are m
 ARCH_PREFIX = "arch."
 ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
 # What the driver logs of a trial's progress reports, while it runs. A trial reports progress
-# only where it has a validation probe (`harness.trial`: what ASHA stops on), so these are the
+# only where it has a validation probe (`harness.sweep.trial`: what ASHA stops on), so these are the
 # probe's keys; a method's per-step `outer_loss` never reaches the driver.
 PROGRESS_METRICS = ("epoch", "probe_robust_acc")
 FLAGS_TAG = "masking_flags"
@@ -58,7 +58,7 @@ def model_artifact(arch: str) -> str:
 
 
 class RunLike(Protocol):
-    """A run as MLflow keeps it (`harness.runs.RunData` or anything alike)."""
+    """A run as MLflow keeps it (`harness.tracking.reader.RunData` or anything alike)."""
 
     run_id: str
     status: str
@@ -100,7 +100,7 @@ class TrialRecord:
     ray_node: str = ""
     error: str = ""
     stopped_early: str = ""
-    # the saved progress (`harness.checkpoint` sections, comma-separated) the attempt that
+    # the saved progress (`harness.protocol.checkpoint` sections, comma-separated) the attempt that
     # finished went on from; '' when it started afresh
     resumed_from: str = ""
     smoke: bool = False  # run with --smoke's shrunken budgets: a check, not a result

@@ -1,6 +1,6 @@
 """The sweep driver's Ray: a local, loopback-only node it starts and stops itself (every
 Ray process included, on every way out), or a cluster it joins (`--address`); and the
-dataset cache on each node that the node's trials share (`harness.shared_data`)."""
+dataset cache on each node that the node's trials share (`harness.sweep.shared_data`)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import ray
 
-from harness.config import DatasetSpec
+from harness.spec.schema import DatasetSpec
 from harness.errors import HarnessInputError
-from harness.shared_data import cache_name, dataset_key, from_arrays, to_arrays
+from harness.sweep.shared_data import cache_name, dataset_key, from_arrays, to_arrays
 
 
 # Ray's switch for a single-machine node (its default on macOS and Windows): the node takes the
@@ -222,7 +222,7 @@ class DataCache:
 
     def get(self, key: str) -> list:
         if key not in self.refs:
-            from harness.evaluate import load_data
+            from harness.protocol.evaluate import load_data
 
             spec = DatasetSpec.model_validate(json.loads(key))
             self.refs[key] = ray.put(to_arrays(load_data(spec)))

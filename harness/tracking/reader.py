@@ -1,6 +1,6 @@
 """Reading a tracking store back: a sweep's trial runs as plain `RunData` (what
-`harness.leaderboard` and `harness.record` work on) and a trial's recorded spec
-(`harness run --from-run`). Writing is `harness.tracking`'s."""
+`harness.board.leaderboard` and `harness.results.record` work on) and a trial's recorded spec
+(`harness run --from-run`). Writing is `harness.tracking.writer`'s."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessInputError
-from harness.record import SPEC_ARTIFACT
-from harness.tracking import connect, require_existing_store
+from harness.results.record import SPEC_ARTIFACT
+from harness.tracking.writer import connect, require_existing_store
 
 @dataclass(frozen=True)
 class RunData:
-    """One run as plain data, what `harness.leaderboard` works on (it never sees mlflow)."""
+    """One run as plain data, what `harness.board.leaderboard` works on (it never sees mlflow)."""
 
     run_id: str
     experiment_id: str
@@ -45,7 +45,7 @@ def load_trial_runs(
 
 def recorded_spec(uri: str | None, run_id: str) -> dict[str, Any]:
     """The resolved RunSpec tree a trial run recorded (its `SPEC_ARTIFACT`, spec.yaml)."""
-    from harness.config import read_yaml
+    from harness.spec.schema import read_yaml
 
     client = connect(require_existing_store(uri))
     _trial_run(client, run_id)

@@ -1,8 +1,8 @@
 """Leaderboard: a sweep's trial runs -> one typed record per row -> md, csv, json or html.
 
 RobustBench style: the leaderboard is data. `build_records` is a pure function from plain run
-data (`harness.runs.RunData`, or anything with the same attributes) to `Record`s;
-`harness.report.render` (which imports this module, never the other way) is a pure
+data (`harness.tracking.reader.RunData`, or anything with the same attributes) to `Record`s;
+`harness.board.report.render` (which imports this module, never the other way) is a pure
 function from records to text.
 
 Groups. Runs are grouped by (dataset, threat norm, threat eps, AutoAttack version), where the
@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from harness.errors import HarnessInputError
-from harness.record import RunLike, TrialRecord
+from harness.results.record import RunLike, TrialRecord
 
 SELECTION_METRIC = "val_robust_acc"
 REQUIRED_METRICS = ("clean_acc", "robust_acc", SELECTION_METRIC)
@@ -367,8 +367,8 @@ def groups(records: list[Record]) -> dict[tuple, list[Record]]:
 
 def load_records(tracking_uri: str | None = None, experiment: str | None = None,
                  sweep_run_id: str | None = None) -> list[Record]:
-    """Records of one sweep in the store (see `harness.runs.load_trial_runs`)."""
-    from harness.runs import load_trial_runs
+    """Records of one sweep in the store (see `harness.tracking.reader.load_trial_runs`)."""
+    from harness.tracking.reader import load_trial_runs
 
     runs = load_trial_runs(tracking_uri, experiment=experiment, sweep_run_id=sweep_run_id)
     records = build_records(runs)

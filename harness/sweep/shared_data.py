@@ -1,6 +1,6 @@
 """One read-only copy of each dataset per Ray node, shared by the node's trials: what a
 shared dataset is (its key, its arrays), without Ray. The Ray side, the cache actors and a
-trial's way to them, is `harness.ray_node` (`start_caches`, `shared_dataset`).
+trial's way to them, is `harness.sweep.ray_node` (`start_caches`, `shared_dataset`).
 
 Without this every trial loads its dataset from disk and holds its own tensors (Fashion-MNIST:
 ~190 MB a trial, CIFAR-10 ~600 MB, Tiny ImageNet ~2.4 GB). The sweep driver starts one small
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import DatasetSpec
+from harness.spec.schema import DatasetSpec
 from harness.datasets import DatasetSplits
 
 TENSORS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")

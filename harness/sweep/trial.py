@@ -1,4 +1,4 @@
-"""One sweep trial, as a Ray worker runs it. No Ray here: the driver (`harness.sweep`)
+"""One sweep trial, as a Ray worker runs it. No Ray here: the driver (`harness.sweep.driver`)
 hands in how to report, so this is plain Python that a test or script can call directly."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any, Callable
 import yaml
 
 from harness import faults
-from harness.checkpoint import TrialCheckpoint, save_file
-from harness.plan import Variant, trial_spec
-from harness.record import (
+from harness.protocol.checkpoint import TrialCheckpoint, save_file
+from harness.spec.plan import Variant, trial_spec
+from harness.results.record import (
     GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, learned_meta, model_artifact,
 )
 
@@ -28,17 +28,17 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
                     probe: bool = True) -> TrialRecord:
     """Run the spec the trial's config carries (resolved once, by the driver's searcher:
     `plan.with_resolved`), report progress while
-    it runs and, at the end, its metrics with its record (`harness.record`) and artifacts.
+    it runs and, at the end, its metrics with its record (`harness.results.record`) and artifacts.
 
-    `restored`: the progress an earlier attempt saved (`harness.checkpoint`), gone on from.
+    `restored`: the progress an earlier attempt saved (`harness.protocol.checkpoint`), gone on from.
     Progress is saved through `report` (a folder holding `progress.pt`) at most every
     `checkpoint_every_s` seconds (None: never). `shared_data(spec.dataset)`: the dataset
     from a copy shared by the node's trials, or None to load it here. `probe`: score the
     first model on validation after every epoch (what ASHA stops trials on; extra work)."""
     import torch
 
-    from harness.evaluate import run_trial
-    from harness.train import pick_device
+    from harness.protocol.evaluate import run_trial
+    from harness.protocol.train import pick_device
 
     torch.set_num_threads(max(1, threads))
     spec = trial_spec(config)
@@ -71,7 +71,7 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
 
 
 def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
-    """A trial's artifacts under `root`, named as `harness.record` names them: the RunSpec
+    """A trial's artifacts under `root`, named as `harness.results.record` names them: the RunSpec
     with every default filled in (so `harness run --from-run` repeats the trial even after a
     default changes), the learned dataset (tensor file with its metadata + image grid) and
     the final model weights."""
@@ -84,7 +84,7 @@ def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
         torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
                    root / LEARNED_ARTIFACT)
         if learned.x.dim() == 4:
-            from harness.images import save_grid
+            from harness.results.images import save_grid
 
             save_grid(learned.x, learned.y, root / GRID_ARTIFACT)
     for arch, state in result.weights.items():

@@ -1,6 +1,6 @@
 """Where a number came from: package versions and the state of the harness's source checkout.
 
-Every trial run is tagged with these (see `harness.tracking`): `git_sha`, `git_dirty`
+Every trial run is tagged with these (see `harness.tracking.writer`): `git_sha`, `git_dirty`
 (`true`, `false`, or `unknown` when git or the checkout is absent), `torch_version`,
 `ray_version`, `mlflow_version`, `harness_version`.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 # A file git must track for the checkout to count as the harness's own: an installed copy
 # inside some other repository (a venv in a project's tree) must not report that repo's sha.
-PACKAGE_FILE = Path(__file__).resolve().with_name("__init__.py")
+PACKAGE_FILE = Path(__file__).resolve().parents[1] / "__init__.py"  # harness/__init__.py
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

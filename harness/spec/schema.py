@@ -2,7 +2,7 @@
 
 `RunSpec` describes one trial: a dataset, a threat model, one method with its settings, the
 training recipe of model-producing methods and the evaluation protocol. A sweep spec (see
-`harness.sweep`) resolves to one `RunSpec` per trial.
+`harness.sweep.driver`) resolves to one `RunSpec` per trial.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import HarnessInputError
-from harness.models import check_arch_settings
-from harness.train import AUGMENTS, TrainConfig
+from harness.protocol.models import check_arch_settings
+from harness.protocol.train import AUGMENTS, TrainConfig
 
 
 # Seeds seed torch.Generator, whose seeds are 64-bit: keep them in the signed range every
@@ -80,7 +80,7 @@ class ThreatSpec(Strict):
     alpha: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # None: 2.5 * eps / steps
     restarts: int = Field(2, ge=1, le=100)
     loss: Literal["ce", "margin"] = "ce"
-    # The ranked robust metric, on the test split (see harness.autoattack): `standard` is the
+    # The ranked robust metric, on the test split (see harness.protocol.autoattack): `standard` is the
     # reference ensemble (RobustBench's); `fast` (APGD-CE + APGD-T) is for searches and demos
     # and is labelled as such everywhere; `off` leaves the column empty. true/false read as
     # standard/off.
@@ -143,7 +143,7 @@ class EvalSpec(Strict):
     # momentum 0.9, lr x0.1 at half). None: as many optimiser steps as `train.epochs` epochs
     # on the full training set, between train.epochs and the reference code's budget: 300
     # epochs over the learned set, 1000 for a set evaluated with its DSA augmentation
-    # (harness.evaluate.eval_epochs). A value given here applies to every set.
+    # (harness.protocol.evaluate.eval_epochs). A value given here applies to every set.
     epochs: int | None = Field(None, ge=1, le=100_000)
     lr: float = Field(0.01, gt=0.0, le=10.0)
     batch_size: int = Field(256, ge=1)
@@ -154,7 +154,7 @@ class EvalSpec(Strict):
     val_autoattack: Literal["standard", "fast", "off"] = "off"
     # Keyword settings of architectures, for every network built in a trial (evaluation
     # models, a method's own networks): {convnet: {depth: 4}, mlp: {hidden: 512}}; the keys
-    # are the keyword parameters of the arch's builder (harness/models.py).
+    # are the keyword parameters of the arch's builder (harness/protocol/models.py).
     arch_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("arch_settings")
@@ -449,7 +449,7 @@ class SweepSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     repeats: int = Field(0, ge=0, le=100)  # extra seeds of each variant's best configuration
     max_failures: int = Field(2, ge=0, le=100)  # retries of a failing trial
-    # A trial saves its progress (harness.checkpoint) at most this often, in seconds, so a
+    # A trial saves its progress (harness.protocol.checkpoint) at most this often, in seconds, so a
     # retry or `--resume` goes on from there; 0: at every epoch / learning checkpoint;
     # null: never. Each save writes the model in training (and a learned set) to storage.
     checkpoint_every_s: float | None = Field(600.0, ge=0.0)

@@ -1,9 +1,9 @@
-"""Attacks: FGSM and PGD (Linf, L2) and accuracy helpers. AutoAttack: `harness.autoattack`;
-gradient-masking checks: `harness.masking`.
+"""Attacks: FGSM and PGD (Linf, L2) and accuracy helpers. AutoAttack: `harness.protocol.autoattack`;
+gradient-masking checks: `harness.protocol.masking`.
 
 Conventions shared by every function here:
 
-- the model sees raw inputs (normalisation lives inside the model, see `harness.models`);
+- the model sees raw inputs (normalisation lives inside the model, see `harness.protocol.models`);
 - `bounds` is the valid input box, (0, 1) for images; `None` means unbounded features
   (the `synthetic-robust` dataset) and nothing is clamped;
 - an `nn.Module` left in training mode is refused (`AttackModeError`): BatchNorm and dropout
