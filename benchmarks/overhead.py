@@ -80,7 +80,8 @@ def ray_start_stop() -> float:
 
 def mlflow_logging(n: int, folder: Path) -> float:
     """N trial records (open, params, progress, final metrics and tags, artifacts, finish)."""
-    from harness.tracking.writer import Tracker, connect
+    from harness.tracking.store import connect
+    from harness.tracking.writer import Tracker
 
     art = folder / "art"
     (art / "model").mkdir(parents=True)

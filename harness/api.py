@@ -206,9 +206,9 @@ def load_weights(run_id: str, arch: str, tracking_uri: str | None = None) -> dic
 
 def _download(run_id: str, artifact: str, tracking_uri: str | None, folder: str, *,
               what: str, hint: str) -> str:
-    from harness.tracking import writer as tracking
+    from harness.tracking.store import connect
 
-    client = tracking.connect(tracking_uri)
+    client = connect(tracking_uri)
     try:
         return client.download_artifacts(run_id, artifact, folder)
     except Exception as exc:  # noqa: BLE001 (an unknown run or a run without the artifact)

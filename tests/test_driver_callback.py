@@ -14,8 +14,9 @@ from types import SimpleNamespace
 from harness.spec.schema import build_sweep_spec
 from harness.spec.plan import RESOLVED_KEY, make_plan, with_resolved
 from harness.sweep.progress import SweepProgress, VariantProgress
-from harness.sweep.driver import DriverCallback, PhaseContext, _serving
-from harness.tracking.writer import Tracker, connect
+from harness.sweep.callback import DriverCallback, PhaseContext, _serving
+from harness.tracking.store import connect
+from harness.tracking.writer import Tracker
 
 
 def fake_trial(trial_id: str, failures: int = 0, number: int = 0):
@@ -104,7 +105,7 @@ def test_a_variant_starts_only_when_those_before_it_have_a_trial_running():
 
     import pytest
 
-    from harness.sweep.driver import Turnstile
+    from harness.sweep.callback import Turnstile
 
     gate = Turnstile(["rdl", "dc", "erm"])
     started = []

@@ -32,7 +32,8 @@ from harness.board.leaderboard import build_records, load_records
 from harness.board.report import render
 from harness.board.plots import pareto_front
 from harness.tracking.reader import RunData
-from harness.tracking.writer import Tracker, connect
+from harness.tracking.store import connect
+from harness.tracking.writer import Tracker
 
 SWEEP = "lb-test"
 ARCHS = ("mlp", "convnet")

@@ -42,7 +42,8 @@ def test_same_spec_and_seed_give_identical_metrics(method):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A store with a sweep parent, a trial that recorded its spec and one that did not."""
-    from harness.tracking.writer import Tracker, connect
+    from harness.tracking.store import connect
+    from harness.tracking.writer import Tracker
 
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     uri = f"sqlite:///{path}"

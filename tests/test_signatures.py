@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 KEYWORDS_AFTER = {
     ("harness/protocol/evaluate.py", "summarise"): 2,  # spec, method
     ("harness/cli/trial.py", "fresh_tree"): 2,  # dataset, method
-    ("harness/sweep/driver.py", "variant_trainable"): 1,  # variant
+    ("harness/sweep/experiment.py", "variant_trainable"): 1,  # variant
 }
 
 

@@ -239,14 +239,14 @@ def test_a_password_in_a_tracking_uri_is_masked_by_ui_and_after_a_sweep(tmp_path
     stood in for: what is checked is what the command prints."""
     import harness.cli.sweeps as sweeps_cli
     import harness.sweep.driver
-    import harness.tracking.writer
+    import harness.tracking.store
 
     uri = "http://alice:s3cret@127.0.0.1:9"
     code, out = run_cli("ui", "--tracking-uri", uri)
     assert code == 2 and "s3cret" not in out and "***" in out, out
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(harness.tracking.writer, "connect", lambda uri: object())
+    monkeypatch.setattr(harness.tracking.store, "connect", lambda uri: object())
     monkeypatch.setattr(sweeps_cli, "arm_interrupt_watchdog", lambda path: None)
     monkeypatch.setattr(sweeps_cli, "show_leaderboard", lambda uri, experiment: None)
     monkeypatch.setattr(harness.sweep.driver, "run_sweep", lambda *a, **k: harness.sweep.driver.SweepOutcome(

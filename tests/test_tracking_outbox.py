@@ -11,7 +11,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from harness.tracking.writer import Tracker, connect, unavailable
+from harness.tracking.store import connect, unavailable
+from harness.tracking.writer import Tracker
 
 
 class Outage:

@@ -17,7 +17,7 @@ from harness.results.images import PAD, save_grid
 
 TRIAL = """
 import json, sys
-import harness.sweep.driver  # what the worker unpickles the trial function from
+import harness.sweep.experiment  # what the worker unpickles the trial function from
 from harness.spec.schema import build_sweep_spec
 from harness.spec.plan import make_plan, with_resolved
 from harness.sweep.trial import run_sweep_trial

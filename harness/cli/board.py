@@ -156,7 +156,7 @@ def ui(tracking_uri, port) -> None:
     import socket
     from pathlib import Path
 
-    from harness.tracking.writer import check_sqlite_store, masked, require_existing_store
+    from harness.tracking.store import check_sqlite_store, masked, require_existing_store
 
     uri = require_existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -135,13 +135,13 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
     check_fault_setting()
     if address is None:  # local run: the data must be here (on a cluster, on the workers)
         check_local_data(spec)
-    from harness.tracking import writer as tracking
+    from harness.tracking import store, writer
 
-    client = tracking.connect(tracking_uri)
+    client = store.connect(tracking_uri)
 
     def tracker_factory(resuming: bool, outbox: str):
-        parent = tracking.find_sweep_parent(client, spec.name) if resuming else None
-        return tracking.Tracker(client, spec.name, parent, outbox=outbox)
+        parent = writer.find_sweep_parent(client, spec.name) if resuming else None
+        return writer.Tracker(client, spec.name, parent, outbox=outbox)
 
     from harness.sweep.driver import run_sweep
 
@@ -154,7 +154,7 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
         # every few seconds, so finished trials are safe.
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
         os._exit(130)  # the abandoned variant threads hold no state worth waiting for
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = store.resolve_uri(tracking_uri)
     click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
                f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
     if outcome.unsent:
@@ -162,11 +162,11 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
                 f"{outcome.unsent} records (runs, metrics, tags, artifacts) are kept in "
                 f"{outcome.outbox}, nothing is lost. Once the store is back, "
                 f"`harness sweep {spec_path} --resume` logs them.")
-        err_console.print(f"[yellow]{escape(tracking.masked(note, uri))}[/yellow]",
+        err_console.print(f"[yellow]{escape(store.masked(note, uri))}[/yellow]",
                           highlight=False)
         return  # the leaderboard would read an incomplete store
     show_leaderboard(uri, outcome.experiment)
-    click.echo(tracking.masked(f"browse the runs: harness ui --tracking-uri {uri}", uri))
+    click.echo(store.masked(f"browse the runs: harness ui --tracking-uri {uri}", uri))
 
 
 INTERRUPT_GRACE_S = 45  # after Ctrl-C: time to shut Ray down before the process just exits
@@ -181,7 +181,7 @@ def arm_interrupt_watchdog(spec_path: str) -> None:
 
     def watchdog() -> None:
         time.sleep(INTERRUPT_GRACE_S)
-        from harness.sweep.driver import stop_ray
+        from harness.sweep.ray_node import stop_ray
 
         stop_ray(timeout=15)
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")

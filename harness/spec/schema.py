@@ -2,7 +2,7 @@
 
 `RunSpec` describes one trial: a dataset, a threat model, one method with its settings, the
 training recipe of model-producing methods and the evaluation protocol. A sweep spec (see
-`harness.sweep.driver`) resolves to one `RunSpec` per trial.
+`harness.sweep`) resolves to one `RunSpec` per trial.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessInputError
 from harness.results.record import SPEC_ARTIFACT
-from harness.tracking.writer import connect, require_existing_store
+from harness.tracking.store import connect, require_existing_store
 
 @dataclass(frozen=True)
 class RunData:
