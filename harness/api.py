@@ -31,9 +31,9 @@ from torch import nn
 from harness.spec.schema import RunSpec, apply_overrides, build_run_spec, load_yaml
 from harness.errors import HarnessInputError
 from harness.protocol.evaluate import (
-    TrialResult, resolve_spec, resolve_threat, run_trial, score_model as _score_model,
-    smoke_assignments,
+    TrialResult, resolve_threat, run_trial, score_model as _score_model,
 )
+from harness.spec.resolve import resolve_spec, smoke_assignments
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
 from harness.results.record import LEARNED_ARTIFACT, model_artifact
 

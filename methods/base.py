@@ -126,7 +126,7 @@ class Method:
 
     def config_for(self, dataset: str) -> MethodConfig:
         """The settings a run on `dataset` uses (methods with per-dataset tuned defaults
-        override this); `harness.protocol.evaluate.resolve_spec` records them with the trial."""
+        override this); `harness.spec.resolve.resolve_spec` records them with the trial."""
         return self.cfg
 
 

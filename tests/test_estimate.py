@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.spec.schema import build_sweep_spec
 from harness.estimate.cost import estimate_variant
-from harness.protocol.evaluate import load_data, resolve_spec, run_trial
+from harness.protocol.evaluate import load_data, run_trial
+from harness.spec.resolve import resolve_spec
 from harness.spec.plan import make_plan, resolve_trial
 
 COMMON = {

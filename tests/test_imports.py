@@ -140,3 +140,18 @@ def test_the_readme_layout_names_every_module_where_it_is():
     modules = {str(p.relative_to(REPO)) for p in (REPO / "harness").rglob("*.py")}
     assert modules - named == set(), "modules the layout does not name"
     assert named - modules == set(), "modules the layout names that do not exist"
+
+
+def test_reading_a_spec_imports_no_runtime():
+    """The spec's schema and YAML loading import neither PyTorch nor the protocol: a spec is
+    read and its structure checked before any of the runtime is loaded (values that name an
+    architecture's settings or an augmentation import the protocol to check them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.spec.schema as s\n"
+            "s.build_sweep_spec({'name': 'x', 'dataset': {'name': 'digits'}, 'methods': {'erm': {}}})\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('harness.protocol')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True).stdout
+    assert out.strip() == "[]", out

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def resolved_tree(dataset: str = "digits", method: str = "random") -> dict:
     from harness.spec.schema import build_run_spec
-    from harness.protocol.evaluate import resolve_spec
+    from harness.spec.resolve import resolve_spec
 
     spec = build_run_spec({"dataset": {"name": dataset}, "method": {"name": method}, "seed": 4})
     return resolve_spec(spec).model_dump(mode="json")

@@ -80,7 +80,8 @@ def run(dataset, method, arch, seed, assignments, smoke, as_json, device, data_r
       harness run --dataset digits --method rdl --output runs/rdl-digits
     """
     from harness.spec.schema import apply_overrides, build_run_spec
-    from harness.protocol.evaluate import resolve_spec, run_trial
+    from harness.protocol.evaluate import run_trial
+    from harness.spec.resolve import resolve_spec
 
     if from_run:
         tree = recorded_tree(from_run, tracking_uri, dataset=dataset, method=method, smoke=smoke,
@@ -130,7 +131,7 @@ def keep_outputs(output: str, spec, result) -> None:
 def fresh_tree(dataset, method, *, arch, seed, device, data_root,
                smoke) -> tuple[dict, list[str]]:
     """The spec tree of `harness run --dataset --method`, and --smoke's overrides."""
-    from harness.protocol.evaluate import smoke_assignments
+    from harness.spec.resolve import smoke_assignments
 
     if not dataset or not method:
         raise HarnessInputError("give --dataset NAME and --method NAME, or --from-run RUN_ID "

@@ -193,7 +193,7 @@ def work_key(variant) -> str:
     size (two threat models at the same steps and AutoAttack version do the same work)."""
     import json
 
-    from harness.protocol.evaluate import resolve_spec
+    from harness.spec.resolve import resolve_spec
     from harness.spec.plan import resolve_trial
 
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
@@ -254,7 +254,8 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
     """Calibrate one variant on this machine (see the module docstring); `count_only`: count
     its work with stand-in networks and time nothing. `load`: how to get the data (default
     `harness.protocol.evaluate.load_data`)."""
-    from harness.protocol.evaluate import load_data, resolve_spec
+    from harness.protocol.evaluate import load_data
+    from harness.spec.resolve import resolve_spec
     from harness.spec.plan import resolve_trial
     from harness.protocol.train import pick_device
 
@@ -284,7 +285,8 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
 
 def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
-    from harness.protocol.evaluate import downstream_config, resolve_archs, resolve_threat
+    from harness.protocol.evaluate import downstream_config, resolve_threat
+    from harness.spec.resolve import resolve_archs
     from harness.methods import DatasetMethod, MethodContext, make_method
     from harness.protocol.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -24,15 +23,14 @@ from torch import nn
 from harness.protocol import masking
 from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.protocol.autoattack import autoattack
+from harness.spec.resolve import resolve_archs, resolve_spec
 from harness.spec.schema import DatasetSpec, RunSpec, derived_seed
 from harness.datasets import (
-    DATASETS, DatasetSplits, default_eps_for, load_dataset, validate_params,
+    DatasetSplits, load_dataset,
 )
-from harness.errors import HarnessInputError
 from harness.methods import (
-    METHODS, DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
+    DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
 )
-from harness.protocol.models import IMAGE_ARCHS, MODELS
 from harness.results.record import METRIC
 from harness.protocol.checkpoint import Stage, TrialCheckpoint
 from harness.methods._augment import DSATrainAugment
@@ -107,51 +105,10 @@ class TrialResult:
         return {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
 
 
-SMOKE_DEFAULTS = [
-    # Tiny budgets: every method on any dataset in seconds on a laptop CPU.
-    "train.epochs=3",
-    "eval.models_per_arch=1",
-    "eval.epochs=20",
-    "eval.max_test=200",
-    "eval.max_val=200",
-    "threat.steps=5",
-    "threat.autoattack=fast",  # still exercised, labelled as the cheap version
-]
-
-
-def smoke_assignments(dataset: str, method: str) -> list[str]:
-    out = list(SMOKE_DEFAULTS)
-    out.append(f"eval.archs=[{DATASETS.get(dataset, field='dataset.name').default_archs[0]}]")
-    if dataset == "synthetic-robust":
-        out += ["dataset.n_train=1000", "dataset.n_test=400"]
-    else:
-        out.append("dataset.subset=20")
-    cls = METHODS.get(method, field="method.name")
-    out += [f"method.{k}={json.dumps(v)}" for k, v in cls.smoke.items()]
-    return out
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return mean, std
-
-
-def resolve_spec(spec: RunSpec) -> RunSpec:
-    """`spec` with every default decided, the one place they are: `threat.eps` from the
-    dataset (and its parameters), and the method's effective settings (its config's defaults
-    and per-dataset tuned values under the user's own). What a trial records and runs;
-    resolving a resolved spec changes nothing."""
-    if spec.dataset.name in DATASETS:  # checked here, before JSON turns a NaN into None
-        validate_params(DATASETS.get(spec.dataset.name), spec.dataset.params())
-    tree = spec.model_dump(mode="json")
-    if tree["threat"]["eps"] is None:
-        tree["threat"]["eps"] = default_eps_for(spec.dataset.name, spec.dataset.params())
-    if spec.method.name in METHODS:
-        method = make_method(spec.method.name, spec.method.params())
-        settings = method.config_for(spec.dataset.name).model_dump(mode="json")
-        tree["method"] = {"name": spec.method.name, **settings}
-    return RunSpec.model_validate(tree)
 
 
 def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
@@ -161,18 +118,6 @@ def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
         raise ValueError("resolve_threat needs a resolved spec (resolve_spec decides eps)")
     return Threat(norm=t.norm, eps=t.eps, steps=t.steps, alpha=t.alpha,
                   restarts=t.restarts, loss=t.loss)
-
-
-def resolve_archs(spec: RunSpec) -> list[str]:
-    info = DATASETS.get(spec.dataset.name)
-    archs = spec.eval.archs or list(info.default_archs)
-    for a in archs:
-        MODELS.get(a, field="eval.archs")
-        if a in IMAGE_ARCHS and not info.images:
-            raise HarnessInputError(
-                f"{a!r} is an image architecture, but {info.name!r} gives feature vectors; "
-                "use linear or mlp for it.", field="eval.archs")
-    return archs
 
 
 # Epochs the reference code trains an evaluation model on a learned set (Zhao et al.'s

@@ -19,7 +19,7 @@ from harness.spec.schema import (
 )
 from harness.spec.schema import RunSpec
 from harness.datasets import DATASETS, validate_params
-from harness.protocol.evaluate import resolve_archs, resolve_spec, smoke_assignments
+from harness.spec.resolve import resolve_archs, resolve_spec, smoke_assignments
 from harness.methods import make_method
 
 SMOKE_MAX_TRIALS = 2
@@ -152,7 +152,7 @@ RESOLVED_KEY = "resolved_spec"
 def resolve_trial(variant: Variant, config: dict[str, Any]) -> RunSpec:
     """The resolved RunSpec of one trial, the one way a trial's settings are decided: the
     variant's tree, the searched values and seed Tune chose (`config`: spec path -> value, plus
-    `seed` for repeats), then every default (`harness.protocol.evaluate.resolve_spec`: the dataset's
+    `seed` for repeats), then every default (`harness.spec.resolve.resolve_spec`: the dataset's
     eps, the method's effective settings). A sweep runs it once per trial (`with_resolved`)."""
     config = {k: v for k, v in config.items() if k != RESOLVED_KEY}
     tree = sample_tree(variant, {k: v for k, v in config.items() if k != "seed"})

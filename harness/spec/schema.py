@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import HarnessInputError
-from harness.protocol.models import check_arch_settings
-from harness.protocol.train import AUGMENTS, TrainConfig
+
+if TYPE_CHECKING:  # the protocol's runtime (PyTorch) is imported where a value is checked
+    from harness.protocol.train import TrainConfig
 
 
 # Seeds seed torch.Generator, whose seeds are 64-bit: keep them in the signed range every
@@ -126,11 +127,15 @@ class TrainSpec(Strict):
     @field_validator("augment")
     @classmethod
     def known_augment(cls, value: str) -> str:
+        from harness.protocol.train import AUGMENTS
+
         AUGMENTS.get(value, field="train.augment")
         return value
 
     def config(self, **overrides: Any) -> TrainConfig:
         """The loop's settings; `early_stop` is the evaluation protocol's (it owns validation)."""
+        from harness.protocol.train import TrainConfig
+
         return TrainConfig(**{**self.model_dump(exclude={"early_stop"}), **overrides})
 
 
@@ -160,6 +165,8 @@ class EvalSpec(Strict):
     @field_validator("arch_settings")
     @classmethod
     def known_arch_settings(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from harness.protocol.models import check_arch_settings
+
         for arch, settings in value.items():
             check_arch_settings(arch, settings, field=f"eval.arch_settings.{arch}")
         return value
