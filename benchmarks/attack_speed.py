@@ -52,14 +52,23 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,), device=device)
     eps, alpha = 8 / 255, 2 / 255
 
-    ours = timed(lambda: pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps,
-                             random_start=False), args.repeats, device)
-    theirs_attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=args.steps, random_start=False)
+    ours = timed(
+        lambda: pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps, random_start=False),
+        args.repeats,
+        device,
+    )
+    theirs_attack = torchattacks.PGD(
+        model, eps=eps, alpha=alpha, steps=args.steps, random_start=False
+    )
     theirs = timed(lambda: theirs_attack(x, y), args.repeats, device)
-    same = torch.equal(pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps, random_start=False),
-                       theirs_attack(x, y))
-    print(f"device {device}, arch {args.arch}, input {shape}, batch {args.batch}, "
-          f"PGD-{args.steps}, torch threads {torch.get_num_threads()}")
+    same = torch.equal(
+        pgd(model, x, y, eps=eps, alpha=alpha, steps=args.steps, random_start=False),
+        theirs_attack(x, y),
+    )
+    print(
+        f"device {device}, arch {args.arch}, input {shape}, batch {args.batch}, "
+        f"PGD-{args.steps}, torch threads {torch.get_num_threads()}"
+    )
     print(f"harness pgd:      {args.batch / ours:10.1f} examples/s")
     print(f"torchattacks PGD: {args.batch / theirs:10.1f} examples/s")
     print(f"ratio (harness / torchattacks): {theirs / ours:.2f}x; identical iterates: {same}")

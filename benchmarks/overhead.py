@@ -32,8 +32,13 @@ def spec_tree(n: int, epochs: int, *, cpu: float, concurrent: int) -> dict:
         "dataset": {"name": "fashion-mnist", "subset": 300},
         "threat": {"steps": 5, "autoattack": "off"},
         "train": {"epochs": epochs},
-        "eval": {"archs": ["convnet"], "models_per_arch": 1, "max_test": 500, "max_val": 200,
-                 "arch_settings": {"convnet": {"width": 16}}},
+        "eval": {
+            "archs": ["convnet"],
+            "models_per_arch": 1,
+            "max_test": 500,
+            "max_val": 200,
+            "arch_settings": {"convnet": {"width": 16}},
+        },
         "search": {"asha": False, "max_concurrent": concurrent},
         "resources": {"cpu": cpu},
         "checkpoint_every_s": None,
@@ -45,9 +50,9 @@ def plain_loop(tree: dict) -> float:
     """Every trial of the spec, one after another, in this process (all threads)."""
     import torch
 
-    from harness.spec.schema import build_sweep_spec
     from harness.protocol.evaluate import run_trial
     from harness.spec.plan import make_plan, resolve_trial
+    from harness.spec.schema import build_sweep_spec
 
     torch.set_num_threads(CPUS)
     plan = make_plan(build_sweep_spec(tree))
@@ -61,8 +66,12 @@ def sweep(tree: dict, folder: Path) -> float:
     folder.mkdir(parents=True)
     (folder / "spec.yaml").write_text(yaml.safe_dump(tree))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "spec.yaml"],
-                          cwd=folder, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "sweep", "spec.yaml"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"the sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -105,8 +114,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter trials (about 5 s each)")
     ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="training epochs per trial (default 12, ~15 s a trial; 24: ~30 s)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs per trial (default 12, ~15 s a trial; 24: ~30 s)",
+    )
     a = ap.parse_args()
     n = a.trials or (4 if a.quick else 6)
     epochs = a.epochs or (2 if a.quick else 12)

@@ -72,15 +72,23 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.protocol.attacks import Threat, accuracy
 from harness.datasets import DatasetSplits, load_dataset
 from harness.methods import MethodContext, make_method
+from harness.protocol.attacks import Threat, accuracy
 from harness.protocol.train import TrainConfig, WorkMeter, pick_device, train_model
 
 ARCH = "convnet"
 ARCH_SETTINGS = {"width": 128, "depth": 3, "norm": "instance"}  # DC's ConvNet-3
-PAPER_RECIPE = TrainConfig(epochs=300, batch_size=256, optimizer="sgd", lr=0.01, momentum=0.9,
-                           weight_decay=5e-4, schedule="halfway", augment="none")
+PAPER_RECIPE = TrainConfig(
+    epochs=300,
+    batch_size=256,
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="halfway",
+    augment="none",
+)
 DC_NORMALISATION = (0.2861, 0.3530)  # mean, std of Fashion-MNIST in the authors' code
 
 
@@ -109,14 +117,21 @@ def full_training_pool(data: DatasetSplits) -> DatasetSplits:
 
 def context(pool: DatasetSplits, seed: int, device: torch.device) -> MethodContext:
     return MethodContext(
-        data=pool, threat=Threat("linf", pool.default_eps), train=PAPER_RECIPE, device=device,
-        generator=torch.Generator().manual_seed(seed), seed=seed, archs=[ARCH],
-        meter=WorkMeter(), arch_settings={ARCH: ARCH_SETTINGS},
+        data=pool,
+        threat=Threat("linf", pool.default_eps),
+        train=PAPER_RECIPE,
+        device=device,
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        archs=[ARCH],
+        meter=WorkMeter(),
+        arch_settings={ARCH: ARCH_SETTINGS},
     )
 
 
-def train_one(row: Row, pool: DatasetSplits, cfg: TrainConfig, seed: int,
-              device: torch.device) -> tuple[torch.nn.Module, float]:
+def train_one(
+    row: Row, pool: DatasetSplits, cfg: TrainConfig, seed: int, device: torch.device
+) -> tuple[torch.nn.Module, float]:
     """Draw the row's training set for this seed, train a fresh ConvNet-3 on it, and
     return the model with its training throughput (examples per second)."""
     ctx = context(pool, seed, device)
@@ -126,15 +141,18 @@ def train_one(row: Row, pool: DatasetSplits, cfg: TrainConfig, seed: int,
         learned = make_method("random", {"ipc": row.ipc}).learn(ctx)
         x, y = learned.x, learned.y
     model = ctx.build(ARCH, seed=seed)
-    stats = train_model(model, x, y, cfg, generator=torch.Generator().manual_seed(seed),
-                        device=device)
+    stats = train_model(
+        model, x, y, cfg, generator=torch.Generator().manual_seed(seed), device=device
+    )
     return model, cfg.epochs * len(y) / stats.seconds
 
 
 def whole_set_rate(pool: DatasetSplits, device: torch.device) -> float:
     """Examples per second of the loop on 10 full batches (for an estimate only)."""
     probe = dataclasses.replace(pool, x_train=pool.x_train[:2560], y_train=pool.y_train[:2560])
-    _, rate = train_one(ROWS["whole"], probe, dataclasses.replace(PAPER_RECIPE, epochs=1), 0, device)
+    _, rate = train_one(
+        ROWS["whole"], probe, dataclasses.replace(PAPER_RECIPE, epochs=1), 0, device
+    )
     return rate
 
 
@@ -151,9 +169,14 @@ def run_row(key: str, pool: DatasetSplits, args, device: torch.device) -> dict:
         if args.whole_epochs == 0:
             start = time.perf_counter()
             est = PAPER_RECIPE.epochs * len(pool.y_train) / whole_set_rate(pool, device)
-            return {"row": row, "accs": [], "seconds": time.perf_counter() - start,
-                    "notes": [f"skipped (timed 10 batches); paper budget ~{fmt_hours(est)} "
-                              "per model here"]}
+            return {
+                "row": row,
+                "accs": [],
+                "seconds": time.perf_counter() - start,
+                "notes": [
+                    f"skipped (timed 10 batches); paper budget ~{fmt_hours(est)} per model here"
+                ],
+            }
         cfg = dataclasses.replace(PAPER_RECIPE, epochs=args.whole_epochs)
         notes.append(f"DEPARTURE: {args.whole_epochs} of 300 epochs, not comparable")
     xt = pool.x_test[: args.max_test].to(device)
@@ -164,8 +187,11 @@ def run_row(key: str, pool: DatasetSplits, args, device: torch.device) -> dict:
         model, rate = train_one(row, pool, cfg, seed, device)
         accs.append(100 * accuracy(model, xt, yt))
         rates.append(rate)
-        print(f"  {row.name}: model {k + 1}/{n_models} (seed {seed}) test {accs[-1]:.2f}%, "
-              f"{rate:.0f} img/s", flush=True)
+        print(
+            f"  {row.name}: model {k + 1}/{n_models} (seed {seed}) test {accs[-1]:.2f}%, "
+            f"{rate:.0f} img/s",
+            flush=True,
+        )
     if cfg is not PAPER_RECIPE:
         est = PAPER_RECIPE.epochs * len(pool.y_train) / statistics.fmean(rates)
         notes.append(f"paper budget ~{fmt_hours(est)} per model here")
@@ -184,8 +210,10 @@ def table_line(result: dict) -> str:
         ours = f"{mean:.1f} ± {std:.1f} (n={len(accs)})"
         inside = "yes" if abs(mean - pub_mean) <= 2 * pub_std else "no"
     wall = f"{result['seconds']:.0f} s"
-    return (f"| {row.name:<18} | {ours:<18} | {published:<11} | {inside:<6} | {wall:>7} | "
-            f"{'; '.join(result['notes'])} |")
+    return (
+        f"| {row.name:<18} | {ours:<18} | {published:<11} | {inside:<6} | {wall:>7} | "
+        f"{'; '.join(result['notes'])} |"
+    )
 
 
 def machine(device: torch.device) -> str:
@@ -198,15 +226,22 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="5 / 3 / 1 models, 2000 test images; the whole set is estimated "
-                         "and skipped on CPU, trained 5 epochs on CUDA")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 / 3 / 1 models, 2000 test images; the whole set is estimated "
+        "and skipped on CPU, trained 5 epochs on CUDA",
+    )
     ap.add_argument("--models", type=int, default=None, help="models per row (default 5)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--rows", default="ipc1,ipc10,whole")
-    ap.add_argument("--whole-epochs", type=int, default=None,
-                    help="epochs of the whole-set row (300 = paper; 0 = estimate and skip)")
+    ap.add_argument(
+        "--whole-epochs",
+        type=int,
+        default=None,
+        help="epochs of the whole-set row (300 = paper; 0 = estimate and skip)",
+    )
     ap.add_argument("--max-test", type=int, default=None, help="test images (default all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -226,12 +261,16 @@ def main() -> None:
     mean, std = (float(v) for v in pool.channel_stats())
     n_test = len(pool.y_test[: args.max_test])
     print(f"machine: {machine(device)}")
-    print(f"training pool: official training set, {len(pool.y_train)} images (harness train + "
-          f"val splits joined); normalisation in the model: mean {mean:.4f} std {std:.4f} "
-          f"(DC code: {DC_NORMALISATION[0]} / {DC_NORMALISATION[1]})")
-    print(f"test: {n_test} of {len(pool.y_test)} official test images; recipe: ConvNet-3 "
-          f"width 128 instance norm, SGD lr 0.01 m 0.9 wd 5e-4, batch 256, 300 epochs, "
-          f"lr x0.1 at 150")
+    print(
+        f"training pool: official training set, {len(pool.y_train)} images (harness train + "
+        f"val splits joined); normalisation in the model: mean {mean:.4f} std {std:.4f} "
+        f"(DC code: {DC_NORMALISATION[0]} / {DC_NORMALISATION[1]})"
+    )
+    print(
+        f"test: {n_test} of {len(pool.y_test)} official test images; recipe: ConvNet-3 "
+        f"width 128 instance norm, SGD lr 0.01 m 0.9 wd 5e-4, batch 256, 300 epochs, "
+        f"lr x0.1 at 150"
+    )
     results = [run_row(k, pool, args, device) for k in keys]
     print()
     print("| row                | ours (%)           | DC Table 1  | in 2σ  |    wall | notes |")

@@ -23,7 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from sweep_helpers import (  # noqa: E402
-    board, kill_group, run_sweep, start_sweep, trials_by_key, wait_for,
+    board,
+    kill_group,
+    run_sweep,
+    start_sweep,
+    trials_by_key,
+    wait_for,
 )
 
 
@@ -34,7 +39,8 @@ def finished(db: Path) -> int:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
             return con.execute(
                 "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                "where t.key = 'trial_key' and r.status = 'FINISHED'").fetchone()[0]
+                "where t.key = 'trial_key' and r.status = 'FINISHED'"
+            ).fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -42,8 +48,9 @@ def finished(db: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", default=str(ROOT / "sweeps" / "quick.yaml"))
-    parser.add_argument("--kill-after", default="2,8,14",
-                        help="finished-trial counts at which the driver is killed")
+    parser.add_argument(
+        "--kill-after", default="2,8,14", help="finished-trial counts at which the driver is killed"
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     spec = Path(args.spec).resolve()
@@ -63,13 +70,18 @@ def main() -> int:
     for i, n in enumerate(int(k) for k in args.kill_after.split(",")):
         proc = start_sweep(spec, cut, *(["--resume"] if i else []), log=cut / f"run{i}.log")
         try:
-            reached = wait_for(lambda: finished(cut / "mlflow.db") >= n or proc.poll() is not None,
-                               timeout=3600, every=0.2)
+            reached = wait_for(
+                lambda: finished(cut / "mlflow.db") >= n or proc.poll() is not None,
+                timeout=3600,
+                every=0.2,
+            )
         finally:
             alive = proc.poll() is None
             kill_group(proc)
-        print(f"kill {i + 1}: at {finished(cut / 'mlflow.db')} finished trials "
-              f"({'killed' if alive else 'had ended: exit ' + str(proc.returncode)})")
+        print(
+            f"kill {i + 1}: at {finished(cut / 'mlflow.db')} finished trials "
+            f"({'killed' if alive else 'had ended: exit ' + str(proc.returncode)})"
+        )
         if not (reached and alive):
             return 1
     start = time.monotonic()
@@ -83,8 +95,10 @@ def main() -> int:
     statuses = sorted({r.info.status for r in runs.values()})
     same_trials = sorted(runs) == sorted(expected)
     same_board = board(cut, name) == board(ref, name)
-    print(f"trials: {len(runs)} recorded once each (uninterrupted: {len(expected)}), "
-          f"statuses {statuses}, same trials: {same_trials}, same leaderboard: {same_board}")
+    print(
+        f"trials: {len(runs)} recorded once each (uninterrupted: {len(expected)}), "
+        f"statuses {statuses}, same trials: {same_trials}, same leaderboard: {same_board}"
+    )
     return 0 if same_trials and same_board and statuses == ["FINISHED"] else 1
 
 

@@ -42,10 +42,17 @@ def trial(spec_json: str, shared: bool) -> dict:
     data = shared_dataset(spec) if shared else load_data(spec)
     total = sum(float(t.double().sum()) for t in (data.x_train, data.x_val, data.x_test))
     after = memory_mb()
-    return {"before": before, "after": after, "source": data.source, "checksum": total,
-            "data_mb": sum(t.numel() * t.element_size() for t in
-                           (data.x_train, data.x_val, data.x_test)) / 2**20,
-            "threads": torch.get_num_threads()}
+    return {
+        "before": before,
+        "after": after,
+        "source": data.source,
+        "checksum": total,
+        "data_mb": sum(
+            t.numel() * t.element_size() for t in (data.x_train, data.x_val, data.x_test)
+        )
+        / 2**20,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -60,21 +67,30 @@ def main() -> None:
         results = {}
         for shared in (False, True):
             caches = start_caches() if shared else []
-            results[shared] = ray.get([trial.remote(spec.model_dump_json(), shared)
-                                       for _ in range(a.trials)])
+            results[shared] = ray.get(
+                [trial.remote(spec.model_dump_json(), shared) for _ in range(a.trials)]
+            )
             for c in caches:
                 ray.kill(c)
     finally:
         ray.shutdown()
     own, shared = results[False], results[True]
     assert {r["checksum"] for r in own} == {r["checksum"] for r in shared}, "different data"
-    print(f"dataset {a.dataset} (subset {a.subset}): {own[0]['data_mb']:.0f} MB of inputs, "
-          f"{a.trials} trials at once")
+    print(
+        f"dataset {a.dataset} (subset {a.subset}): {own[0]['data_mb']:.0f} MB of inputs, "
+        f"{a.trials} trials at once"
+    )
     for label, rs in (("own copy", own), ("node-shared", shared)):
-        grow = {k: statistics.mean(r["after"][k] - r["before"][k] for r in rs) for k in ("uss", "pss")}
-        print(f"{label:12s} per trial: USS +{grow['uss']:.0f} MB, PSS +{grow['pss']:.0f} MB "
-              f"(source {rs[0]['source']})")
-    uss = [statistics.mean(r["after"]["uss"] - r["before"]["uss"] for r in rs) for rs in (own, shared)]
+        grow = {
+            k: statistics.mean(r["after"][k] - r["before"][k] for r in rs) for k in ("uss", "pss")
+        }
+        print(
+            f"{label:12s} per trial: USS +{grow['uss']:.0f} MB, PSS +{grow['pss']:.0f} MB "
+            f"(source {rs[0]['source']})"
+        )
+    uss = [
+        statistics.mean(r["after"]["uss"] - r["before"]["uss"] for r in rs) for rs in (own, shared)
+    ]
     print(f"uss_ratio={uss[1] / uss[0]:.3f}")
 
 

@@ -40,8 +40,11 @@ def main() -> None:
         try:
             if not wait_for(lambda: trial_started(d / "mlflow.db"), timeout=180, every=0.5):
                 sys.exit("the sweep did not start a trial:\n" + (d / "out.log").read_text())
-            pids = [p for p in session_pids(proc.pid)
-                    if Path(f"/proc/{p}/comm").read_text().strip() == args.process]
+            pids = [
+                p
+                for p in session_pids(proc.pid)
+                if Path(f"/proc/{p}/comm").read_text().strip() == args.process
+            ]
             print(f"stopping {args.process} {pids} for {args.seconds:.0f} s", flush=True)
             for p in pids:
                 os.kill(p, signal.SIGSTOP)

@@ -54,15 +54,30 @@ def hand_loop(model, x, y, *, epochs: int, batch: int, lr: float, attack, gen) -
 def harness_loop(model, x, y, *, epochs: int, batch: int, lr: float, attack, gen) -> float:
     from harness.protocol.train import TrainConfig, WorkMeter, natural_loss, train_model
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, optimizer="sgd", momentum=0.9,
-                      weight_decay=5e-4, schedule="constant")
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="constant",
+    )
 
     def adversarial(m, xb, yb):
         return natural_loss(m, attack(m, xb, yb), yb)
 
     start = time.perf_counter()
-    train_model(model, x, y, cfg, generator=gen, device=x.device, meter=WorkMeter(),
-                loss_step=natural_loss if attack is None else adversarial)
+    train_model(
+        model,
+        x,
+        y,
+        cfg,
+        generator=gen,
+        device=x.device,
+        meter=WorkMeter(),
+        loss_step=natural_loss if attack is None else adversarial,
+    )
     synced(x.device)
     return time.perf_counter() - start
 
@@ -77,30 +92,56 @@ def compare_training(args, device, shape) -> dict[str, float]:
 
     def attack(model, xb, yb):
         model.eval()
-        out = pgd(model, xb, yb, eps=0.1, alpha=0.025, steps=args.pgd_steps, random_start=True,
-                  generator=torch.Generator(device=device).manual_seed(0))
+        out = pgd(
+            model,
+            xb,
+            yb,
+            eps=0.1,
+            alpha=0.025,
+            steps=args.pgd_steps,
+            random_start=True,
+            generator=torch.Generator(device=device).manual_seed(0),
+        )
         model.train()
         return out
 
     ratios = {}
     loops = (("hand", hand_loop), ("harness", harness_loop))
-    for name, loop in loops:  # warm-up: imports, allocator, kernels' first calls
-        loop(build_model(args.arch, shape, 10, **arch_settings(args)).to(device), x[:256],
-             y[:256], epochs=1, batch=128, lr=0.01, attack=attack, gen=torch.Generator())
+    for _name, loop in loops:  # warm-up: imports, allocator, kernels' first calls
+        loop(
+            build_model(args.arch, shape, 10, **arch_settings(args)).to(device),
+            x[:256],
+            y[:256],
+            epochs=1,
+            batch=128,
+            lr=0.01,
+            attack=attack,
+            gen=torch.Generator(),
+        )
     for label, atk, epochs in (("natural", None, 2 if args.quick else 4), ("pgd", attack, 1)):
         times = {"hand": [], "harness": []}
         for rep in range(args.repeats):  # alternate the order, so drift hits both alike
-            for name, loop in (loops if rep % 2 == 0 else loops[::-1]):
+            for name, loop in loops if rep % 2 == 0 else loops[::-1]:
                 torch.manual_seed(rep)
                 model = build_model(args.arch, shape, 10, **arch_settings(args)).to(device)
-                t = loop(model, x, y, epochs=epochs, batch=128, lr=0.01, attack=atk,
-                         gen=torch.Generator().manual_seed(rep))
+                t = loop(
+                    model,
+                    x,
+                    y,
+                    epochs=epochs,
+                    batch=128,
+                    lr=0.01,
+                    attack=atk,
+                    gen=torch.Generator().manual_seed(rep),
+                )
                 times[name].append(t)
         best = {k: min(v) for k, v in times.items()}
         ratios[label] = best["hand"] / best["harness"]
-        print(f"train {label:8s}: hand {n * epochs / best['hand']:9.1f} img/s, harness "
-              f"{n * epochs / best['harness']:9.1f} img/s, ratio {ratios[label]:.3f} "
-              f"(best of {args.repeats})")
+        print(
+            f"train {label:8s}: hand {n * epochs / best['hand']:9.1f} img/s, harness "
+            f"{n * epochs / best['harness']:9.1f} img/s, ratio {ratios[label]:.3f} "
+            f"(best of {args.repeats})"
+        )
     return ratios
 
 
@@ -123,7 +164,7 @@ def compare_pgd(args, device, shape) -> float:
     for _, fn in fns:  # warm-up
         fn()
     for rep in range(2 * args.repeats):  # alternate the order, so drift hits both alike
-        for name, fn in (fns if rep % 2 == 0 else fns[::-1]):
+        for name, fn in fns if rep % 2 == 0 else fns[::-1]:
             synced(device)
             t = time.perf_counter()
             fn()
@@ -135,9 +176,11 @@ def compare_pgd(args, device, shape) -> float:
         acc_ref = float((model(adv_ref).argmax(1) == y).float().mean())
     best = {k: min(v) for k, v in times.items()}
     ratio = best["torchattacks"] / best["harness"]
-    print(f"PGD-{steps} batch {batch}: harness {batch / best['harness']:9.1f} img/s, torchattacks "
-          f"{batch / best['torchattacks']:9.1f} img/s, ratio {ratio:.3f}; robust accuracy "
-          f"{acc_ours:.3f} vs {acc_ref:.3f}; identical iterates: {torch.equal(adv_ours, adv_ref)}")
+    print(
+        f"PGD-{steps} batch {batch}: harness {batch / best['harness']:9.1f} img/s, torchattacks "
+        f"{batch / best['torchattacks']:9.1f} img/s, ratio {ratio:.3f}; robust accuracy "
+        f"{acc_ours:.3f} vs {acc_ref:.3f}; identical iterates: {torch.equal(adv_ours, adv_ref)}"
+    )
     if abs(acc_ours - acc_ref) > 1e-6:
         print("WARNING: the two PGDs disagree on robust accuracy")
     return ratio
@@ -148,16 +191,22 @@ def compare_autoattack(args, device) -> None:
     from reference_autoattack import reference_autoattack, reference_robust_mask
 
     from harness.protocol.autoattack import robust_mask
-    from harness.spec.schema import build_run_spec
     from harness.protocol.evaluate import run_trial
+    from harness.spec.schema import build_run_spec
 
     if reference_autoattack() is None:
         print("AutoAttack: the reference (pip install pyautoattack) is not installed; skipped")
         return
     # a PGD-trained digits MLP: robust enough that every attack of the ensemble runs
-    spec = build_run_spec({"dataset": {"name": "digits"}, "method": {"name": "pgd_at", "steps": 5},
-                           "train": {"epochs": 10}, "threat": {"autoattack": "off", "steps": 1},
-                           "eval": {"archs": ["mlp"], "models_per_arch": 1}})
+    spec = build_run_spec(
+        {
+            "dataset": {"name": "digits"},
+            "method": {"name": "pgd_at", "steps": 5},
+            "train": {"epochs": 10},
+            "threat": {"autoattack": "off", "steps": 1},
+            "eval": {"archs": ["mlp"], "models_per_arch": 1},
+        }
+    )
     result = run_trial(spec)
     from harness.datasets import load_dataset
     from harness.protocol.models import build_model
@@ -170,16 +219,27 @@ def compare_autoattack(args, device) -> None:
     n = 100 if args.quick else 300
     x, y = data.x_test[:n], data.y_test[:n]
     t = time.perf_counter()
-    ours = robust_mask(model, x, y, norm="linf", eps=0.2, num_classes=10, version="standard",
-                       seed=0, bounds=data.bounds)
+    ours = robust_mask(
+        model,
+        x,
+        y,
+        norm="linf",
+        eps=0.2,
+        num_classes=10,
+        version="standard",
+        seed=0,
+        bounds=data.bounds,
+    )
     t_ours = time.perf_counter() - t
     t = time.perf_counter()
     ref = reference_robust_mask(model, x, y, norm="linf", eps=0.2)
     t_ref = time.perf_counter() - t
-    print(f"AutoAttack standard, PGD-trained digits MLP, Linf 0.2, {n} images: harness "
-          f"{float(ours.float().mean()):.3f} in {t_ours:.1f} s, reference "
-          f"{float(ref.float().mean()):.3f} in {t_ref:.1f} s; time ratio (reference/harness) "
-          f"{t_ref / t_ours:.2f}")
+    print(
+        f"AutoAttack standard, PGD-trained digits MLP, Linf 0.2, {n} images: harness "
+        f"{float(ours.float().mean()):.3f} in {t_ours:.1f} s, reference "
+        f"{float(ref.float().mean()):.3f} in {t_ref:.1f} s; time ratio (reference/harness) "
+        f"{t_ref / t_ours:.2f}"
+    )
 
 
 def arch_settings(args) -> dict:
@@ -202,8 +262,10 @@ def main() -> None:
     args.repeats = args.repeats or (3 if args.quick else 5)  # best of: a shared machine is noisy
     device = pick_device(args.device)
     shape = tuple(int(s) for s in args.shape.split(","))
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"arch {args.arch} (width {args.width}), input {shape}")
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"arch {args.arch} (width {args.width}), input {shape}"
+    )
     train = compare_training(args, device, shape)
     attack = compare_pgd(args, device, shape)
     if not args.no_autoattack:

@@ -29,8 +29,11 @@ class _CheckoutMethods:
             return None
         from importlib.util import spec_from_file_location
 
-        return spec_from_file_location(fullname, _os.path.join(self.folder, "__init__.py"),
-                                       submodule_search_locations=[self.folder])
+        return spec_from_file_location(
+            fullname,
+            _os.path.join(self.folder, "__init__.py"),
+            submodule_search_locations=[self.folder],
+        )
 
 
 def _find_checkout_methods() -> None:

@@ -28,24 +28,39 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.spec.schema import RunSpec, apply_overrides, build_run_spec, load_yaml
 from harness.errors import HarnessInputError
-from harness.protocol.evaluate import (
-    TrialResult, resolve_threat, run_trial, score_model as _score_model,
-)
-from harness.spec.resolve import resolve_spec, smoke_assignments
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
+from harness.protocol.evaluate import (
+    TrialResult,
+    resolve_threat,
+    run_trial,
+)
+from harness.protocol.evaluate import (
+    score_model as _score_model,
+)
 from harness.results.record import LEARNED_ARTIFACT, model_artifact
+from harness.spec.resolve import resolve_spec, smoke_assignments
+from harness.spec.schema import RunSpec, apply_overrides, build_run_spec, load_yaml
 
 EXTERNAL = "external"  # the method name a scored outside dataset is recorded under
 
 
-def build_spec(dataset: str, method: str, *, seed: int = 0, smoke: bool = False,
-               settings: dict[str, Any] | None = None, sections: dict[str, Any]) -> RunSpec:
+def build_spec(
+    dataset: str,
+    method: str,
+    *,
+    seed: int = 0,
+    smoke: bool = False,
+    settings: dict[str, Any] | None = None,
+    sections: dict[str, Any],
+) -> RunSpec:
     """A validated RunSpec from keyword arguments (the same tree `harness run` builds)."""
     data = sections.pop("dataset", {})
-    tree: dict[str, Any] = {"dataset": {"name": dataset, **data},
-                            "method": {"name": method, **(settings or {})}, "seed": seed}
+    tree: dict[str, Any] = {
+        "dataset": {"name": dataset, **data},
+        "method": {"name": method, **(settings or {})},
+        "seed": seed,
+    }
     for key, value in sections.items():
         tree[key] = copy.deepcopy(value)
     return build_run_spec(with_smoke(tree) if smoke else tree)
@@ -62,12 +77,21 @@ def with_smoke(tree: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides(tree, pre)
 
 
-def run(dataset: str, method: str, *, seed: int = 0, smoke: bool = False,
-        settings: dict[str, Any] | None = None, **sections: Any) -> TrialResult:
+def run(
+    dataset: str,
+    method: str,
+    *,
+    seed: int = 0,
+    smoke: bool = False,
+    settings: dict[str, Any] | None = None,
+    **sections: Any,
+) -> TrialResult:
     """One trial, as `harness run`: `settings` are the method's own (e.g. {"ipc": 10}),
     `sections` the spec's (threat={...}, eval={...}, train={...}, dataset={...})."""
-    return run_trial(build_spec(dataset, method, seed=seed, smoke=smoke, settings=settings,
-                                sections=sections), smoke=smoke)
+    return run_trial(
+        build_spec(dataset, method, seed=seed, smoke=smoke, settings=settings, sections=sections),
+        smoke=smoke,
+    )
 
 
 def run_spec(spec: RunSpec | dict[str, Any] | str | Path, *, smoke: bool = False) -> TrialResult:
@@ -79,8 +103,10 @@ def run_spec(spec: RunSpec | dict[str, Any] | str | Path, *, smoke: bool = False
     if isinstance(spec, dict):
         spec = build_run_spec(spec)
     if not isinstance(spec, RunSpec):
-        raise HarnessInputError(f"a run spec is a RunSpec, a dict or a YAML file's path, not "
-                                f"{type(spec).__name__}.", field="spec")
+        raise HarnessInputError(
+            f"a run spec is a RunSpec, a dict or a YAML file's path, not {type(spec).__name__}.",
+            field="spec",
+        )
     if smoke:
         spec = build_run_spec(with_smoke(spec.model_dump(mode="json", exclude_unset=True)))
     return run_trial(spec, smoke=smoke)
@@ -111,28 +137,43 @@ def check_set(x: torch.Tensor, y: torch.Tensor, data) -> None:
     if tuple(x.shape[1:]) != tuple(data.input_shape) or len(x) == 0:
         raise HarnessInputError(
             f"{where} has inputs of shape {tuple(x.shape)}; {data.name} needs (N, "
-            f"{', '.join(map(str, data.input_shape))}) with N >= 1.", field="x")
+            f"{', '.join(map(str, data.input_shape))}) with N >= 1.",
+            field="x",
+        )
     if len(y) != len(x):
         raise HarnessInputError(f"{where} has {len(x)} inputs but {len(y)} labels.", field="y")
     if y.dim() == 1:
         if y.dtype.is_floating_point or y.min() < 0 or y.max() >= data.num_classes:
             raise HarnessInputError(
-                f"{where} needs integer class ids in 0..{data.num_classes - 1}.", field="y")
+                f"{where} needs integer class ids in 0..{data.num_classes - 1}.", field="y"
+            )
     elif y.dim() != 2 or y.shape[1] != data.num_classes:
         raise HarnessInputError(
             f"{where} has labels of shape {tuple(y.shape)}; use class ids (N,) or class "
-            f"probabilities (N, {data.num_classes}).", field="y")
+            f"probabilities (N, {data.num_classes}).",
+            field="y",
+        )
     if not torch.isfinite(x).all():
         raise HarnessInputError(f"{where} has non-finite inputs.", field="x")
     if data.bounds is not None and (x.min() < data.bounds[0] or x.max() > data.bounds[1]):
         raise HarnessInputError(
             f"{where} has inputs in [{float(x.min()):.3g}, {float(x.max()):.3g}], outside "
-            f"{data.name}'s bounds {tuple(data.bounds)}; give unnormalised inputs.", field="x")
+            f"{data.name}'s bounds {tuple(data.bounds)}; give unnormalised inputs.",
+            field="x",
+        )
 
 
-def score_dataset(x: torch.Tensor, y: torch.Tensor, *, dataset: str, seed: int = 0,
-                  smoke: bool = False, archs: list[str] | None = None,
-                  info: dict[str, Any] | None = None, **sections: Any) -> TrialResult:
+def score_dataset(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dataset: str,
+    seed: int = 0,
+    smoke: bool = False,
+    archs: list[str] | None = None,
+    info: dict[str, Any] | None = None,
+    **sections: Any,
+) -> TrialResult:
     """Score a labelled set made elsewhere (a DC-Bench or GUARD set, a hand-built one) by the
     harness's protocol: fresh models of `archs` naturally trained on it, then attacked."""
     if archs is not None:
@@ -151,30 +192,41 @@ def load_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict[str, An
     except Exception as exc:  # noqa: BLE001 (any unreadable file is the user's input)
         raise HarnessInputError(
             f"{path} is not a tensor file torch can load safely ({type(exc).__name__}); save "
-            "a dict with torch.save({'x': inputs, 'y': labels}, path).", field="PATH") from None
+            "a dict with torch.save({'x': inputs, 'y': labels}, path).",
+            field="PATH",
+        ) from None
     if not isinstance(blob, dict) or not {"x", "y"} <= set(blob):
         raise HarnessInputError(f"{path} must hold a dict with keys 'x' and 'y'.", field="PATH")
     y = blob["soft"] if blob.get("soft") is not None else blob["y"]
     return blob["x"], y, dict(blob.get("meta") or {})
 
 
-def score_model(model: nn.Module, *, dataset: str, seed: int = 0, device: str = "cpu",
-                **sections: Any) -> dict[str, Any]:
+def score_model(
+    model: nn.Module, *, dataset: str, seed: int = 0, device: str = "cpu", **sections: Any
+) -> dict[str, Any]:
     """Clean, PGD and AutoAttack accuracy (and the masking flags) of a trained model on the
     dataset's test split, and the same on validation, as the harness scores its own models.
     The model takes raw inputs in the dataset's bounds (normalisation inside)."""
     from harness.datasets import load_dataset
 
-    spec = resolve_spec(build_spec(dataset, EXTERNAL, seed=seed,
-                                   sections={**sections, "device": device}))
+    spec = resolve_spec(
+        build_spec(dataset, EXTERNAL, seed=seed, sections={**sections, "device": device})
+    )
     ds = spec.dataset
-    data = load_dataset(ds.name, root=ds.root, download=ds.download, subset=ds.subset,
-                        val_fraction=ds.val_fraction, split_seed=ds.split_seed,
-                        params=ds.params())
+    data = load_dataset(
+        ds.name,
+        root=ds.root,
+        download=ds.download,
+        subset=ds.subset,
+        val_fraction=ds.val_fraction,
+        split_seed=ds.split_seed,
+        params=ds.params(),
+    )
     torch_device = torch.device(device)
     model = model.to(torch_device).eval()
-    return _score_model(model, data, resolve_threat(spec, data), spec, seed=seed,
-                        device=torch_device)
+    return _score_model(
+        model, data, resolve_threat(spec, data), spec, seed=seed, device=torch_device
+    )
 
 
 def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset:
@@ -183,8 +235,14 @@ def load_learned(run_id: str, tracking_uri: str | None = None) -> LearnedDataset
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = _download(run_id, LEARNED_ARTIFACT, tracking_uri, tmp, what="learned set",
-                          hint="only dataset-producing methods save one")
+        local = _download(
+            run_id,
+            LEARNED_ARTIFACT,
+            tracking_uri,
+            tmp,
+            what="learned set",
+            hint="only dataset-producing methods save one",
+        )
         x, y, meta = load_set(local)
     return LearnedDataset(x, y, info=meta)
 
@@ -198,14 +256,20 @@ def load_weights(run_id: str, arch: str, tracking_uri: str | None = None) -> dic
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = _download(run_id, model_artifact(arch), tracking_uri, tmp,
-                          what=f"weights for {arch!r}",
-                          hint="a trial keeps the first model of each evaluation architecture")
+        local = _download(
+            run_id,
+            model_artifact(arch),
+            tracking_uri,
+            tmp,
+            what=f"weights for {arch!r}",
+            hint="a trial keeps the first model of each evaluation architecture",
+        )
         return torch.load(local, map_location="cpu", weights_only=True)
 
 
-def _download(run_id: str, artifact: str, tracking_uri: str | None, folder: str, *,
-              what: str, hint: str) -> str:
+def _download(
+    run_id: str, artifact: str, tracking_uri: str | None, folder: str, *, what: str, hint: str
+) -> str:
     from harness.tracking.store import connect
 
     client = connect(tracking_uri)
@@ -215,4 +279,5 @@ def _download(run_id: str, artifact: str, tracking_uri: str | None, folder: str,
         raise HarnessInputError(
             f"run {run_id!r} has no {what} ({artifact}) in this store "
             f"({type(exc).__name__}); {hint}.",
-            field="run_id") from None
+            field="run_id",
+        ) from None

@@ -35,8 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV, MARK_ENV = "HARNESS_FAULT", "HARNESS_FAULT_MARK"
-DRIVER_POINTS = ("trial_start", "trial_record", "trial_complete", "phase_end", "sweep_end",
-                 "leaderboard")
+DRIVER_POINTS = (
+    "trial_start",
+    "trial_record",
+    "trial_complete",
+    "phase_end",
+    "sweep_end",
+    "leaderboard",
+)
 TRIAL_POINTS = ("learning", "training")
 
 # Where a trial point is passed: the method and variant of the trial this worker runs (set by
@@ -61,8 +67,10 @@ def parse(value: str) -> list[Entry]:
     for text in (part.strip() for part in value.split(",")):
         found = re.fullmatch(r"([a-z_]+)(?:@([\w.\[\]=,-]+))?(?::(\d+))?", text)
         if not found or found.group(1) not in DRIVER_POINTS + TRIAL_POINTS:
-            raise ValueError(f"{ENV}={value!r}: {text!r} is not <point>[@<where>][:<n>] with a "
-                             f"known point ({', '.join(DRIVER_POINTS + TRIAL_POINTS)})")
+            raise ValueError(
+                f"{ENV}={value!r}: {text!r} is not <point>[@<where>][:<n>] with a "
+                f"known point ({', '.join(DRIVER_POINTS + TRIAL_POINTS)})"
+            )
         n = int(found.group(3) or 1)
         if n < 1:
             raise ValueError(f"{ENV}={value!r}: the pass number of {text!r} must be 1 or more")

@@ -12,7 +12,8 @@ the same clear message at the CLI.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from harness.errors import HarnessInputError
 
@@ -27,7 +28,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered: give yours another name")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered: give yours another name"
+                )
             self._items[name] = obj
             return obj
 

@@ -15,8 +15,15 @@ import pkgutil
 
 from harness.methods._plugins import load_entry_points, load_env_plugins
 from harness.methods.base import (
-    METHODS, DatasetMethod, LearnedDataset, Method, MethodConfig, MethodContext, ModelMethod,
-    make_method, register_method,
+    METHODS,
+    DatasetMethod,
+    LearnedDataset,
+    Method,
+    MethodConfig,
+    MethodContext,
+    ModelMethod,
+    make_method,
+    register_method,
 )
 
 for _mod in pkgutil.iter_modules(__path__):
@@ -28,5 +35,14 @@ for _mod in pkgutil.iter_modules(__path__):
 load_entry_points()
 load_env_plugins(os.environ.get("HARNESS_PLUGINS", ""))
 
-__all__ = ["METHODS", "DatasetMethod", "LearnedDataset", "Method", "MethodConfig",
-           "MethodContext", "ModelMethod", "make_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "DatasetMethod",
+    "LearnedDataset",
+    "Method",
+    "MethodConfig",
+    "MethodContext",
+    "ModelMethod",
+    "make_method",
+    "register_method",
+]

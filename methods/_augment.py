@@ -26,7 +26,7 @@ inputs (the harness normalises inside the model) rather than on normalised tenso
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +197,9 @@ def evaluation_augment(learned_with: SiameseAugment | None) -> DSATrainAugment |
     return None if learned_with is None else DSATrainAugment("_".join(learned_with.names))
 
 
-def maybe_augment(enabled: bool, strategy: str, generator: torch.Generator, is_image: bool) -> SiameseAugment | None:
+def maybe_augment(
+    enabled: bool, strategy: str, generator: torch.Generator, is_image: bool
+) -> SiameseAugment | None:
     """A DSA augmenter when asked for and the data are images (feature vectors get none)."""
     parse_strategy(strategy)  # a misspelt strategy fails on any data, not only on images
     return SiameseAugment(strategy, generator) if enabled and is_image else None

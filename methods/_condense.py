@@ -38,8 +38,17 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> 
     return total
 
 
-def natural_steps(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                  *, steps: int, batch: int, generator: torch.Generator, augment=None) -> None:
+def natural_steps(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    augment=None,
+) -> None:
     """`steps` natural SGD steps of `net` on random minibatches of the set (x, y), each
     batch optionally augmented: how the condensation loops train their network on S."""
     net.train()
@@ -100,8 +109,13 @@ def set_state(syn: NormalizedSet, opt: torch.optim.Optimizer, ctx, next_step: in
     """What a condensation loop needs to go on at `next_step` after a restart (a trial
     checkpoint's `learning` section): the set, its optimiser, the method's random stream and
     its work so far. Taken between steps, where no network is alive."""
-    return {"next_step": next_step, "z": syn.z.detach().cpu().clone(), "opt": opt.state_dict(),
-            "gen": ctx.generator.get_state(), "meter": ctx.meter.state()}
+    return {
+        "next_step": next_step,
+        "z": syn.z.detach().cpu().clone(),
+        "opt": opt.state_dict(),
+        "gen": ctx.generator.get_state(),
+        "meter": ctx.meter.state(),
+    }
 
 
 def load_set_state(saved: dict | None, syn: NormalizedSet, opt: torch.optim.Optimizer, ctx) -> int:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import HarnessInputError
 from harness.methods.base import METHODS, DatasetMethod, ModelMethod, register_method
@@ -32,8 +33,10 @@ FIX_MODULE = "fix the module or remove it from HARNESS_PLUGINS"
 # part of a Ray experiment directory, so no dots, slashes or spaces.
 METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 # `module` or `module:attribute`, optionally followed by `[extras]` (which the harness ignores).
-ENTRY_POINT_VALUE = re.compile(r"\s*(?P<module>[^\s:\[]+)\s*(?::\s*(?P<attr>[^\s\[]+)\s*)?"
-                               r"(?:\[[^\]]*\]\s*)?")
+ENTRY_POINT_VALUE = re.compile(
+    r"\s*(?P<module>[^\s:\[]+)\s*(?::\s*(?P<attr>[^\s\[]+)\s*)?"
+    r"(?:\[[^\]]*\]\s*)?"
+)
 
 Fault = Callable[[str, str | None], HarnessInputError]  # (what is wrong, the fix) -> the error
 
@@ -49,8 +52,9 @@ def import_plugin(name: str, fault: Fault, not_found_fix: str | None) -> ModuleT
     except ImportError as exc:
         raise fault(f"cannot be imported ({str(exc)[:300]})", not_found_fix) from None
     except SyntaxError as exc:
-        raise fault(f"has a syntax error ({exc.msg}, {exc.filename} line {exc.lineno})", None) \
-            from None
+        raise fault(
+            f"has a syntax error ({exc.msg}, {exc.filename} line {exc.lineno})", None
+        ) from None
     # A plugin is the user's own code and may raise anything while it runs; whatever it
     # raises is a fault in that input, reported as such rather than as a harness crash.
     except Exception as exc:  # noqa: BLE001
@@ -65,14 +69,19 @@ def load_env_plugins(spec: str) -> None:
     methods, registered with `@register_method`, without editing this package. Ray workers
     inherit the variable from the driver (on a cluster, set it in the runtime environment)."""
     for name in filter(None, (part.strip() for part in spec.split(","))):
+
         def fault(why: str, fix: str | None, name: str = name) -> HarnessInputError:
-            return HarnessInputError(f"plugin module {name!r} {why}; {fix or FIX_MODULE}.",
-                                     field="HARNESS_PLUGINS")
+            return HarnessInputError(
+                f"plugin module {name!r} {why}; {fix or FIX_MODULE}.", field="HARNESS_PLUGINS"
+            )
 
         if not dotted_name(name):
-            raise fault("is not an absolute module name (a relative name such as '.foo' or a "
-                        "file path will not do)", "name it as you would import it, e.g. "
-                        "my_methods or mypkg.methods, with its folder on PYTHONPATH")
+            raise fault(
+                "is not an absolute module name (a relative name such as '.foo' or a "
+                "file path will not do)",
+                "name it as you would import it, e.g. "
+                "my_methods or mypkg.methods, with its folder on PYTHONPATH",
+            )
         import_plugin(name, fault, "put it on PYTHONPATH or remove it from HARNESS_PLUGINS")
 
 
@@ -96,14 +105,22 @@ def load_entry_point(ep: metadata.EntryPoint) -> None:
 
     def fault(why: str, fix: str | None) -> HarnessInputError:
         # whoever runs the harness may not be the plugin's author: uninstalling always works
-        fix = f"{fix}, or uninstall the distribution" if fix else "fix the distribution or " \
-            "uninstall it"
-        return HarnessInputError(f"plugin entry point '{ep.name} = {ep.value}' (group "
-                                 f"{ENTRY_POINT_GROUP}) of {owner} {why}; {fix}{uninstall}.")
+        fix = (
+            f"{fix}, or uninstall the distribution"
+            if fix
+            else "fix the distribution or uninstall it"
+        )
+        return HarnessInputError(
+            f"plugin entry point '{ep.name} = {ep.value}' (group "
+            f"{ENTRY_POINT_GROUP}) of {owner} {why}; {fix}{uninstall}."
+        )
 
     value = ENTRY_POINT_VALUE.fullmatch(ep.value)
-    if not value or not dotted_name(value["module"]) or \
-            (value["attr"] is not None and not dotted_name(value["attr"])):
+    if (
+        not value
+        or not dotted_name(value["module"])
+        or (value["attr"] is not None and not dotted_name(value["attr"]))
+    ):
         raise fault("is not of the form 'module' or 'module:Class' (dotted Python names)", None)
     module_name, attr = value["module"], value["attr"]
 
@@ -111,37 +128,56 @@ def load_entry_point(ep: metadata.EntryPoint) -> None:
         known, fresh = set(METHODS.names()), module_name not in sys.modules
         import_plugin(module_name, fault, None)
         if fresh and set(METHODS.names()) == known:
-            raise fault("registered no method", "decorate its method classes with "
-                        "@register_method, or point the entry point at one class "
-                        "('module:Class')")
+            raise fault(
+                "registered no method",
+                "decorate its method classes with "
+                "@register_method, or point the entry point at one class "
+                "('module:Class')",
+            )
         return
 
     if not METHOD_NAME.fullmatch(ep.name):
-        raise fault(f"names the method {ep.name!r}, which is not a method name", "rename the "
-                    "entry point: a method name starts with a letter and holds only letters, "
-                    "digits, '_' and '-'")
+        raise fault(
+            f"names the method {ep.name!r}, which is not a method name",
+            "rename the "
+            "entry point: a method name starts with a letter and holds only letters, "
+            "digits, '_' and '-'",
+        )
     obj: Any = import_plugin(module_name, fault, None)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise fault(f"names {attr!r}, which module {module_name!r} does not define", None)
         obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, (ModelMethod, DatasetMethod))
-            and obj not in (ModelMethod, DatasetMethod)):
-        what = f"the class {obj.__name__}" if isinstance(obj, type) else \
-            f"a {type(obj).__name__}"
-        raise fault(f"points at {what}, not a method", "point it at a subclass of "
-                    "harness.methods.ModelMethod or DatasetMethod (or at a module whose "
-                    "methods are registered with @register_method)")
+    if not (
+        isinstance(obj, type)
+        and issubclass(obj, (ModelMethod, DatasetMethod))
+        and obj not in (ModelMethod, DatasetMethod)
+    ):
+        what = f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        raise fault(
+            f"points at {what}, not a method",
+            "point it at a subclass of "
+            "harness.methods.ModelMethod or DatasetMethod (or at a module whose "
+            "methods are registered with @register_method)",
+        )
 
     if ep.name in METHODS and METHODS.get(ep.name) is obj:
         return  # its own @register_method already registered it under this name
     if obj.name in METHODS and METHODS.get(obj.name) is obj:
-        raise fault(f"names the method {ep.name!r}, but its class is registered as "
-                    f"{obj.name!r} by @register_method", "use one name for both")
+        raise fault(
+            f"names the method {ep.name!r}, but its class is registered as "
+            f"{obj.name!r} by @register_method",
+            "use one name for both",
+        )
     if ep.name in METHODS:
         other = METHODS.get(ep.name)
-        whose = ("a built-in method" if other.__module__.startswith("harness.methods.")
-                 else f"{other.__module__}.{other.__qualname__}")
-        raise fault(f"names the method {ep.name!r}, which is already taken by {whose}",
-                    "give the entry point another name")
+        whose = (
+            "a built-in method"
+            if other.__module__.startswith("harness.methods.")
+            else f"{other.__module__}.{other.__qualname__}"
+        )
+        raise fault(
+            f"names the method {ep.name!r}, which is already taken by {whose}",
+            "give the entry point another name",
+        )
     register_method(ep.name)(obj)

@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
-from harness.protocol.attacks import Bounds, accuracy, pgd, robust_accuracy
 from harness.datasets import DatasetSplits
+from harness.protocol.attacks import Bounds, accuracy, pgd, robust_accuracy
 from harness.protocol.train import TrainConfig, train_model
 
 Init = Literal["real", "noise"]
@@ -23,7 +23,9 @@ def draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
-def class_balanced_indices(labels: torch.Tensor, per_class: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def class_balanced_indices(
+    labels: torch.Tensor, per_class: int, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """`per_class` indices of each class in class order; drawn without replacement while the
     class has enough examples, topped up with replacement otherwise (tiny subsets)."""
     picks = []
@@ -33,7 +35,9 @@ def class_balanced_indices(labels: torch.Tensor, per_class: int, num_classes: in
             raise ValueError(f"class {c} has no training examples to initialise from")
         order = idx[torch.randperm(idx.numel(), generator=generator)]
         if order.numel() < per_class:
-            extra = idx[torch.randint(0, idx.numel(), (per_class - order.numel(),), generator=generator)]
+            extra = idx[
+                torch.randint(0, idx.numel(), (per_class - order.numel(),), generator=generator)
+            ]
             order = torch.cat([order, extra])
         picks.append(order[:per_class])
     return torch.cat(picks)
@@ -44,7 +48,9 @@ def indices_by_class(labels: torch.Tensor, num_classes: int) -> list[torch.Tenso
     return [(labels == c).nonzero().flatten() for c in range(num_classes)]
 
 
-def noise_like(x_real: torch.Tensor, n: int, bounds: Bounds, generator: torch.Generator) -> torch.Tensor:
+def noise_like(
+    x_real: torch.Tensor, n: int, bounds: Bounds, generator: torch.Generator
+) -> torch.Tensor:
     """`n` noise inputs: uniform in the box for bounded data, otherwise Gaussian with the
     real data's per-feature mean and standard deviation (so the scale is right)."""
     shape = (n, *x_real.shape[1:])
@@ -100,23 +106,36 @@ class RowOptimizer:
     its own step count (lazy Adam), so rows that got no gradient stay where they are.
     """
 
-    def __init__(self, shape: torch.Size, *, kind: Literal["adam", "sgd"], lr: float, momentum: float = 0.5,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, device: torch.device | None = None):
+    def __init__(
+        self,
+        shape: torch.Size,
+        *,
+        kind: Literal["adam", "sgd"],
+        lr: float,
+        momentum: float = 0.5,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        device: torch.device | None = None,
+    ):
         self.kind, self.lr, self.momentum, self.betas, self.eps = kind, lr, momentum, betas, eps
         self.m = torch.zeros(shape, device=device)
         self.v = torch.zeros(shape, device=device) if kind == "adam" else None
         self.t = torch.zeros(shape[0], device=device)
 
     def state_dict(self) -> dict[str, torch.Tensor | None]:
-        return {k: None if t is None else t.detach().cpu().clone()
-                for k, t in (("m", self.m), ("v", self.v), ("t", self.t))}
+        return {
+            k: None if t is None else t.detach().cpu().clone()
+            for k, t in (("m", self.m), ("v", self.v), ("t", self.t))
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
         for k in ("m", "v", "t"):
             if state[k] is not None:
                 setattr(self, k, state[k].to(self.m.device))
 
-    def step(self, target: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float | None = None) -> None:
+    def step(
+        self, target: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float | None = None
+    ) -> None:
         """target[rows] -= update(grad); `grad` has one row per index in `rows` (unique);
         `lr` overrides the learning rate for this step (schedules)."""
         lr = self.lr if lr is None else lr
@@ -153,12 +172,28 @@ def robust_probe(
     """Clean and PGD accuracy on `n_val` validation examples of `net` (fresh, passed in)
     after `steps` full-batch natural SGD steps on the synthetic set: a quick progress signal,
     not the harness's evaluation."""
-    cfg = TrainConfig(epochs=steps, batch_size=x_syn.shape[0], optimizer="sgd", lr=lr,
-                      momentum=0.9, weight_decay=5e-4, schedule="constant")
+    cfg = TrainConfig(
+        epochs=steps,
+        batch_size=x_syn.shape[0],
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="constant",
+    )
     train_model(net, x_syn.detach(), y_syn.detach(), cfg, generator=generator, device=device)
     xv, yv = data.x_val[:n_val].to(device), data.y_val[:n_val].to(device)
 
     def attack(model, xb, yb):
-        return pgd(model, xb, yb, norm=norm, eps=eps, steps=attack_steps, bounds=data.bounds, generator=generator)
+        return pgd(
+            model,
+            xb,
+            yb,
+            norm=norm,
+            eps=eps,
+            steps=attack_steps,
+            bounds=data.bounds,
+            generator=generator,
+        )
 
     return accuracy(net, xv, yv), robust_accuracy(net, xv, yv, attack)

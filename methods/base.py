@@ -13,20 +13,21 @@ to seconds for `--smoke` runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from harness.protocol.attacks import Threat
-from harness.protocol.checkpoint import Stage, TrialCheckpoint
 from harness.datasets import DatasetSplits
 from harness.errors import HarnessInputError
+from harness.protocol.attacks import Threat
+from harness.protocol.checkpoint import Stage, TrialCheckpoint
 from harness.protocol.models import build_model
-from harness.registry import Registry
 from harness.protocol.train import Augment, LossStep, TrainConfig, WorkMeter
+from harness.registry import Registry
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -45,7 +46,8 @@ def _at_most_max_per_class(value: int) -> int:
     if value > MAX_PER_CLASS:
         raise ValueError(
             f"at most {MAX_PER_CLASS} examples per class: no built-in dataset has more in a "
-            "class, so a larger set would only repeat examples and could exhaust memory")
+            "class, so a larger set would only repeat examples and could exhaust memory"
+        )
     return value
 
 
@@ -82,8 +84,14 @@ class MethodContext:
         mean, std = self.data.channel_stats()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = build_model(arch, self.data.input_shape, self.data.num_classes, mean=mean, std=std,
-                              **self.arch_settings.get(arch, {}))
+            net = build_model(
+                arch,
+                self.data.input_shape,
+                self.data.num_classes,
+                mean=mean,
+                std=std,
+                **self.arch_settings.get(arch, {}),
+            )
         net = net.to(self.device)
         return self.meter.watch(net, arch) if metered else net
 
@@ -169,8 +177,9 @@ def make_method(name: str, params: dict[str, Any] | None = None) -> Method:
         err = describe_validation_error(exc, prefix="method")
         keys = ", ".join(cls.Config.model_fields) or "none"
         text = str(err).removeprefix(f"{err.field}: ")
-        raise HarnessInputError(f"{text} Settings of method {name!r}: {keys}.",
-                                field=err.field) from None
+        raise HarnessInputError(
+            f"{text} Settings of method {name!r}: {keys}.", field=err.field
+        ) from None
     return cls(cfg)
 
 

@@ -9,14 +9,29 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
+from harness.methods._augment import (
+    DEFAULT_STRATEGY,
+    SiameseAugment,
+    evaluation_augment,
+    maybe_augment,
+)
 from harness.methods._condense import (
-    NormalizedSet, RealSampler, class_slice, gradient_distance, load_set_state, natural_steps,
+    NormalizedSet,
+    RealSampler,
+    class_slice,
+    gradient_distance,
+    load_set_state,
+    natural_steps,
     set_state,
 )
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
 from harness.protocol.train import count_cut
 
@@ -33,7 +48,7 @@ def loops_for(ipc: int) -> tuple[int, int]:
 class DCLoop:
     """The state of one DC run: the synthetic set, its optimiser and the data sources."""
 
-    def __init__(self, cfg: "DC.Config", ctx: MethodContext):
+    def __init__(self, cfg: DC.Config, ctx: MethodContext):
         self.cfg, self.ctx = cfg, ctx
         x, self.y = init_synthetic_set(ctx.data, cfg.ipc, cfg.init, ctx.generator)
         self.set = NormalizedSet(x, ctx.data, ctx.device)
@@ -41,7 +56,9 @@ class DCLoop:
         # SGD with momentum 0.5 on the (normalised) pixels, as the paper.
         self.opt = torch.optim.SGD([self.set.z], lr=cfg.lr_img, momentum=0.5)
         self.real = RealSampler(ctx.data, ctx.generator, ctx.device)
-        self.aug: SiameseAugment | None = maybe_augment(cfg.dsa, cfg.dsa_strategy, ctx.generator, ctx.data.is_image)
+        self.aug: SiameseAugment | None = maybe_augment(
+            cfg.dsa, cfg.dsa_strategy, ctx.generator, ctx.data.is_image
+        )
         default_outer, default_inner = loops_for(cfg.ipc)
         self.outer = cfg.outer_loop or default_outer
         self.inner = cfg.inner_loop if cfg.inner_loop is not None else default_inner
@@ -60,7 +77,9 @@ class DCLoop:
             y_syn = torch.full((x_syn.shape[0],), c, device=x_syn.device)
             g_real = torch.autograd.grad(F.cross_entropy(net(x_real), y_real), params)
             g_real = [g.detach() for g in g_real]
-            g_syn = torch.autograd.grad(F.cross_entropy(net(x_syn), y_syn), params, create_graph=True)
+            g_syn = torch.autograd.grad(
+                F.cross_entropy(net(x_syn), y_syn), params, create_graph=True
+            )
             loss = loss + gradient_distance(g_real, g_syn)
         return loss
 
@@ -73,8 +92,16 @@ class DCLoop:
 
     def train_net(self, net: nn.Module, opt: torch.optim.Optimizer) -> None:
         """`inner` SGD steps of the network on (augmented) minibatches of the synthetic set."""
-        natural_steps(net, opt, self.set.x().detach(), self.y, steps=self.inner,
-                      batch=self.cfg.batch_train, generator=self.ctx.generator, augment=self.aug)
+        natural_steps(
+            net,
+            opt,
+            self.set.x().detach(),
+            self.y,
+            steps=self.inner,
+            batch=self.cfg.batch_train,
+            generator=self.ctx.generator,
+            augment=self.aug,
+        )
 
     def iteration(self, arch: str) -> float:
         """One outer iteration: a fresh network, `outer` image steps with training between."""
@@ -126,7 +153,9 @@ class DC(DatasetMethod):
     class Config(MethodConfig):
         ipc: PerClass = 10  # synthetic inputs per class (paper: 1, 10, 50)
         init: Literal["real", "noise"] = "real"  # paper: real (noise as an ablation)
-        iterations: int = Field(1000, ge=1)  # outer iterations, one fresh network each (paper: 1000)
+        iterations: int = Field(
+            1000, ge=1
+        )  # outer iterations, one fresh network each (paper: 1000)
         lr_img: float = Field(0.1, gt=0.0)  # image learning rate, SGD momentum 0.5 (paper: 0.1)
         lr_net: float = Field(0.01, gt=0.0)  # network learning rate in the inner loop (paper: 0.01)
         batch_real: int = Field(256, ge=1)  # real examples per class per matching step (paper: 256)
@@ -147,7 +176,13 @@ class DC(DatasetMethod):
             ctx.log({"outer_loss": loop.iteration(arch)}, it)
             if it + 1 < self.cfg.iterations:
                 ctx.resume.offer(lambda: set_state(loop.set, loop.opt, ctx, it + 1))
-        info = {"ipc": self.cfg.ipc, "arch": arch, "outer_loop": loop.outer, "inner_loop": loop.inner,
-                "dsa": loop.aug is not None}
-        return LearnedDataset(loop.set.x().detach().cpu(), loop.y.cpu(), info,
-                              augment=evaluation_augment(loop.aug))
+        info = {
+            "ipc": self.cfg.ipc,
+            "arch": arch,
+            "outer_loop": loop.outer,
+            "inner_loop": loop.inner,
+            "dsa": loop.aug is not None,
+        }
+        return LearnedDataset(
+            loop.set.x().detach().cpu(), loop.y.cpu(), info, augment=evaluation_augment(loop.aug)
+        )

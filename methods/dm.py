@@ -8,13 +8,27 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.methods._augment import DEFAULT_STRATEGY, SiameseAugment, evaluation_augment, maybe_augment
+from harness.methods._augment import (
+    DEFAULT_STRATEGY,
+    SiameseAugment,
+    evaluation_augment,
+    maybe_augment,
+)
 from harness.methods._condense import (
-    NormalizedSet, RealSampler, class_slice, load_set_state, set_state,
+    NormalizedSet,
+    RealSampler,
+    class_slice,
+    load_set_state,
+    set_state,
 )
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
 from harness.protocol.train import count_cut
 
@@ -85,8 +99,14 @@ class DM(DatasetMethod):
         info = {"ipc": cfg.ipc, "arch": arch, "dsa": aug is not None}
         return LearnedDataset(syn.x().detach().cpu(), y, info, augment=evaluation_augment(aug))
 
-    def step(self, net: nn.Module, syn: NormalizedSet, real: RealSampler,
-             aug: SiameseAugment | None, ctx: MethodContext) -> torch.Tensor:
+    def step(
+        self,
+        net: nn.Module,
+        syn: NormalizedSet,
+        real: RealSampler,
+        aug: SiameseAugment | None,
+        ctx: MethodContext,
+    ) -> torch.Tensor:
         """The matching loss of one fresh network, summed over classes."""
         net.train()
         net.requires_grad_(False)  # only the images are learned

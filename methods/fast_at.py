@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from harness.protocol.attacks import pgd
 from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
+from harness.protocol.attacks import pgd
 from harness.protocol.train import LossStep, TrainConfig, soft_cross_entropy
 
 
@@ -55,8 +55,16 @@ class FastAT(ModelMethod):
         def step(model, xb, yb):
             model.eval()
             x_adv = pgd(
-                model, xb, yb, norm=threat.norm, eps=threat.eps, alpha=cfg.step_factor * threat.eps,
-                steps=1, random_start=True, bounds=bounds, generator=ctx.generator,
+                model,
+                xb,
+                yb,
+                norm=threat.norm,
+                eps=threat.eps,
+                alpha=cfg.step_factor * threat.eps,
+                steps=1,
+                random_start=True,
+                bounds=bounds,
+                generator=ctx.generator,
             )
             model.train()
             return soft_cross_entropy(model(x_adv), yb)

@@ -6,8 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from harness.protocol.attacks import pgd
 from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
+from harness.protocol.attacks import pgd
 from harness.protocol.train import LossStep, soft_cross_entropy
 
 
@@ -47,8 +47,15 @@ class PGDAT(ModelMethod):
         def step(model, xb, yb):
             model.eval()
             x_adv = pgd(
-                model, xb, yb, norm=threat.norm, eps=threat.eps, alpha=cfg.step_size,
-                steps=cfg.steps, random_start=cfg.random_start, bounds=bounds,
+                model,
+                xb,
+                yb,
+                norm=threat.norm,
+                eps=threat.eps,
+                alpha=cfg.step_size,
+                steps=cfg.steps,
+                random_start=cfg.random_start,
+                bounds=bounds,
                 generator=ctx.generator,
             )
             model.train()

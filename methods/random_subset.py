@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,6 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.func import functional_call
 
-from harness.protocol.attacks import margin_loss, pgd
 from harness.methods._synthetic_set import (
     RowOptimizer,
     clamp_to_bounds_,
@@ -22,8 +22,14 @@ from harness.methods._synthetic_set import (
     soft_label_logits,
 )
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
+from harness.protocol.attacks import margin_loss, pgd
 from harness.protocol.train import lr_factor, soft_cross_entropy
 
 Tensors = dict[str, torch.Tensor]
@@ -48,7 +54,7 @@ class NetState:
     steps: int = 0  # natural-training steps taken since initialisation
 
     @classmethod
-    def fresh(cls, net: nn.Module, arch: str) -> "NetState":
+    def fresh(cls, net: nn.Module, arch: str) -> NetState:
         params = {k: p.detach().clone() for k, p in net.named_parameters()}
         buffers = {k: b.detach().clone() for k, b in net.named_buffers()}
         return cls(net, arch, params, buffers, {k: torch.zeros_like(p) for k, p in params.items()})
@@ -64,7 +70,14 @@ class NetState:
 
 
 def unroll_sgd(
-    state: NetState, x: torch.Tensor, y: torch.Tensor, steps: int, *, lr: float, momentum: float, weight_decay: float
+    state: NetState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
 ) -> tuple[Tensors, Tensors]:
     """`steps` full-batch natural SGD steps (momentum and weight decay as torch.optim.SGD) on
     (x, y) from `state`, keeping the graph so the result is differentiable in x and y."""
@@ -189,7 +202,9 @@ class RobustDatasetLearning(DatasetMethod):
         @model_validator(mode="after")
         def _unroll_range(self):
             if self.unroll_max < self.unroll_min:
-                raise ValueError(f"unroll_max ({self.unroll_max}) must be >= unroll_min ({self.unroll_min})")
+                raise ValueError(
+                    f"unroll_max ({self.unroll_max}) must be >= unroll_min ({self.unroll_min})"
+                )
             return self
 
     # Per-dataset defaults, used for every field the user leaves unset: partly tuned on the
@@ -214,10 +229,19 @@ class RobustDatasetLearning(DatasetMethod):
         # kept because it beat 50 above), and the 100-step unroll, attack_steps 10, margin
         # attack, soft labels and 600 outer steps (the digits recipe's, compared only as a
         # whole against the d = 100 recipe's, never one by one).
-        "synthetic-robust": {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"],
-                             "reinit_every": 1, "unroll_min": 100, "unroll_max": 100,
-                             "attack_steps": 10, "attack_loss": "margin", "soft_labels": True,
-                             "outer_steps": 600},
+        "synthetic-robust": {
+            "ipc": 250,
+            "syn_batch": 512,
+            "outer_lr": 0.1,
+            "archs": ["linear"],
+            "reinit_every": 1,
+            "unroll_min": 100,
+            "unroll_max": 100,
+            "attack_steps": 10,
+            "attack_loss": "margin",
+            "soft_labels": True,
+            "outer_steps": 600,
+        },
         # The embedded 8x8 digits (Linf 0.2), scored by 100-1000 steps of natural training from
         # a fresh network. The long-lived networks that synthetic-robust needs left the outer
         # loss flat here (PGD accuracy 0.075-0.09 whatever the ipc, lr, or lifetime, the same
@@ -238,9 +262,18 @@ class RobustDatasetLearning(DatasetMethod):
         # soft_labels and outer_steps only. Untuned priors, fixed before that sweep and never
         # compared on validation: reinit_every 1 and the 100-step unroll (unroll_min/max),
         # the `linear` pool, label_lr 0.05 and attack_steps 10; ipc 10 is the comparison size.
-        "digits": {"ipc": 10, "outer_steps": 600, "reinit_every": 1, "unroll_min": 100,
-                   "unroll_max": 100, "attack_steps": 10, "attack_loss": "margin",
-                   "soft_labels": True, "label_lr": 0.05, "archs": ["linear"]},
+        "digits": {
+            "ipc": 10,
+            "outer_steps": 600,
+            "reinit_every": 1,
+            "unroll_min": 100,
+            "unroll_max": 100,
+            "attack_steps": 10,
+            "attack_loss": "margin",
+            "soft_labels": True,
+            "label_lr": 0.05,
+            "archs": ["linear"],
+        },
         # Fashion-MNIST at Linf 0.1 with a ConvNet-3 (width 32 on a CPU). The digits recipe
         # (unroll a whole 100-step run from a fresh network) is ~50x dearer per step on a
         # ConvNet; what worked instead is a middle level of 10 natural SGD steps unrolled from
@@ -255,20 +288,35 @@ class RobustDatasetLearning(DatasetMethod):
         #   150 outer steps (convnet)     ConvNet .728/PGD .316 (450 steps: PGD .392)
         # A second architecture in the pool halves the steps each gets and costs the ConvNet
         # its robustness; the MLP gains nothing in any pool (issue 10's note has the rest).
-        "fashion-mnist": {"ipc": 10, "outer_steps": 450, "reinit_every": 20, "unroll_min": 10,
-                          "unroll_max": 10, "attack_steps": 10, "attack_loss": "margin",
-                          "soft_labels": True, "archs": ["convnet"]},
+        "fashion-mnist": {
+            "ipc": 10,
+            "outer_steps": 450,
+            "reinit_every": 20,
+            "unroll_min": 10,
+            "unroll_max": 10,
+            "attack_steps": 10,
+            "attack_loss": "margin",
+            "soft_labels": True,
+            "archs": ["convnet"],
+        },
     }
 
     # Fields tuned together: setting one of them keeps the dataset's value of the other out.
     LINKED: ClassVar[tuple[frozenset, ...]] = (frozenset({"unroll_min", "unroll_max"}),)
 
     smoke: ClassVar[dict] = {
-        "ipc": 2, "outer_steps": 4, "unroll_min": 1, "unroll_max": 3, "attack_steps": 2, "real_batch": 32,
-        "probe_every": 4, "probe_steps": 5, "probe_val": 50,
+        "ipc": 2,
+        "outer_steps": 4,
+        "unroll_min": 1,
+        "unroll_max": 3,
+        "attack_steps": 2,
+        "real_batch": 32,
+        "probe_every": 4,
+        "probe_steps": 5,
+        "probe_val": 50,
     }
 
-    def config_for(self, dataset: str) -> "RobustDatasetLearning.Config":
+    def config_for(self, dataset: str) -> RobustDatasetLearning.Config:
         """This run's settings: the dataset's tuned defaults under the user's explicit ones."""
         tuned = dict(self.DATASET_DEFAULTS.get(dataset, {}))
         explicit = self.cfg.model_fields_set
@@ -296,13 +344,23 @@ class _Learner:
         x, y = init_synthetic_set(ctx.data, cfg.ipc, cfg.init, self.gen)
         self.x, self.y = x.to(dev), y.to(dev)
         self.x_real, self.y_real = ctx.data.x_train.to(dev), ctx.data.y_train.to(dev)
-        self.x_opt = RowOptimizer(self.x.shape, kind=cfg.outer_optimizer, lr=cfg.outer_lr,
-                                  momentum=cfg.outer_momentum, device=dev)
+        self.x_opt = RowOptimizer(
+            self.x.shape,
+            kind=cfg.outer_optimizer,
+            lr=cfg.outer_lr,
+            momentum=cfg.outer_momentum,
+            device=dev,
+        )
         self.label_logits = None
         if cfg.soft_labels:
             self.label_logits = soft_label_logits(self.y, ctx.data.num_classes).to(dev)
-            self.label_opt = RowOptimizer(self.label_logits.shape, kind=cfg.outer_optimizer,
-                                          lr=cfg.label_lr, momentum=cfg.outer_momentum, device=dev)
+            self.label_opt = RowOptimizer(
+                self.label_logits.shape,
+                kind=cfg.outer_optimizer,
+                lr=cfg.label_lr,
+                momentum=cfg.outer_momentum,
+                device=dev,
+            )
         self.state: NetState | None = None
         self.n_inits = 0
         self.last_probe: dict[str, float] = {}
@@ -332,9 +390,17 @@ class _Learner:
 
     def _attack(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.ctx.threat
-        return pgd(model, x, y, norm=t.norm, eps=t.eps, steps=self.cfg.attack_steps,
-                   bounds=self.ctx.data.bounds, generator=self.gen,
-                   loss_fn=margin_loss if self.cfg.attack_loss == "margin" else None)
+        return pgd(
+            model,
+            x,
+            y,
+            norm=t.norm,
+            eps=t.eps,
+            steps=self.cfg.attack_steps,
+            bounds=self.ctx.data.bounds,
+            generator=self.gen,
+            loss_fn=margin_loss if self.cfg.attack_loss == "margin" else None,
+        )
 
     # ------------------------------------------------------------------ one outer step
 
@@ -353,8 +419,15 @@ class _Learner:
             ys = F.softmax(logits, dim=1)
 
         k = self._randint(cfg.unroll_min, cfg.unroll_max)
-        params, velocity = unroll_sgd(state, xs, ys, k, lr=cfg.inner_lr, momentum=cfg.inner_momentum,
-                                      weight_decay=cfg.inner_weight_decay)
+        params, velocity = unroll_sgd(
+            state,
+            xs,
+            ys,
+            k,
+            lr=cfg.inner_lr,
+            momentum=cfg.inner_momentum,
+            weight_decay=cfg.inner_weight_decay,
+        )
         xr, yr = self._real_batch()
         x_adv = self._attack(state.model(detached(params), train=False), xr, yr)  # Danskin
         loss = F.cross_entropy(state.model(params, train=False)(x_adv), yr)
@@ -399,9 +472,18 @@ class _Learner:
         cfg, ctx = self.cfg, self.ctx
         net = ctx.build(self.archs[0], seed=draw_seed(self.probe_gen))
         clean, robust = robust_probe(
-            net, self.x, self.labels(), ctx.data, eps=ctx.threat.eps, norm=ctx.threat.norm,
-            steps=cfg.probe_steps, lr=cfg.inner_lr, n_val=cfg.probe_val,
-            attack_steps=cfg.attack_steps, generator=self.probe_gen, device=ctx.device,
+            net,
+            self.x,
+            self.labels(),
+            ctx.data,
+            eps=ctx.threat.eps,
+            norm=ctx.threat.norm,
+            steps=cfg.probe_steps,
+            lr=cfg.inner_lr,
+            n_val=cfg.probe_val,
+            attack_steps=cfg.attack_steps,
+            generator=self.probe_gen,
+            device=ctx.device,
         )
         self.last_probe = {"probe_clean_acc": clean, "probe_robust_acc": robust}
         ctx.log(dict(self.last_probe), step)
@@ -419,13 +501,20 @@ class _Learner:
         """Everything the loop needs to go on at `next_step`, taken where the next step
         starts a fresh network (so no network is part of it)."""
         return {
-            "next_step": next_step, "x": self.x.detach().cpu().clone(),
-            "label_logits": None if self.label_logits is None else self.label_logits.detach().cpu().clone(),
+            "next_step": next_step,
+            "x": self.x.detach().cpu().clone(),
+            "label_logits": None
+            if self.label_logits is None
+            else self.label_logits.detach().cpu().clone(),
             "x_opt": self.x_opt.state_dict(),
             "label_opt": self.label_opt.state_dict() if self.label_logits is not None else None,
-            "gen": self.gen.get_state(), "probe_gen": self.probe_gen.get_state(),
-            "n_inits": self.n_inits, "bad_steps": self.bad_steps, "bad_in_row": self.bad_in_row,
-            "last_probe": dict(self.last_probe), "examples": self.ctx.meter.examples,
+            "gen": self.gen.get_state(),
+            "probe_gen": self.probe_gen.get_state(),
+            "n_inits": self.n_inits,
+            "bad_steps": self.bad_steps,
+            "bad_in_row": self.bad_in_row,
+            "last_probe": dict(self.last_probe),
+            "examples": self.ctx.meter.examples,
         }
 
     def load_state_dict(self, saved: dict) -> int:
@@ -460,7 +549,14 @@ class _Learner:
                 self.probe(step + 1)
             if (step + 1) % cfg.reinit_every == 0 and step + 1 < cfg.outer_steps:
                 self.ctx.resume.offer(lambda: self.state_dict(step + 1))
-        info = {"ipc": cfg.ipc, "size": int(self.x.shape[0]), "outer_steps": cfg.outer_steps,
-                "outer_lr": cfg.outer_lr, "soft_labels": cfg.soft_labels, "archs": self.archs,
-                "skipped_steps": self.bad_steps, **self.last_probe}
+        info = {
+            "ipc": cfg.ipc,
+            "size": int(self.x.shape[0]),
+            "outer_steps": cfg.outer_steps,
+            "outer_lr": cfg.outer_lr,
+            "soft_labels": cfg.soft_labels,
+            "archs": self.archs,
+            "skipped_steps": self.bad_steps,
+            **self.last_probe,
+        }
         return LearnedDataset(self.x.detach().cpu(), self.labels().detach().cpu(), info)

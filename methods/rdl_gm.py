@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.protocol.attacks import pgd
 from harness.methods._condense import RealSampler, gradient_distance, natural_steps
 from harness.methods._synthetic_set import (
     RowOptimizer,
@@ -21,8 +20,14 @@ from harness.methods._synthetic_set import (
     robust_probe,
 )
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
+from harness.protocol.attacks import pgd
 from harness.protocol.train import count_cut
 
 
@@ -92,8 +97,15 @@ class RobustGradientMatching(DatasetMethod):
         probe_val: int = Field(500, ge=1)
 
     smoke: ClassVar[dict] = {
-        "ipc": 2, "iterations": 1, "outer_loop": 2, "inner_loop": 2, "real_batch": 16,
-        "attack_steps": 2, "probe_every": 1, "probe_steps": 5, "probe_val": 50,
+        "ipc": 2,
+        "iterations": 1,
+        "outer_loop": 2,
+        "inner_loop": 2,
+        "real_batch": 16,
+        "attack_steps": 2,
+        "probe_every": 1,
+        "probe_steps": 5,
+        "probe_val": 50,
     }
 
     def learn(self, ctx: MethodContext) -> LearnedDataset:
@@ -103,7 +115,13 @@ class RobustGradientMatching(DatasetMethod):
         probe_gen = torch.Generator().manual_seed(draw_seed(gen))
         x, y = init_synthetic_set(data, cfg.ipc, cfg.init, gen)
         x, y = x.to(dev), y.to(dev)
-        opt = RowOptimizer(x.shape, kind=cfg.outer_optimizer, lr=cfg.outer_lr, momentum=cfg.outer_momentum, device=dev)
+        opt = RowOptimizer(
+            x.shape,
+            kind=cfg.outer_optimizer,
+            lr=cfg.outer_lr,
+            momentum=cfg.outer_momentum,
+            device=dev,
+        )
         real = RealSampler(data, gen, dev)
         syn_rows = indices_by_class(y.cpu(), data.num_classes)
         probe: dict[str, float] = {}
@@ -111,14 +129,25 @@ class RobustGradientMatching(DatasetMethod):
             net = ctx.build(archs[it % len(archs)], seed=draw_seed(gen))
             loss = self._train_one_network(ctx, net, x, y, syn_rows, real, opt)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"rdl_gm matching loss is {loss} at iteration {it}; lower outer_lr")
+                raise FloatingPointError(
+                    f"rdl_gm matching loss is {loss} at iteration {it}; lower outer_lr"
+                )
             ctx.log({"outer_loss": loss}, it)
             if cfg.probe_every and (it + 1) % cfg.probe_every == 0:
                 pnet = ctx.build(archs[0], seed=draw_seed(probe_gen))
                 clean, robust = robust_probe(
-                    pnet, x, y, data, eps=ctx.threat.eps, norm=ctx.threat.norm, steps=cfg.probe_steps,
-                    lr=cfg.net_lr, n_val=cfg.probe_val, attack_steps=cfg.attack_steps,
-                    generator=probe_gen, device=dev,
+                    pnet,
+                    x,
+                    y,
+                    data,
+                    eps=ctx.threat.eps,
+                    norm=ctx.threat.norm,
+                    steps=cfg.probe_steps,
+                    lr=cfg.net_lr,
+                    n_val=cfg.probe_val,
+                    attack_steps=cfg.attack_steps,
+                    generator=probe_gen,
+                    device=dev,
                 )
                 probe = {"probe_clean_acc": clean, "probe_robust_acc": robust}
                 ctx.log(dict(probe), it + 1)
@@ -139,8 +168,15 @@ class RobustGradientMatching(DatasetMethod):
             clamp_to_bounds_(x, ctx.data.bounds)
             losses.append(float(loss.detach()))
             if ol < cfg.outer_loop - 1:
-                natural_steps(net, net_opt, x.detach(), y, steps=cfg.inner_loop,
-                              batch=cfg.net_batch, generator=ctx.generator)
+                natural_steps(
+                    net,
+                    net_opt,
+                    x.detach(),
+                    y,
+                    steps=cfg.inner_loop,
+                    batch=cfg.net_batch,
+                    generator=ctx.generator,
+                )
         return sum(losses) / len(losses)
 
     def _match_loss(self, ctx, net, params, xs, y, syn_rows, real) -> torch.Tensor:
@@ -152,7 +188,9 @@ class RobustGradientMatching(DatasetMethod):
             x_adv, y_adv = self._adversarial_batch(ctx, net, real, c)
             net.train()  # gradients with batch statistics, as natural training computes them
             g_real = torch.autograd.grad(F.cross_entropy(net(x_adv), y_adv), params)
-            g_syn = torch.autograd.grad(F.cross_entropy(net(xs[rows]), y[rows]), params, create_graph=True)
+            g_syn = torch.autograd.grad(
+                F.cross_entropy(net(xs[rows]), y[rows]), params, create_graph=True
+            )
             loss = loss + gradient_distance([g.detach() for g in g_real], list(g_syn))
         return loss
 
@@ -161,6 +199,14 @@ class RobustGradientMatching(DatasetMethod):
         yr = torch.full((xr.shape[0],), c, dtype=torch.long, device=xr.device)
         net.eval()
         t = ctx.threat
-        x_adv = pgd(net, xr, yr, norm=t.norm, eps=t.eps, steps=self.cfg.attack_steps,
-                    bounds=ctx.data.bounds, generator=ctx.generator)
+        x_adv = pgd(
+            net,
+            xr,
+            yr,
+            norm=t.norm,
+            eps=t.eps,
+            steps=self.cfg.attack_steps,
+            bounds=ctx.data.bounds,
+            generator=ctx.generator,
+        )
         return x_adv, yr

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from harness.protocol.attacks import pgd
 from harness.methods._synthetic_set import init_synthetic_set
 from harness.methods.base import (
-    DatasetMethod, LearnedDataset, MethodConfig, MethodContext, PerClass, register_method,
+    DatasetMethod,
+    LearnedDataset,
+    MethodConfig,
+    MethodContext,
+    PerClass,
+    register_method,
 )
 from harness.methods.pgd_at import PGDAT
+from harness.protocol.attacks import pgd
 from harness.protocol.train import count_cut, train_model
 
 
@@ -105,10 +111,22 @@ class RobustFeatures(DatasetMethod):
 
     def robust_model(self, ctx: MethodContext, arch: str) -> nn.Module:
         model = ctx.build(arch)
-        cfg = ctx.train if self.cfg.at_epochs is None else dataclasses.replace(ctx.train, epochs=self.cfg.at_epochs)
+        cfg = (
+            ctx.train
+            if self.cfg.at_epochs is None
+            else dataclasses.replace(ctx.train, epochs=self.cfg.at_epochs)
+        )
         loss_step = PGDAT(PGDAT.Config(steps=self.cfg.at_steps)).loss_step(ctx)
-        train_model(model, ctx.data.x_train, ctx.data.y_train, cfg, generator=ctx.generator,
-                    device=ctx.device, loss_step=loss_step, meter=ctx.meter)
+        train_model(
+            model,
+            ctx.data.x_train,
+            ctx.data.y_train,
+            cfg,
+            generator=ctx.generator,
+            device=ctx.device,
+            loss_step=loss_step,
+            meter=ctx.meter,
+        )
         return model.eval()
 
     def start_indices(self, ctx: MethodContext, n_targets: int) -> torch.Tensor:
@@ -119,8 +137,9 @@ class RobustFeatures(DatasetMethod):
             return other_indices(n, ctx.generator)
         return torch.randint(0, n, (n_targets,), generator=ctx.generator)
 
-    def match(self, ctx: MethodContext, model: nn.Module, starts: torch.Tensor,
-              targets: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def match(
+        self, ctx: MethodContext, model: nn.Module, starts: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
         """Inputs whose representation matches the targets', and the mean relative error
         ||g(x_r) - g(x)|| / ||g(x)||."""
         cfg, out, errs = self.cfg, [], []
@@ -131,8 +150,15 @@ class RobustFeatures(DatasetMethod):
                 with torch.no_grad():
                     goal = rep(targets[i : i + cfg.batch_size].to(ctx.device))
                 x_r = pgd(
-                    rep, x0, goal, norm="l2", eps=cfg.match_eps, alpha=cfg.match_step_size,
-                    steps=cfg.match_steps, random_start=False, bounds=ctx.data.bounds,
+                    rep,
+                    x0,
+                    goal,
+                    norm="l2",
+                    eps=cfg.match_eps,
+                    alpha=cfg.match_step_size,
+                    steps=cfg.match_steps,
+                    random_start=False,
+                    bounds=ctx.data.bounds,
                     loss_fn=representation_gap,
                 )
                 with torch.no_grad():

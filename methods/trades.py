@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from harness.protocol.attacks import pgd
 from harness.methods.base import MethodConfig, MethodContext, ModelMethod, register_method
+from harness.protocol.attacks import pgd
 from harness.protocol.train import LossStep, soft_cross_entropy
 
 
@@ -62,8 +62,15 @@ class TRADES(ModelMethod):
                 clean_log_p = F.log_softmax(model(xb).float(), dim=1)
             noise = torch.randn(xb.shape, generator=ctx.generator, dtype=xb.dtype)
             x_adv = pgd(
-                model, xb, clean_log_p, norm=threat.norm, eps=threat.eps, alpha=cfg.step_size,
-                steps=cfg.steps, bounds=bounds, loss_fn=lambda logits, log_p: kl_to(log_p, logits),
+                model,
+                xb,
+                clean_log_p,
+                norm=threat.norm,
+                eps=threat.eps,
+                alpha=cfg.step_size,
+                steps=cfg.steps,
+                bounds=bounds,
+                loss_fn=lambda logits, log_p: kl_to(log_p, logits),
                 init=xb + cfg.init_std * noise.to(xb.device),
             )
             model.train()

@@ -41,8 +41,14 @@ def reference_autoattack():
 def reference_robust_mask(model, x, y, *, norm: str, eps: float) -> torch.Tensor:
     """Per-example robustness under the reference's standard version, on CPU."""
     AutoAttack = reference_autoattack()
-    attack = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps,
-                        version="standard", device=str(x.device), verbose=False)
+    attack = AutoAttack(
+        model,
+        norm={"linf": "Linf", "l2": "L2"}[norm],
+        eps=eps,
+        version="standard",
+        device=str(x.device),
+        verbose=False,
+    )
     x_adv = attack.run_standard_evaluation(x, y, bs=len(x))
     with torch.no_grad():
         return model(x_adv).argmax(dim=1) == y

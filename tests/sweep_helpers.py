@@ -49,11 +49,16 @@ def sweep_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_sweep(spec: Path, cwd: Path, *extra: str, timeout: float = 600,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_sweep(
+    spec: Path, cwd: Path, *extra: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=sweep_env(env), capture_output=True,
-        text=True, timeout=timeout,
+        [*HARNESS, "sweep", str(spec), *extra],
+        cwd=cwd,
+        env=sweep_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -62,8 +67,11 @@ def start_sweep(spec: Path, cwd: Path, *extra: str, log: Path | None = None) -> 
     children and find them all by session id. `log`: where its stdout and stderr go."""
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the child owns it)
     return subprocess.Popen(
-        [*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=sweep_env(),
-        stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        [*HARNESS, "sweep", str(spec), *extra],
+        cwd=cwd,
+        env=sweep_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
         start_new_session=True,
     )
 
@@ -80,15 +88,22 @@ def kill_group(proc: subprocess.Popen) -> None:
 VOLATILE = ("seconds", "run_id")
 
 
-def run_with_fault(spec: Path, cwd: Path, fault: str | None, *extra: str,
-                   mark: Path | None = None) -> subprocess.CompletedProcess:
+def run_with_fault(
+    spec: Path, cwd: Path, fault: str | None, *extra: str, mark: Path | None = None
+) -> subprocess.CompletedProcess:
     """The driver in its own process group (so that a driver point kills Ray with it)."""
     env = sweep_env({"HARNESS_FAULT": fault} if fault else {})
     if mark is not None:
         env["HARNESS_FAULT_MARK"] = str(mark)
-    proc = subprocess.Popen([*HARNESS, "sweep", str(spec), *extra], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*HARNESS, "sweep", str(spec), *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=400)
     finally:
@@ -112,13 +127,15 @@ def board(cwd: Path, sweep: str) -> list[dict]:
     """The sweep's leaderboard records, without the figures that no two runs share."""
     from harness.board import leaderboard, report
 
-    records = leaderboard.load_records(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}",
-                                       experiment=sweep)
+    records = leaderboard.load_records(
+        tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}", experiment=sweep
+    )
 
     def steady(value):
         if isinstance(value, dict):
-            return {k: steady(v) for k, v in value.items()
-                    if not any(word in k for word in VOLATILE)}
+            return {
+                k: steady(v) for k, v in value.items() if not any(word in k for word in VOLATILE)
+            }
         if isinstance(value, list):
             return [steady(v) for v in value]
         return value
@@ -128,7 +145,6 @@ def board(cwd: Path, sweep: str) -> list[dict]:
 
 def scores(run) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if not any(w in k for w in VOLATILE)}
-
 
 
 def wait_for(predicate, timeout: float, every: float = 1.0) -> bool:
@@ -158,7 +174,7 @@ def describe(pids: list[int]) -> str:
             cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        ppid = stat[stat.rindex(")") + 2:].split()[1]
+        ppid = stat[stat.rindex(")") + 2 :].split()[1]
         lines.append(f"{pid} (parent {ppid}) {cmd.decode(errors='replace')[:160]}")
     return "\n".join(lines)
 
@@ -183,7 +199,7 @@ def _decode(hex_addr: str) -> str:
     import ipaddress
 
     raw = bytes.fromhex(hex_addr)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return str(ipaddress.ip_address(words))
 
 

@@ -23,15 +23,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from harness.protocol.attacks import Threat, pgd
 from harness.cli import main
-from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
-from harness.protocol.evaluate import run_trial
 from harness.methods import MethodContext, make_method
 from harness.methods.trades import kl_to
+from harness.protocol.attacks import Threat, pgd
+from harness.protocol.evaluate import run_trial
 from harness.protocol.train import TrainConfig, WorkMeter
+from harness.spec.schema import build_run_spec
 
 ADVERSARIAL = ("pgd_at", "trades", "fast_at")
 
@@ -113,8 +113,9 @@ def test_pgd_at_collapses_at_the_knife_edge(seed):
 
     assert synthetic_eps({"d": 100}) == pytest.approx(0.8)  # = 2p - 1 at p = 0.9
     edge = {**SYNTHETIC, "dataset": {**SYNTHETIC["dataset"], "d": 100}, "seed": seed}
-    data = load_dataset("synthetic-robust", params={k: v for k, v in edge["dataset"].items()
-                                                    if k != "name"})
+    data = load_dataset(
+        "synthetic-robust", params={k: v for k, v in edge["dataset"].items() if k != "name"}
+    )
     constant = float(max(data.y_test.float().mean(), 1 - data.y_test.float().mean()))
     collapsed = trial(edge, "pgd_at")
     assert collapsed.robust_acc <= constant + 0.03, (collapsed.robust_acc, constant)
@@ -135,7 +136,9 @@ def test_pgd_at_beats_erm_on_digits():
 # ------------------------------------------------------------------------------ cost
 
 
-@pytest.mark.parametrize("method, per_batch", [("pgd_at", 10 + 1), ("trades", 1 + 10 + 2), ("fast_at", 1 + 1)])
+@pytest.mark.parametrize(
+    "method, per_batch", [("pgd_at", 10 + 1), ("trades", 1 + 10 + 2), ("fast_at", 1 + 1)]
+)
 def test_attack_forwards_are_charged_as_work(synthetic, method, per_batch):
     """PGD-k training costs k attack forwards plus one loss forward per example: (k+1)x erm.
     TRADES adds its clean target and a second loss forward; fast AT is one attack step."""
@@ -149,8 +152,14 @@ def test_attack_forwards_are_charged_as_work(synthetic, method, per_batch):
 def context(dataset: str = "digits", **params) -> MethodContext:
     data = load_dataset(dataset, subset=5, params=params)
     return MethodContext(
-        data=data, threat=Threat("linf", data.default_eps), train=TrainConfig(), device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0), seed=0, archs=["mlp"], meter=WorkMeter(),
+        data=data,
+        threat=Threat("linf", data.default_eps),
+        train=TrainConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+        archs=["mlp"],
+        meter=WorkMeter(),
     )
 
 
@@ -205,7 +214,9 @@ def test_unknown_settings_are_rejected(method):
 @pytest.mark.parametrize("dataset", ["synthetic-robust", "digits"])
 @pytest.mark.parametrize("method", ADVERSARIAL)
 def test_smoke_run_through_the_cli(method, dataset):
-    result = CliRunner().invoke(main, ["run", "--dataset", dataset, "--method", method, "--smoke", "--json"])
+    result = CliRunner().invoke(
+        main, ["run", "--dataset", dataset, "--method", method, "--smoke", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert (out["method"], out["dataset"]) == (method, dataset)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from harness.protocol.autoattack import autoattack
+from harness.errors import HarnessInputError
 from harness.protocol.attacks import (
     AttackModeError,
     Threat,
@@ -19,7 +19,7 @@ from harness.protocol.attacks import (
     random_start,
     robust_accuracy,
 )
-from harness.errors import HarnessInputError
+from harness.protocol.autoattack import autoattack
 from harness.protocol.models import build_model
 
 EPS = 0.2  # digits' default Linf radius: natural training falls well below clean accuracy
@@ -162,7 +162,9 @@ def test_generator_makes_attack_reproducible(mlp, test_set):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
 def test_restarts_never_raise_robust_accuracy(mlp, test_set, norm, eps):
     x, y = test_set
-    attacks = [partial(pgd, norm=norm, eps=eps, steps=5, restarts=r, generator=gen(3)) for r in (1, 4)]
+    attacks = [
+        partial(pgd, norm=norm, eps=eps, steps=5, restarts=r, generator=gen(3)) for r in (1, 4)
+    ]
     accs = [robust_accuracy(mlp, x, y, attack) for attack in attacks]
     assert accs[1] <= accs[0]
 
@@ -229,4 +231,6 @@ def test_margin_loss_is_largest_wrong_minus_true_logit():
     # row 0: best wrong 5 - true 2 = 3; row 1: best wrong 0.5 - true 3 = -2.5
     assert margin_loss(logits, y).item() == pytest.approx((3.0 - 2.5) / 2)
     # the true class is excluded from the max even when it is the largest logit
-    assert margin_loss(torch.tensor([[9.0, 1.0, 4.0]]), torch.tensor([0])).item() == pytest.approx(-5.0)
+    assert margin_loss(torch.tensor([[9.0, 1.0, 4.0]]), torch.tensor([0])).item() == pytest.approx(
+        -5.0
+    )

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from harness.protocol.checkpoint import TrialCheckpoint
-from harness.spec.schema import build_run_spec
 from harness.protocol.evaluate import run_trial
+from harness.spec.schema import build_run_spec
 
 
 class Killed(Exception):
@@ -42,37 +42,78 @@ class Storage:
 
 SPECS = {
     # 2 models of an adversarially trained MLP: saves at every epoch and after each model
-    "pgd_at": {"dataset": {"name": "digits", "subset": 30}, "method": {"name": "pgd_at", "steps": 3},
-               "train": {"epochs": 4, "early_stop": True},
-               "eval": {"archs": ["mlp"], "models_per_arch": 2, "max_test": 100, "max_val": 100},
-               "threat": {"steps": 5, "autoattack": "fast"}},
+    "pgd_at": {
+        "dataset": {"name": "digits", "subset": 30},
+        "method": {"name": "pgd_at", "steps": 3},
+        "train": {"epochs": 4, "early_stop": True},
+        "eval": {"archs": ["mlp"], "models_per_arch": 2, "max_test": 100, "max_val": 100},
+        "threat": {"steps": 5, "autoattack": "fast"},
+    },
     # rdl with a short-lived network (a save point every 3 outer steps), then 2 linear models
-    "rdl": {"dataset": {"name": "digits", "subset": 30},
-            "method": {"name": "rdl", "ipc": 2, "outer_steps": 9, "reinit_every": 3,
-                       "unroll_min": 5, "unroll_max": 5, "probe_every": 0},
-            "eval": {"archs": ["linear"], "models_per_arch": 2, "epochs": 20, "max_test": 100,
-                     "max_val": 100},
-            "threat": {"steps": 5, "autoattack": "fast"}},
+    "rdl": {
+        "dataset": {"name": "digits", "subset": 30},
+        "method": {
+            "name": "rdl",
+            "ipc": 2,
+            "outer_steps": 9,
+            "reinit_every": 3,
+            "unroll_min": 5,
+            "unroll_max": 5,
+            "probe_every": 0,
+        },
+        "eval": {
+            "archs": ["linear"],
+            "models_per_arch": 2,
+            "epochs": 20,
+            "max_test": 100,
+            "max_val": 100,
+        },
+        "threat": {"steps": 5, "autoattack": "fast"},
+    },
     # the condensation loops save between iterations (DC: a network each; DM: a step each)
-    "dc": {"dataset": {"name": "digits", "subset": 30},
-           "method": {"name": "dc", "ipc": 2, "iterations": 4, "batch_real": 16, "arch": "mlp"},
-           "eval": {"archs": ["linear"], "models_per_arch": 1, "epochs": 10, "max_test": 100,
-                    "max_val": 100},
-           "threat": {"steps": 3, "autoattack": "off"}},
-    "dm": {"dataset": {"name": "digits", "subset": 30},
-           "method": {"name": "dm", "ipc": 2, "iterations": 5, "batch_real": 16, "arch": "mlp"},
-           "eval": {"archs": ["linear"], "models_per_arch": 1, "epochs": 10, "max_test": 100,
-                    "max_val": 100},
-           "threat": {"steps": 3, "autoattack": "off"}},
+    "dc": {
+        "dataset": {"name": "digits", "subset": 30},
+        "method": {"name": "dc", "ipc": 2, "iterations": 4, "batch_real": 16, "arch": "mlp"},
+        "eval": {
+            "archs": ["linear"],
+            "models_per_arch": 1,
+            "epochs": 10,
+            "max_test": 100,
+            "max_val": 100,
+        },
+        "threat": {"steps": 3, "autoattack": "off"},
+    },
+    "dm": {
+        "dataset": {"name": "digits", "subset": 30},
+        "method": {"name": "dm", "ipc": 2, "iterations": 5, "batch_real": 16, "arch": "mlp"},
+        "eval": {
+            "archs": ["linear"],
+            "models_per_arch": 1,
+            "epochs": 10,
+            "max_test": 100,
+            "max_val": 100,
+        },
+        "threat": {"steps": 3, "autoattack": "off"},
+    },
 }
 
-SCORES = ("clean_acc", "robust_acc", "autoattack_acc", "val_clean_acc", "val_robust_acc", "learn_work_epochs",
-          "train_work_epochs", "dataset_size")
+SCORES = (
+    "clean_acc",
+    "robust_acc",
+    "autoattack_acc",
+    "val_clean_acc",
+    "val_robust_acc",
+    "learn_work_epochs",
+    "train_work_epochs",
+    "dataset_size",
+)
 
 
 def scores(result) -> dict:
     out = {k: getattr(result, k) for k in SCORES}
-    out["models"] = [(m.arch, m.seed, m.clean_acc, m.robust_acc, m.kept_epoch) for m in result.models]
+    out["models"] = [
+        (m.arch, m.seed, m.clean_acc, m.robust_acc, m.kept_epoch) for m in result.models
+    ]
     return out
 
 
@@ -90,14 +131,17 @@ def uninterrupted():
     return out
 
 
-@pytest.mark.parametrize("name, kill_at", [
-    ("pgd_at", 2),   # in the first model's training (epoch 2 saved)
-    ("pgd_at", 5),   # in the second model's training, the first one scored
-    ("rdl", 1),      # mid-learning (after outer step 3)
-    ("rdl", 4),      # in the evaluation, the learned set saved
-    ("dc", 2),       # mid-learning (after iteration 2 of 4)
-    ("dm", 3),       # mid-learning (after step 3 of 5)
-])
+@pytest.mark.parametrize(
+    "name, kill_at",
+    [
+        ("pgd_at", 2),  # in the first model's training (epoch 2 saved)
+        ("pgd_at", 5),  # in the second model's training, the first one scored
+        ("rdl", 1),  # mid-learning (after outer step 3)
+        ("rdl", 4),  # in the evaluation, the learned set saved
+        ("dc", 2),  # mid-learning (after iteration 2 of 4)
+        ("dm", 3),  # mid-learning (after step 3 of 5)
+    ],
+)
 def test_a_killed_trial_resumes_where_it_was_and_ends_the_same(uninterrupted, name, kill_at):
     full, full_storage = uninterrupted[name]
     assert len(full_storage.saves) > kill_at  # the kill falls inside the run
@@ -127,7 +171,9 @@ def test_sections_name_the_stage_they_resume(uninterrupted):
     assert set(final) == {"learned", "models"} and len(final["models"]["scores"]) == 2
     for name, steps in (("dc", 4), ("dm", 5)):  # a save after every step but the last
         _, saves = uninterrupted[name]
-        learning = [torch.load(io.BytesIO(b), weights_only=True).get("learning") for b in saves.saves]
+        learning = [
+            torch.load(io.BytesIO(b), weights_only=True).get("learning") for b in saves.saves
+        ]
         assert [x["next_step"] for x in learning if x] == list(range(1, steps))
 
 

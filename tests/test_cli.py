@@ -18,9 +18,20 @@ def test_run_json_contract_on_synthetic():
     res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    for key in ("method", "dataset", "seed", "clean_acc", "robust_acc", "autoattack_acc",
-                "val_robust_acc", "learn_seconds", "train_seconds", "work_epochs", "threat",
-                "per_arch"):
+    for key in (
+        "method",
+        "dataset",
+        "seed",
+        "clean_acc",
+        "robust_acc",
+        "autoattack_acc",
+        "val_robust_acc",
+        "learn_seconds",
+        "train_seconds",
+        "work_epochs",
+        "threat",
+        "per_arch",
+    ):
         assert key in out, key
     assert out["method"] == "erm" and out["dataset"] == "synthetic-robust"
     # --smoke runs the fast AutoAttack and says so; off leaves the key present but null.
@@ -28,8 +39,17 @@ def test_run_json_contract_on_synthetic():
     assert out["autoattack_acc"] <= out["robust_acc"] + 0.05
     assert isinstance(out["masking_flags"], list)
     assert set(out["threat"]) >= {"norm", "eps"}
-    off = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json",
-                 "--set", "threat.autoattack=off")
+    off = invoke(
+        "run",
+        "--dataset",
+        "synthetic-robust",
+        "--method",
+        "erm",
+        "--smoke",
+        "--json",
+        "--set",
+        "threat.autoattack=off",
+    )
     assert json.loads(off.stdout)["autoattack_acc"] is None
     assert all({"arch", "clean_acc", "robust_acc"} <= set(a) for a in out["per_arch"])
     assert 0.0 <= out["robust_acc"] <= 1.0 and 0.0 <= out["clean_acc"] <= 1.0
@@ -43,20 +63,51 @@ def test_the_largest_seed_runs_and_ordinary_seeds_keep_their_derived_seeds():
 
     assert [derived_seed(3 * 1000 + k) for k in range(3)] == [3000, 3001, 3002]
     assert derived_seed(SEED_MAX + 1) == 0
-    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json",
-                 "--seed", str(SEED_MAX))
+    res = invoke(
+        "run",
+        "--dataset",
+        "synthetic-robust",
+        "--method",
+        "erm",
+        "--smoke",
+        "--json",
+        "--seed",
+        str(SEED_MAX),
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["seed"] == SEED_MAX
     assert [m["seed"] for m in out["models"]] == [derived_seed(SEED_MAX * 1000)]
-    small = json.loads(invoke("run", "--dataset", "synthetic-robust", "--method", "erm",
-                              "--smoke", "--json", "--seed", "3").stdout)
+    small = json.loads(
+        invoke(
+            "run",
+            "--dataset",
+            "synthetic-robust",
+            "--method",
+            "erm",
+            "--smoke",
+            "--json",
+            "--seed",
+            "3",
+        ).stdout
+    )
     assert [m["seed"] for m in small["models"]] == [3000]
 
 
 def test_set_overrides_reach_the_dataset_and_threat():
-    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke", "--json",
-                 "--set", "dataset.d=50", "--set", "threat.eps=0.25")
+    res = invoke(
+        "run",
+        "--dataset",
+        "synthetic-robust",
+        "--method",
+        "erm",
+        "--smoke",
+        "--json",
+        "--set",
+        "dataset.d=50",
+        "--set",
+        "threat.eps=0.25",
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["threat"]["eps"] == pytest.approx(0.25)
@@ -64,8 +115,18 @@ def test_set_overrides_reach_the_dataset_and_threat():
 
 def test_erm_is_vulnerable_on_synthetic_robust():
     """The vulnerability the project exists to fix: natural training is accurate but not robust."""
-    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--json",
-                 "--set", "eval.models_per_arch=1", "--set", "dataset.n_train=3000")
+    res = invoke(
+        "run",
+        "--dataset",
+        "synthetic-robust",
+        "--method",
+        "erm",
+        "--json",
+        "--set",
+        "eval.models_per_arch=1",
+        "--set",
+        "dataset.n_train=3000",
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["clean_acc"] >= 0.95
@@ -76,9 +137,11 @@ def test_erm_is_vulnerable_on_synthetic_robust():
 def test_listings(command):
     res = invoke(command)
     assert res.exit_code == 0, res.output
-    expected = {"datasets": ["synthetic-robust", "digits", "cifar10", "tinyimagenet"],
-                "archs": ["convnet", "resnet18", "vgg11", "lenet", "mlp"],
-                "methods": ["erm"]}[command]
+    expected = {
+        "datasets": ["synthetic-robust", "digits", "cifar10", "tinyimagenet"],
+        "archs": ["convnet", "resnet18", "vgg11", "lenet", "mlp"],
+        "methods": ["erm"],
+    }[command]
     for name in expected:
         assert name in res.output
 
@@ -93,7 +156,10 @@ BAD_RUNS = [
     (["--dataset", "synthetic-robust", "--method", "erm", "--set", "dataset.p=2"], "dataset.p"),
     (["--dataset", "digits", "--method", "erm", "--set", "nonsense"], "--set"),
     (["--dataset", "mnist", "--method", "erm"], "download"),
-    (["--dataset", "synthetic-robust", "--method", "erm", "--arch", "convnet"], "image architecture"),
+    (
+        ["--dataset", "synthetic-robust", "--method", "erm", "--arch", "convnet"],
+        "image architecture",
+    ),
     (["--dataset", "digits", "--method", "erm", "--device", "cuda:7"], "--device"),
 ]
 
@@ -131,22 +197,40 @@ BAD_SPECS = [
     ("name: x\ndataset: {name: nope}\nmethods: {erm: {}}\n", "nope"),
     ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ntrials: 0\n", "trials"),
     ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ncolour: red\n", "colour"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {uniform: [1, 0.1]}}}}\n",
-     "methods.erm.space.train.lr"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {gaussian: [0, 1]}}}}\n",
-     "gaussian"),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {uniform: [1, 0.1]}}}}\n",
+        "methods.erm.space.train.lr",
+    ),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {space: {train.lr: {gaussian: [0, 1]}}}}\n",
+        "gaussian",
+    ),
     ("name: x\ndataset: {name: digits}\nmethods: {random: {space: {ipcs: 3}}}\n", "ipcs"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\nresources: {gpu: -1}\n", "resources.gpu"),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {}}\nresources: {gpu: -1}\n",
+        "resources.gpu",
+    ),
     ("name: bad name\ndataset: {name: digits}\nmethods: {erm: {}}\n", "name"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {depht: 4}}}\n",
-     "eval.arch_settings.convnet.depht"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {norm: instancenorm}}}\n",
-     "eval.arch_settings.convnet.norm"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {resnet: {width: 8}}}\n",
-     "eval.arch_settings.resnet"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ntrain: {augment: flip}\n", "train.augment"),
-    ("name: x\ndataset: {name: digits}\nmethods: {erm: {space: {eval.arch_settings.mlp.hidden: 0}}}\n",
-     "eval.arch_settings.mlp.hidden"),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {depht: 4}}}\n",
+        "eval.arch_settings.convnet.depht",
+    ),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {convnet: {norm: instancenorm}}}\n",
+        "eval.arch_settings.convnet.norm",
+    ),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {}}\neval: {arch_settings: {resnet: {width: 8}}}\n",
+        "eval.arch_settings.resnet",
+    ),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {}}\ntrain: {augment: flip}\n",
+        "train.augment",
+    ),
+    (
+        "name: x\ndataset: {name: digits}\nmethods: {erm: {space: {eval.arch_settings.mlp.hidden: 0}}}\n",
+        "eval.arch_settings.mlp.hidden",
+    ),
 ]
 
 
@@ -166,11 +250,27 @@ def test_bad_specs_exit_2_naming_the_field(tmp_path, text, needle):
 
 
 def test_run_refuses_bad_arch_settings_and_augment_on_flat_data():
-    res = invoke("run", "--dataset", "digits", "--method", "erm", "--smoke",
-                 "--set", "eval.arch_settings.convnet.depth=0")
+    res = invoke(
+        "run",
+        "--dataset",
+        "digits",
+        "--method",
+        "erm",
+        "--smoke",
+        "--set",
+        "eval.arch_settings.convnet.depth=0",
+    )
     assert res.exit_code == 2 and "eval.arch_settings.convnet.depth" in res.output, res.output
-    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke",
-                 "--set", "train.augment=crop_flip")
+    res = invoke(
+        "run",
+        "--dataset",
+        "synthetic-robust",
+        "--method",
+        "erm",
+        "--smoke",
+        "--set",
+        "train.augment=crop_flip",
+    )
     assert res.exit_code == 2 and "train.augment" in res.output, res.output
     assert "Traceback" not in res.output
 
@@ -209,7 +309,16 @@ def test_help_lists_every_command_uncut_with_examples():
     out = invoke("--help").output
     listed = out.split("Commands:")[1].strip().splitlines()
     assert listed and not any(line.rstrip().endswith("...") for line in listed), out
-    for command in ("run", "sweep", "validate", "leaderboard", "ui", "datasets", "archs", "methods"):
+    for command in (
+        "run",
+        "sweep",
+        "validate",
+        "leaderboard",
+        "ui",
+        "datasets",
+        "archs",
+        "methods",
+    ):
         assert command in out
         assert "Example:" in invoke(command, "--help").output, command
 
@@ -227,8 +336,20 @@ def test_run_output_keeps_what_the_trial_made_and_never_overwrites(tmp_path):
     import yaml
 
     out = tmp_path / "kept"
-    args = ["run", "--dataset", "digits", "--method", "rdl", "--smoke", "--arch", "mlp",
-            "--set", "threat.autoattack=off", "--output", str(out)]
+    args = [
+        "run",
+        "--dataset",
+        "digits",
+        "--method",
+        "rdl",
+        "--smoke",
+        "--arch",
+        "mlp",
+        "--set",
+        "threat.autoattack=off",
+        "--output",
+        str(out),
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     spec = yaml.safe_load((out / "spec.yaml").read_text())
@@ -236,7 +357,9 @@ def test_run_output_keeps_what_the_trial_made_and_never_overwrites(tmp_path):
     assert spec["method"]["outer_steps"] == 4 and "unroll_min" in spec["method"]  # effective
     result = json.loads((out / "result.json").read_text())
     learned = torch.load(out / "dataset" / "learned.pt", weights_only=True)
-    assert learned["meta"]["method"]["name"] == "rdl" and len(learned["x"]) == result["dataset_size"]
+    assert (
+        learned["meta"]["method"]["name"] == "rdl" and len(learned["x"]) == result["dataset_size"]
+    )
     assert (out / "model" / "mlp.pt").exists()
     again = CliRunner().invoke(main, args)  # the directory holds a run now: refused, kept
     assert again.exit_code == 2 and "--output" in again.output
@@ -244,24 +367,35 @@ def test_run_output_keeps_what_the_trial_made_and_never_overwrites(tmp_path):
 
 
 def test_a_trial_reports_its_learning_steps_and_models():
-    from harness.spec.schema import build_run_spec
     from harness.protocol.evaluate import run_trial
+    from harness.spec.schema import build_run_spec
 
     seen: list[tuple[str, int, int]] = []
-    spec = build_run_spec({"dataset": {"name": "digits", "subset": 10},
-                           "method": {"name": "dm", "ipc": 1, "iterations": 3},
-                           "threat": {"autoattack": "off", "steps": 2},
-                           "eval": {"archs": ["mlp"], "models_per_arch": 2, "epochs": 2}})
+    spec = build_run_spec(
+        {
+            "dataset": {"name": "digits", "subset": 10},
+            "method": {"name": "dm", "ipc": 1, "iterations": 3},
+            "threat": {"autoattack": "off", "steps": 2},
+            "eval": {"archs": ["mlp"], "models_per_arch": 2, "epochs": 2},
+        }
+    )
     run_trial(spec, progress=lambda *event: seen.append(event))
-    assert seen == [("learning", 1, 3), ("learning", 2, 3), ("learning", 3, 3),
-                    ("models", 1, 2), ("models", 2, 2)]
+    assert seen == [
+        ("learning", 1, 3),
+        ("learning", 2, 3),
+        ("learning", 3, 3),
+        ("models", 1, 2),
+        ("models", 2, 2),
+    ]
 
 
 def test_validate_shows_each_methods_effective_settings(tmp_path):
     """rdl's per-dataset tuned defaults are what its trials run with, and validate says so."""
     spec = tmp_path / "rdl.yaml"
-    spec.write_text("name: eff\ndataset: {name: digits}\nmethods:\n  rdl: {}\n"
-                    "  random: {space: {ipc: {grid: [3]}}}\n")
+    spec.write_text(
+        "name: eff\ndataset: {name: digits}\nmethods:\n  rdl: {}\n"
+        "  random: {space: {ipc: {grid: [3]}}}\n"
+    )
     res = invoke("validate", str(spec))
     assert res.exit_code == 0, res.output
     rdl_line = res.output.split("rdl", 1)[1]

@@ -154,8 +154,13 @@ def test_debian_fashion_mnist(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- CIFAR (pickles)
 
 CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                b"labels", 10),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        b"labels",
+        10,
+    ),
     "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", 100),
 }
 
@@ -183,9 +188,13 @@ def write_cifar_batch(path: Path, data: np.ndarray, y: np.ndarray, label_key: by
         path.write_bytes(py2_batch(data, y, label_key))
         return
     # CIFAR-100 fixtures: the same dict as pickled by Python 3 at protocol 2.
-    batch = {b"batch_label": b"fixture", label_key: [int(v) for v in y], b"data": data,
-             b"coarse_labels": [int(v) // 5 for v in y],
-             b"filenames": [b"img_%d.png" % i for i in range(len(y))]}
+    batch = {
+        b"batch_label": b"fixture",
+        label_key: [int(v) for v in y],
+        b"data": data,
+        b"coarse_labels": [int(v) // 5 for v in y],
+        b"filenames": [b"img_%d.png" % i for i in range(len(y))],
+    }
     with open(path, "wb") as fh:
         pickle.dump(batch, fh, protocol=2)
 

@@ -14,13 +14,13 @@ import torch
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
 from harness.errors import HarnessInputError
-from harness.protocol.evaluate import run_trial
 from harness.methods._augment import FAMILIES, SiameseAugment
 from harness.methods._condense import gradient_distance
 from harness.methods.dc import loops_for
+from harness.protocol.evaluate import run_trial
+from harness.spec.schema import build_run_spec
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -95,13 +95,15 @@ DIGITS_RUNS = {
 
 
 def digits_trial(method: str, params: dict):
-    spec = build_run_spec({
-        "dataset": {"name": "digits"},
-        "method": {"name": method, "ipc": 1, **params},
-        "seed": SEED,
-        "threat": {"steps": 1, "autoattack": "off"},  # clean accuracy is what is compared here
-        "eval": DIGITS_EVAL,
-    })
+    spec = build_run_spec(
+        {
+            "dataset": {"name": "digits"},
+            "method": {"name": method, "ipc": 1, **params},
+            "seed": SEED,
+            "threat": {"steps": 1, "autoattack": "off"},  # clean accuracy is what is compared here
+            "eval": DIGITS_EVAL,
+        }
+    )
     return run_trial(spec)
 
 
@@ -166,12 +168,32 @@ def test_robust_features_carry_the_label_in_the_robust_feature_only():
     base = {"name": "synthetic-robust", "d": 100, "n_train": 2000, "n_test": 1000}
     ev = {"archs": ["linear"], "models_per_arch": 1, "max_val": 100}
     threat = {"steps": 5}
-    rf = run_trial(build_run_spec({
-        "dataset": base, "threat": threat, "eval": ev,
-        "method": {"name": "robust_features", "at_epochs": 10, "at_steps": 5, "match_steps": 100},
-    }))
-    erm = run_trial(build_run_spec({"dataset": base, "threat": threat, "eval": ev, "train": {"epochs": 10},
-                                    "method": {"name": "erm"}}))
+    rf = run_trial(
+        build_run_spec(
+            {
+                "dataset": base,
+                "threat": threat,
+                "eval": ev,
+                "method": {
+                    "name": "robust_features",
+                    "at_epochs": 10,
+                    "at_steps": 5,
+                    "match_steps": 100,
+                },
+            }
+        )
+    )
+    erm = run_trial(
+        build_run_spec(
+            {
+                "dataset": base,
+                "threat": threat,
+                "eval": ev,
+                "train": {"epochs": 10},
+                "method": {"name": "erm"},
+            }
+        )
+    )
     data = load_dataset("synthetic-robust", params={"d": 100, "n_train": 2000, "n_test": 1000})
     assert len(rf.learned) == data.x_train.shape[0]  # full-size by default
     assert torch.equal(rf.learned.y, data.y_train)  # each target keeps its label
@@ -192,7 +214,9 @@ SMOKE_SIZE = {"random": 2, "dc": 1, "dm": 1, "robust_features": 5}  # per class,
 @pytest.mark.parametrize("dataset,classes", [("synthetic-robust", 2), ("digits", 10)])
 @pytest.mark.parametrize("method", sorted(SMOKE_SIZE))
 def test_smoke_run_through_cli(method, dataset, classes):
-    result = CliRunner().invoke(main, ["run", "--dataset", dataset, "--method", method, "--smoke", "--json"])
+    result = CliRunner().invoke(
+        main, ["run", "--dataset", dataset, "--method", method, "--smoke", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["method"] == method and out["kind"] == "dataset"

@@ -11,34 +11,55 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from harness.spec.schema import build_sweep_spec
 from harness.spec.plan import RESOLVED_KEY, make_plan, with_resolved
-from harness.sweep.progress import SweepProgress, VariantProgress
+from harness.spec.schema import build_sweep_spec
 from harness.sweep.callback import DriverCallback, PhaseContext, _serving
+from harness.sweep.progress import SweepProgress, VariantProgress
 from harness.tracking.store import connect
 from harness.tracking.writer import Tracker
 
 
 def fake_trial(trial_id: str, failures: int = 0, number: int = 0):
-    return SimpleNamespace(trial_id=trial_id, experiment_tag=f"{number}_lr=0.1", config={},
-                           last_result={}, num_failures=failures,
-                           error_file=None, get_error=lambda: "RuntimeError: simulated bug")
+    return SimpleNamespace(
+        trial_id=trial_id,
+        experiment_tag=f"{number}_lr=0.1",
+        config={},
+        last_result={},
+        num_failures=failures,
+        error_file=None,
+        get_error=lambda: "RuntimeError: simulated bug",
+    )
 
 
 def contexts(tmp_path):
-    spec = build_sweep_spec({
-        "name": "clash", "dataset": {"name": "digits", "subset": 10},
-        "methods": {"erm": {}, "random": {"space": {"ipc": 2}}},
-    })
+    spec = build_sweep_spec(
+        {
+            "name": "clash",
+            "dataset": {"name": "digits", "subset": 10},
+            "methods": {"erm": {}, "random": {"space": {"ipc": 2}}},
+        }
+    )
     plan = make_plan(spec)
     tracker = Tracker(connect(f"sqlite:///{tmp_path / 'mlflow.db'}"), "clash")
     progress = SweepProgress(mode="max")
     for v in plan:
         progress.variants[v.key] = VariantProgress(v.label, v.dataset, 1)
-    return tracker, progress, [
-        PhaseContext(tracker=tracker, variant=v, phase=phase, progress=progress,
-                     objective="robust_acc", live=None)
-        for v in plan for phase in ("search", "repeat")]
+    return (
+        tracker,
+        progress,
+        [
+            PhaseContext(
+                tracker=tracker,
+                variant=v,
+                phase=phase,
+                progress=progress,
+                objective="robust_acc",
+                live=None,
+            )
+            for v in plan
+            for phase in ("search", "repeat")
+        ],
+    )
 
 
 def serve(ctx: PhaseContext, event: str, trial) -> None:
@@ -61,7 +82,11 @@ def test_trials_sharing_a_tune_id_across_variants_and_phases_get_their_own_runs(
     runs = tracker.trial_runs()
     assert len(runs) == 4
     assert sorted((r.data.tags["method"], r.data.tags["phase"]) for r in runs) == [
-        ("erm", "repeat"), ("erm", "search"), ("random", "repeat"), ("random", "search")]
+        ("erm", "repeat"),
+        ("erm", "search"),
+        ("random", "repeat"),
+        ("random", "search"),
+    ]
     assert {r.data.tags["trial_id"] for r in runs} == {"09533_00000"}
     assert all(r.info.status == "FINISHED" for r in runs)
 
@@ -86,17 +111,26 @@ def test_variants_start_in_method_order_across_datasets():
     order, so the long methods listed first overlap instead of one running alone at the end."""
     from harness.spec.plan import launch_order
 
-    spec = build_sweep_spec({
-        "name": "order", "dataset": [{"name": "digits"}, {"name": "synthetic-robust"}],
-        "methods": {"rdl": {"space": {"ipc": {"grid": [2, 4]}}}, "erm": {}, "random": {}},
-    })
+    spec = build_sweep_spec(
+        {
+            "name": "order",
+            "dataset": [{"name": "digits"}, {"name": "synthetic-robust"}],
+            "methods": {"rdl": {"space": {"ipc": {"grid": [2, 4]}}}, "erm": {}, "random": {}},
+        }
+    )
     plan = make_plan(spec)
     assert [v.dataset for v in plan][:4] == ["digits"] * 4  # the plan itself is dataset-major
     started = launch_order(plan, lambda v: v.method)
     assert [(v.method, v.dataset) for v in started] == [
-        ("rdl", "digits"), ("rdl", "digits"), ("rdl", "synthetic-robust"),
-        ("rdl", "synthetic-robust"), ("erm", "digits"), ("erm", "synthetic-robust"),
-        ("random", "digits"), ("random", "synthetic-robust")]
+        ("rdl", "digits"),
+        ("rdl", "digits"),
+        ("rdl", "synthetic-robust"),
+        ("rdl", "synthetic-robust"),
+        ("erm", "digits"),
+        ("erm", "synthetic-robust"),
+        ("random", "digits"),
+        ("random", "synthetic-robust"),
+    ]
 
 
 def test_a_variant_starts_only_when_those_before_it_have_a_trial_running():
@@ -157,8 +191,15 @@ def test_one_variant_waits_ready_for_each_slot_that_frees():
     from harness.sweep.driver import default_parallel_variants
 
     def plan(methods, **search):
-        spec = build_sweep_spec({"name": "slots", "dataset": {"name": "digits"}, "trials": 4,
-                                 "search": {"asha": False, **search}, "methods": methods})
+        spec = build_sweep_spec(
+            {
+                "name": "slots",
+                "dataset": {"name": "digits"},
+                "trials": 4,
+                "search": {"asha": False, **search},
+                "methods": methods,
+            }
+        )
         return spec, make_plan(spec)
 
     fixed = {"erm": {}, "random": {"space": {"ipc": 2}}}
@@ -186,8 +227,14 @@ def test_a_trial_handed_out_again_finds_its_run_by_number_not_by_tune_id(tmp_pat
     serve(ctx, "on_trial_start", fake_trial("first", number=1))
     (run,) = tracker.trial_runs()
     resumed = Tracker(tracker.client, "clash", tracker.parent_run_id)
-    ctx2 = PhaseContext(tracker=resumed, variant=ctx.variant, phase=ctx.phase,
-                        progress=ctx.progress, objective=ctx.objective, live=None)
+    ctx2 = PhaseContext(
+        tracker=resumed,
+        variant=ctx.variant,
+        phase=ctx.phase,
+        progress=ctx.progress,
+        objective=ctx.objective,
+        live=None,
+    )
     serve(ctx2, "on_trial_start", fake_trial("second", number=1))
     serve(ctx2, "on_trial_complete", fake_trial("second", number=1))
     (again,) = resumed.trial_runs()
@@ -195,8 +242,14 @@ def test_a_trial_handed_out_again_finds_its_run_by_number_not_by_tune_id(tmp_pat
     assert again.data.tags["trial_id"] == "second"
 
     third = Tracker(tracker.client, "clash", tracker.parent_run_id)
-    ctx3 = PhaseContext(tracker=third, variant=ctx.variant, phase=ctx.phase,
-                        progress=ctx.progress, objective=ctx.objective, live=None)
+    ctx3 = PhaseContext(
+        tracker=third,
+        variant=ctx.variant,
+        phase=ctx.phase,
+        progress=ctx.progress,
+        objective=ctx.objective,
+        live=None,
+    )
     other = fake_trial("third", number=1)
     config = with_resolved(ctx.variant, {})
     tree = json.loads(config[RESOLVED_KEY])

@@ -8,25 +8,31 @@ import pytest
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.spec.schema import build_sweep_spec
 from harness.estimate.cost import estimate_variant
 from harness.protocol.evaluate import load_data, run_trial
-from harness.spec.resolve import resolve_spec
 from harness.spec.plan import make_plan, resolve_trial
+from harness.spec.resolve import resolve_spec
+from harness.spec.schema import build_sweep_spec
 
 COMMON = {
     "name": "cost",
     "dataset": {"name": "digits", "subset": 20},
     "threat": {"steps": 3, "autoattack": "off"},
     "train": {"epochs": 3},
-    "eval": {"archs": ["mlp", "linear"], "models_per_arch": 2, "epochs": 5, "max_test": 50,
-             "max_val": 50},
+    "eval": {
+        "archs": ["mlp", "linear"],
+        "models_per_arch": 2,
+        "epochs": 5,
+        "max_test": 50,
+        "max_val": 50,
+    },
 }
 METHODS = {
     "pgd_at": {"space": {"steps": 3}},
     # fixed unroll length, no probes: every outer step costs the same work
-    "rdl": {"space": {"ipc": 2, "outer_steps": 8, "unroll_min": 4, "unroll_max": 4,
-                      "probe_every": 0}},
+    "rdl": {
+        "space": {"ipc": 2, "outer_steps": 8, "unroll_min": 4, "unroll_max": 4, "probe_every": 0}
+    },
     # evaluated with DSA and eval.epochs unset: the augmented budget (1000 epochs at most)
     "dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8, "eval.epochs": None}},
 }
@@ -41,21 +47,27 @@ def test_estimated_work_is_the_work_the_trial_does(method):
     result = run_trial(resolve_trial(variant, {}))
     trained = sum(m.train_work_epochs for m in result.models) * est.n_train_full
     assert est.train_examples == pytest.approx(trained, rel=1e-6)
-    assert est.learn_examples == pytest.approx(result.learn_work_epochs * est.n_train_full, rel=1e-6)
+    assert est.learn_examples == pytest.approx(
+        result.learn_work_epochs * est.n_train_full, rel=1e-6
+    )
     if method == "rdl":
         assert est.learn_examples > 0 and est.learn_seconds > 0
 
 
 def test_a_spec_whose_data_is_elsewhere_is_still_valid(tmp_path):
     spec = tmp_path / "c.yaml"
-    spec.write_text("name: c\ndataset: {name: cifar10, root: " + str(tmp_path / "none") + "}\n"
-                    "methods: {erm: {}}\n")
+    spec.write_text(
+        "name: c\ndataset: {name: cifar10, root: " + str(tmp_path / "none") + "}\n"
+        "methods: {erm: {}}\n"
+    )
     res = CliRunner().invoke(main, ["validate", str(spec), "--estimate"])
     assert res.exit_code == 0, res.output
     assert "no estimate: the data is not here" in res.output and "valid" in res.output
 
 
-def test_variants_of_one_dataset_load_it_once_and_a_missing_one_is_tried_once(tmp_path, monkeypatch):
+def test_variants_of_one_dataset_load_it_once_and_a_missing_one_is_tried_once(
+    tmp_path, monkeypatch
+):
     import harness.protocol.evaluate as evaluate
     from harness.estimate.cost import estimate_plan
 
@@ -66,10 +78,13 @@ def test_variants_of_one_dataset_load_it_once_and_a_missing_one_is_tried_once(tm
     here = build_sweep_spec({**COMMON, "methods": methods})
     assert [e.note for e in estimate_plan(make_plan(here))] == ["", ""] and calls == ["digits"]
     calls.clear()
-    away = build_sweep_spec({**COMMON, "dataset": {"name": "cifar10", "root": str(tmp_path)},
-                             "methods": methods})
+    away = build_sweep_spec(
+        {**COMMON, "dataset": {"name": "cifar10", "root": str(tmp_path)}, "methods": methods}
+    )
     notes = [e.note for e in estimate_plan(make_plan(away))]
-    assert calls == ["cifar10"] and all(n.startswith("no estimate: the data is not here") for n in notes)
+    assert calls == ["cifar10"] and all(
+        n.startswith("no estimate: the data is not here") for n in notes
+    )
 
 
 def test_the_last_dataset_is_freed_before_another_loads():
@@ -78,8 +93,8 @@ def test_the_last_dataset_is_freed_before_another_loads():
     import gc
     import weakref
 
-    from harness.spec.schema import DatasetSpec
     from harness.estimate.cost import LastDataset
+    from harness.spec.schema import DatasetSpec
 
     load = LastDataset()
     first = load(DatasetSpec(name="digits", subset=5))
@@ -97,10 +112,12 @@ def test_the_last_dataset_is_freed_before_another_loads():
 
 def test_validate_prints_the_estimate_per_variant_and_in_total(tmp_path):
     spec = tmp_path / "c.yaml"
-    spec.write_text("name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
-                    "autoattack: fast}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
-                    "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
-                    "[0.01, 0.1]}}}}\n")
+    spec.write_text(
+        "name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
+        "autoattack: fast}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
+        "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
+        "[0.01, 0.1]}}}}\n"
+    )
     res = CliRunner().invoke(main, ["validate", str(spec), "--estimate"])
     assert res.exit_code == 0, res.output
     assert "cost estimate on this machine" in res.output
@@ -129,8 +146,9 @@ def test_peak_memory_counts_what_the_block_held_at_most():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True,
-                         timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, timeout=120, check=True
+    )
     small, big = json.loads(out.stdout.strip().splitlines()[-1])
     if big is None:
         pytest.skip("no /proc/self/clear_refs here")
@@ -141,8 +159,13 @@ def test_peak_memory_counts_what_the_block_held_at_most():
 def test_a_spec_without_caps_on_scored_images_is_estimated(tmp_path):
     """eval.max_test unset (score every test image, as the GPU specs do) once crashed the
     calibration (min of an int and None)."""
-    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "max_test": None, "max_val": None},
-                             "methods": {"erm": {}}})
+    spec = build_sweep_spec(
+        {
+            **COMMON,
+            "eval": {**COMMON["eval"], "max_test": None, "max_val": None},
+            "methods": {"erm": {}},
+        }
+    )
     (variant,) = make_plan(spec)
     est = estimate_variant(variant)
     assert est.attack_examples > 0 and est.note == ""
@@ -157,8 +180,15 @@ COUNTED = {
     "rdl_gm": {"space": {"ipc": 1, "iterations": 2}},
     # its robust model trains 3 epochs of several batches, and it matches 20 targets in batches
     # of 6, 6, 6 and 2: the count-only shortcuts of train_model and of the matching
-    "robust_features": {"space": {"at_epochs": 3, "train.batch_size": 16, "match_steps": 2,
-                                  "n_per_class": 2, "batch_size": 6}},
+    "robust_features": {
+        "space": {
+            "at_epochs": 3,
+            "train.batch_size": 16,
+            "match_steps": 2,
+            "n_per_class": 2,
+            "batch_size": 6,
+        }
+    },
     "trades": {"space": {"steps": 2}},
 }
 
@@ -167,14 +197,26 @@ COUNTED = {
 def test_counted_work_is_the_calibrated_work(method):
     from harness.estimate.cost import PASS_FLOPS, forward_flops
 
-    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet", "mlp"]},
-                             "threat": {"steps": 3, "autoattack": "fast"},
-                             "methods": {method: COUNTED[method]}})
+    spec = build_sweep_spec(
+        {
+            **COMMON,
+            "eval": {**COMMON["eval"], "archs": ["convnet", "mlp"]},
+            "threat": {"steps": 3, "autoattack": "fast"},
+            "methods": {method: COUNTED[method]},
+        }
+    )
     (variant,) = make_plan(spec)
     full, counted = estimate_variant(variant), estimate_variant(variant, count_only=True)
     assert counted.counted_only and counted.peak_bytes is None and counted.note == full.note
-    for field in ("learn_examples", "train_examples", "attack_examples", "learn_flops",
-                  "train_flops", "attack_flops", "attack_flops_low"):
+    for field in (
+        "learn_examples",
+        "train_examples",
+        "attack_examples",
+        "learn_flops",
+        "train_flops",
+        "attack_flops",
+        "attack_flops_low",
+    ):
         assert getattr(counted, field) == pytest.approx(getattr(full, field), rel=1e-9), field
     assert counted.train_flops > 0 and counted.attack_flops > counted.attack_flops_low > 0
     if method in ("dc", "dm", "rdl", "rdl_gm", "robust_features"):
@@ -182,7 +224,8 @@ def test_counted_work_is_the_calibrated_work(method):
     if method == "dc":  # it learns on the first evaluation arch, the ConvNet
         data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
         assert counted.learn_flops == pytest.approx(
-            counted.learn_examples * PASS_FLOPS * forward_flops("convnet", data, {}))
+            counted.learn_examples * PASS_FLOPS * forward_flops("convnet", data, {})
+        )
 
 
 def test_dm_real_batches_cost_one_forward():
@@ -191,8 +234,13 @@ def test_dm_real_batches_cost_one_forward():
     and 1 synthetic example per class, on a ConvNet."""
     from harness.estimate.cost import PASS_FLOPS, forward_flops
 
-    spec = build_sweep_spec({**COMMON, "eval": {**COMMON["eval"], "archs": ["convnet"]},
-                             "methods": {"dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8}}}})
+    spec = build_sweep_spec(
+        {
+            **COMMON,
+            "eval": {**COMMON["eval"], "archs": ["convnet"]},
+            "methods": {"dm": {"space": {"ipc": 1, "iterations": 2, "batch_real": 8}}},
+        }
+    )
     (variant,) = make_plan(spec)
     est = estimate_variant(variant, count_only=True)
     data = load_data(resolve_spec(resolve_trial(variant, {})).dataset)
@@ -223,8 +271,15 @@ def _layer_flops(net, x):
     return sum(total)
 
 
-@pytest.mark.parametrize("arch,settings", [("mlp", {}), ("convnet", {"width": 16, "depth": 2}),
-                                           ("lenet", {}), ("resnet18", {"width": 8})])
+@pytest.mark.parametrize(
+    "arch,settings",
+    [
+        ("mlp", {}),
+        ("convnet", {"width": 16, "depth": 2}),
+        ("lenet", {}),
+        ("resnet18", {"width": 8}),
+    ],
+)
 def test_forward_flops_are_two_per_multiply_add(arch, settings):
     import torch
 
@@ -242,10 +297,12 @@ def test_forward_flops_are_two_per_multiply_add(arch, settings):
 
 def test_assumed_rate_gives_device_time(tmp_path):
     spec = tmp_path / "c.yaml"
-    spec.write_text("name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
-                    "autoattack: off}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
-                    "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
-                    "[0.01, 0.1]}}}}\n")
+    spec.write_text(
+        "name: c\ndataset: {name: digits, subset: 10}\nthreat: {steps: 2, "
+        "autoattack: off}\ntrain: {epochs: 2}\neval: {archs: [mlp], max_test: 20, "
+        "max_val: 20}\ntrials: 3\nmethods: {erm: {space: {train.lr: {uniform: "
+        "[0.01, 0.1]}}}}\n"
+    )
     res = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "1e-6"])
     assert res.exit_code == 0, res.output
     assert "assumed sustained 1e-06 TFLOP/s" in res.output
@@ -261,19 +318,25 @@ def test_a_count_is_shared_by_threats_that_differ_only_in_radius(tmp_path, monke
 
     calls = []
     real = estimate.estimate_variant
-    monkeypatch.setattr(estimate, "estimate_variant",
-                        lambda v, **kw: calls.append(v.threat) or real(v, **kw))
+    monkeypatch.setattr(
+        estimate, "estimate_variant", lambda v, **kw: calls.append(v.threat) or real(v, **kw)
+    )
     spec = tmp_path / "t.yaml"
-    spec.write_text("name: t\ndataset: {name: digits, subset: 10}\ntrain: {epochs: 2}\n"
-                    "threat: [{eps: 0.1, steps: 2, autoattack: off}, {eps: 0.2, steps: 2, "
-                    "autoattack: off}, {eps: 0.3, steps: 3, autoattack: off}]\n"
-                    "eval: {archs: [mlp], max_test: 20, max_val: 20}\n"
-                    "methods: {pgd_at: {space: {steps: 2}}}\n")
+    spec.write_text(
+        "name: t\ndataset: {name: digits, subset: 10}\ntrain: {epochs: 2}\n"
+        "threat: [{eps: 0.1, steps: 2, autoattack: off}, {eps: 0.2, steps: 2, "
+        "autoattack: off}, {eps: 0.3, steps: 3, autoattack: off}]\n"
+        "eval: {archs: [mlp], max_test: 20, max_val: 20}\n"
+        "methods: {pgd_at: {space: {steps: 2}}}\n"
+    )
     res = CliRunner().invoke(main, ["validate", str(spec), "--assume-tflops", "1"])
     assert res.exit_code == 0, res.output
     assert calls == ["linf-0.1", "linf-0.3"]
-    per = {line.split()[1]: line.split("per trial ")[1].split(" (")[0]
-           for line in res.output.splitlines() if "pgd_at: per trial" in line}
+    per = {
+        line.split()[1]: line.split("per trial ")[1].split(" (")[0]
+        for line in res.output.splitlines()
+        if "pgd_at: per trial" in line
+    }
     assert per["linf-0.1"] == per["linf-0.2"] != per["linf-0.3"]
 
 
@@ -285,8 +348,8 @@ def test_autoattack_passes_meet_the_estimated_bounds(version, eps):
     attack (a tiny one). Ten classes, so the targeted attacks aim at all nine others."""
     import torch
 
-    from harness.protocol.autoattack import robust_mask
     from harness.estimate.cost import AA_PASSES, AA_PASSES_LOW
+    from harness.protocol.autoattack import robust_mask
     from harness.protocol.models import build_model
     from harness.protocol.train import input_layer
 

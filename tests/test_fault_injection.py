@@ -16,14 +16,22 @@ from click.testing import CliRunner
 from harness import faults
 from harness.cli import main
 from harness.sweep.storage import (
-    TORN_SUFFIX, StorageFault, check_writable, complete, fault_in, set_aside_torn_state,
+    TORN_SUFFIX,
+    StorageFault,
+    check_writable,
+    complete,
+    fault_in,
+    set_aside_torn_state,
 )
 
 
 def test_fault_settings_parse_and_a_mistyped_one_is_bad_input(tmp_path):
     entries = faults.parse("trial_start,trial_record@repeat:2,training@pgd_at:3")
     assert [(e.point, e.where, e.n) for e in entries] == [
-        ("trial_start", "", 1), ("trial_record", "repeat", 2), ("training", "pgd_at", 3)]
+        ("trial_start", "", 1),
+        ("trial_record", "repeat", 2),
+        ("training", "pgd_at", 3),
+    ]
     with pytest.raises(ValueError, match="trial_strat"):
         faults.parse("trial_strat:1")
     spec = tmp_path / "s.yaml"
@@ -33,17 +41,20 @@ def test_fault_settings_parse_and_a_mistyped_one_is_bad_input(tmp_path):
 
 
 def test_a_fault_point_kills_the_process_at_the_pass_it_names_and_once_per_mark(tmp_path):
-    code = ("from harness import faults\n"
-            "for i in range(5):\n"
-            "    faults.point('training', 'pgd_at')\n"
-            "    print(i, flush=True)\n")
+    code = (
+        "from harness import faults\n"
+        "for i in range(5):\n"
+        "    faults.point('training', 'pgd_at')\n"
+        "    print(i, flush=True)\n"
+    )
 
     def run(value: str, mark: Path | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, "HARNESS_FAULT": value}
         if mark is not None:
             env["HARNESS_FAULT_MARK"] = str(mark)
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+        )
 
     killed = run("training:3")
     assert killed.returncode == -9 and killed.stdout.split() == ["0", "1"]
@@ -67,20 +78,27 @@ def test_the_storage_check_names_a_folder_that_cannot_be_written(tmp_path):
 def test_a_failed_write_is_told_from_a_trial_failure():
     full = "OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"
     assert fault_in(f"Traceback ...\n{full}\n", "/data/ray") == full
-    assert fault_in("PermissionError: [Errno 13] Permission denied: '/data/ray/x/progress.pt'",
-                    "/data/ray")
-    assert fault_in("PermissionError: [Errno 13] Permission denied: '/home/me/notes'",
-                    "/data/ray") is None  # a method's own file, not the storage
+    assert fault_in(
+        "PermissionError: [Errno 13] Permission denied: '/data/ray/x/progress.pt'", "/data/ray"
+    )
+    assert (
+        fault_in("PermissionError: [Errno 13] Permission denied: '/home/me/notes'", "/data/ray")
+        is None
+    )  # a method's own file, not the storage
     assert fault_in("RuntimeError: simulated bug", "/data/ray") is None
 
 
 def _session(folder: Path, stamp: str, *, torn: str = "") -> None:
     state = json.dumps({"trial_data": [], "runner_data": {}})
-    files = {f"experiment_state-{stamp}.json": state.encode(),
-             f"search_gen_state-{stamp}.json": pickle.dumps({"counter": 2}),
-             f"searcher-state-{stamp}.pkl": pickle.dumps({"study": [1, 2, 3]})}
+    files = {
+        f"experiment_state-{stamp}.json": state.encode(),
+        f"search_gen_state-{stamp}.json": pickle.dumps({"counter": 2}),
+        f"searcher-state-{stamp}.pkl": pickle.dumps({"study": [1, 2, 3]}),
+    }
     for name, data in files.items():
-        (folder / name).write_bytes(data[: len(data) // 2] if name.startswith(torn or "-") else data)
+        (folder / name).write_bytes(
+            data[: len(data) // 2] if name.startswith(torn or "-") else data
+        )
 
 
 def test_torn_state_is_set_aside_back_to_the_newest_whole_session(tmp_path):
@@ -89,14 +107,22 @@ def test_torn_state_is_set_aside_back_to_the_newest_whole_session(tmp_path):
     _session(tmp_path, "2026-01-01_11-00-00", torn="experiment_state")
     _session(tmp_path, "2026-01-01_12-00-00", torn="searcher-state")
     moved = set_aside_torn_state(str(tmp_path))
-    assert moved == sorted(f"{kind}-2026-01-01_{h}-00-00.{ext}"
-                           for h in ("11", "12") for kind, ext in
-                           (("experiment_state", "json"), ("search_gen_state", "json"),
-                            ("searcher-state", "pkl")))
+    assert moved == sorted(
+        f"{kind}-2026-01-01_{h}-00-00.{ext}"
+        for h in ("11", "12")
+        for kind, ext in (
+            ("experiment_state", "json"),
+            ("search_gen_state", "json"),
+            ("searcher-state", "pkl"),
+        )
+    )
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(TORN_SUFFIX))
-    assert left == ["experiment_state-2026-01-01_10-00-00.json",
-                    "search_gen_state-2026-01-01_10-00-00.json",
-                    "searcher-state-2026-01-01_10-00-00.pkl", "tuner.pkl"]
+    assert left == [
+        "experiment_state-2026-01-01_10-00-00.json",
+        "search_gen_state-2026-01-01_10-00-00.json",
+        "searcher-state-2026-01-01_10-00-00.pkl",
+        "tuner.pkl",
+    ]
     assert set_aside_torn_state(str(tmp_path)) == []  # whole now: nothing more to do
 
 

@@ -15,8 +15,15 @@ from __future__ import annotations
 import signal
 
 import pytest
-
-from sweep_helpers import TINY_RUN, board, run_sweep, run_with_fault, scores, trials_by_key, write_spec
+from sweep_helpers import (
+    TINY_RUN,
+    board,
+    run_sweep,
+    run_with_fault,
+    scores,
+    trials_by_key,
+    write_spec,
+)
 
 # The smallest sweep with every phase: a searched variant (two Optuna trials, then a repeat
 # of the best) and a fixed one (one trial, then a repeat). Five trials, about 30 s.
@@ -33,6 +40,7 @@ PHASES = {
 }
 TRIALS = 5
 
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The phases sweep, never interrupted."""
@@ -46,11 +54,11 @@ def reference(tmp_path_factory):
 
 # Each kill in turn, every one on the sweep the one before it left; the last run has none.
 KILLS = [
-    "trial_start:1",           # during the first trials: a run opened, nothing finished
-    "trial_complete:1",        # while searches run: a trial's run just closed
-    "trial_record@repeat:1",   # during the repeats: a record logged, its run still open
-    "phase_end@repeat:1",      # between variants: one variant's last experiment ended
-    "leaderboard",             # every trial done, the leaderboard being written
+    "trial_start:1",  # during the first trials: a run opened, nothing finished
+    "trial_complete:1",  # while searches run: a trial's run just closed
+    "trial_record@repeat:1",  # during the repeats: a record logged, its run still open
+    "phase_end@repeat:1",  # between variants: one variant's last experiment ended
+    "leaderboard",  # every trial done, the leaderboard being written
 ]
 
 
@@ -59,8 +67,9 @@ def test_a_driver_killed_at_every_phase_resumes_to_the_uninterrupted_results(ref
     spec = write_spec(tmp_path, PHASES)
     for i, fault in enumerate(KILLS):
         res = run_with_fault(spec, tmp_path, fault, *(["--resume"] if i else []))
-        assert res.returncode == -signal.SIGKILL, \
+        assert res.returncode == -signal.SIGKILL, (
             f"the driver did not reach {fault} (exit {res.returncode}):\n{res.stdout[-3000:]}"
+        )
     res = run_with_fault(spec, tmp_path, None, "--resume")
     assert res.returncode == 0, res.stdout[-5000:]
     assert "# Leaderboard" in res.stdout  # the resumed sweep prints what the killed one did not

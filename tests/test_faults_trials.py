@@ -10,9 +10,7 @@ import os
 import subprocess
 
 import pytest
-
 from sweep_helpers import TINY_RUN, run_sweep, run_with_fault, scores, trials_by_key, write_spec
-
 
 # A learned-set and a model-producing method with progress saved at every boundary; each
 # trial's worker dies once (mark files), at its second learning save (rdl: a network
@@ -28,8 +26,16 @@ WORKERS = {
     "max_failures": 1,
     "checkpoint_every_s": 0,
     "methods": {
-        "rdl": {"space": {"ipc": 2, "outer_steps": 9, "reinit_every": 3, "unroll_min": 3,
-                          "unroll_max": 3, "probe_every": 0}},
+        "rdl": {
+            "space": {
+                "ipc": 2,
+                "outer_steps": 9,
+                "reinit_every": 3,
+                "unroll_min": 3,
+                "unroll_max": 3,
+                "probe_every": 0,
+            }
+        },
         "dc": {"space": {"ipc": 2, "iterations": 4, "batch_real": 16}},
         "pgd_at": {"space": {"steps": 2}},
     },
@@ -98,8 +104,11 @@ def small_disk(tmp_path):
     where.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small filesystem needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -111,21 +120,35 @@ def small_disk(tmp_path):
 def test_a_full_then_read_only_storage_stops_with_exit_2_and_loses_nothing(tmp_path, small_disk):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "harness_filler.py").write_text(FILLER)
-    spec = write_spec(tmp_path, {
-        "name": "disk", "dataset": {"name": "digits", "subset": 15}, **TINY_RUN,
-        "trials": 1,
-        "search": {**TINY_RUN["search"], "parallel_variants": 1},  # erm ends before filler starts
-        "methods": {"erm": {}, "filler": {}},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "disk",
+            "dataset": {"name": "digits", "subset": 15},
+            **TINY_RUN,
+            "trials": 1,
+            "search": {
+                **TINY_RUN["search"],
+                "parallel_variants": 1,
+            },  # erm ends before filler starts
+            "methods": {"erm": {}, "filler": {}},
+        },
+    )
     filler = small_disk / "filler.bin"
-    env = {"HARNESS_PLUGINS": "harness_filler", "PYTHONPATH": str(tmp_path / "plugins"),
-           "FILL_PATH": str(filler), "FILL_MARK": str(tmp_path / "filled")}
+    env = {
+        "HARNESS_PLUGINS": "harness_filler",
+        "PYTHONPATH": str(tmp_path / "plugins"),
+        "FILL_PATH": str(filler),
+        "FILL_MARK": str(tmp_path / "filled"),
+    }
 
     def sweep(*extra: str) -> subprocess.CompletedProcess:
         return run_sweep(spec, tmp_path, "--storage", str(small_disk), *extra, env=env)
 
     def statuses() -> dict[str, tuple[str, int | None]]:
-        return {k: (r.info.status, r.info.end_time) for k, r in trials_by_key(tmp_path, "disk").items()}
+        return {
+            k: (r.info.status, r.info.end_time) for k, r in trials_by_key(tmp_path, "disk").items()
+        }
 
     full = sweep()
     assert full.returncode == 2, full.stdout + full.stderr

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_data_formats import idx_bytes, py2_batch, write_cifar, write_idx_set, write_tiny
 
 from harness.cli import main
 from harness.datasets import idx, load_dataset
 from harness.errors import HarnessInputError
-from test_data_formats import idx_bytes, py2_batch, write_cifar, write_idx_set, write_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 256 * 2**20  # far below any array these files ask for
@@ -156,7 +156,6 @@ def test_svhn_matlab_v73_says_resave(tmp_path):
 
 def test_svhn_wrong_shape_refused_before_reading(tmp_path):
     from scipy.io import savemat
-
     from test_data_formats import write_svhn
 
     write_svhn(tmp_path / "svhn")
@@ -167,13 +166,15 @@ def test_svhn_wrong_shape_refused_before_reading(tmp_path):
 
 def test_svhn_compressed_mat_with_bad_checksum(tmp_path):
     from scipy.io import savemat
-
     from test_data_formats import write_svhn
 
     write_svhn(tmp_path / "svhn")
     bad = tmp_path / "svhn" / "train_32x32.mat"
-    savemat(bad, {"X": np.zeros((32, 32, 3, 5), np.uint8), "y": np.ones((5, 1), np.uint8)},
-            do_compression=True)
+    savemat(
+        bad,
+        {"X": np.zeros((32, 32, 3, 5), np.uint8), "y": np.ones((5, 1), np.uint8)},
+        do_compression=True,
+    )
     blob = bytearray(bad.read_bytes())
     blob[-1] ^= 0xFF  # the last byte of y's zlib stream: its checksum
     bad.write_bytes(bytes(blob))
@@ -199,7 +200,9 @@ def png_bytes(width: int, height: int) -> bytes:
 
 
 @pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("side", [30000, 10000, 65])  # over PIL's bomb limit, over its warning, off by one
+@pytest.mark.parametrize(
+    "side", [30000, 10000, 65]
+)  # over PIL's bomb limit, over its warning, off by one
 def test_tinyimagenet_large_png_refused_before_decoding(tmp_path, side):
     base = write_tiny(tmp_path)
     bad = base / "train" / "n01" / "images" / "n01_1.JPEG"  # PIL goes by content, not name
@@ -232,8 +235,11 @@ def outside_image(tmp_path: Path) -> Path:
 def test_tinyimagenet_annotation_escaping_root(tmp_path, style):
     base = write_tiny(tmp_path)
     target = outside_image(tmp_path)
-    name = {"relative": "../../../elsewhere/images/secret.JPEG", "absolute": str(target),
-            "passwd": "../../../../../../../../etc/passwd"}[style]
+    name = {
+        "relative": "../../../elsewhere/images/secret.JPEG",
+        "absolute": str(target),
+        "passwd": "../../../../../../../../etc/passwd",
+    }[style]
     annotations = base / "val" / "val_annotations.txt"
     lines = annotations.read_text().splitlines()
     lines[1] = f"{name}\tn01\t0\t0\t63\t63"
@@ -270,8 +276,10 @@ def test_idx_images_of_wrong_size(tmp_path):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_empty_file_is_named_not_val_fraction(tmp_path, gz):
     write_idx_set(tmp_path / MNIST_DIR, gz=gz)
-    for stem, empty in (("train-images-idx3-ubyte", np.zeros((0, 28, 28))),
-                        ("train-labels-idx1-ubyte", np.zeros(0))):
+    for stem, empty in (
+        ("train-images-idx3-ubyte", np.zeros((0, 28, 28))),
+        ("train-labels-idx1-ubyte", np.zeros(0)),
+    ):
         path = tmp_path / MNIST_DIR / (stem + (".gz" if gz else ""))
         blob = idx_bytes(empty)
         path.write_bytes(gzip_bytes(blob) if gz else blob)
@@ -308,8 +316,21 @@ def test_cli_exit_code_for_a_hostile_file(tmp_path):
     write_idx_set(tmp_path / MNIST_DIR, gz=False)
     bad = tmp_path / MNIST_DIR / "train-images-idx3-ubyte"
     bad.write_bytes(idx_bytes(np.zeros((40, 5, 5), np.uint8)))
-    result = CliRunner().invoke(main, ["run", "--dataset", "mnist", "--method", "erm", "--smoke",
-                                       "--device", "cpu", "--data-root", str(tmp_path)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--dataset",
+            "mnist",
+            "--method",
+            "erm",
+            "--smoke",
+            "--device",
+            "cpu",
+            "--data-root",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert str(bad) in result.output and "Traceback" not in result.output
 
@@ -318,12 +339,17 @@ def test_cli_exit_code_for_a_hostile_file(tmp_path):
 
 PLUGINS = {
     "syntax": ("bad_syntax", "def broken(:\n", "syntax error"),
-    "raises": ("bad_raises", "raise RuntimeError('plugin exploded on import')\n",
-               "plugin exploded on import"),
-    "duplicate": ("bad_duplicate",
-                  "from harness.methods.base import ModelMethod, register_method\n\n\n"
-                  "@register_method('erm')\nclass Again(ModelMethod):\n    pass\n",
-                  "'erm'"),
+    "raises": (
+        "bad_raises",
+        "raise RuntimeError('plugin exploded on import')\n",
+        "plugin exploded on import",
+    ),
+    "duplicate": (
+        "bad_duplicate",
+        "from harness.methods.base import ModelMethod, register_method\n\n\n"
+        "@register_method('erm')\nclass Again(ModelMethod):\n    pass\n",
+        "'erm'",
+    ),
     "relative": (".bad_relative", None, "relative"),
 }
 
@@ -333,10 +359,19 @@ def test_bad_plugin_exits_2(tmp_path, case):
     module, source, summary = PLUGINS[case]
     if source is not None:
         (tmp_path / f"{module}.py").write_text(source)
-    env = {**os.environ, "HARNESS_PLUGINS": f"{module}",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "methods"], env=env,
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "HARNESS_PLUGINS": f"{module}",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "methods"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     err = " ".join(result.stderr.split())

@@ -60,8 +60,10 @@ def test_no_import_circle():
     graph = import_graph()
     circles = [
         (name, dep)
-        for name in graph if name.startswith(CHECKED)
-        for dep in graph[name] if reaches(graph, dep, name)
+        for name in graph
+        if name.startswith(CHECKED)
+        for dep in graph[name]
+        if reaches(graph, dep, name)
     ]
     assert not circles, f"each imports a module that leads back to it: {circles}"
 
@@ -71,8 +73,9 @@ def test_submodules_never_import_their_package(package):
     """A submodule names its siblings (harness.datasets.registry), never the package, whose
     __init__ imports every submodule and so would import it back."""
     graph = import_graph()
-    offenders = [name for name in graph
-                 if name.startswith(f"{package}.") and package in graph[name]]
+    offenders = [
+        name for name in graph if name.startswith(f"{package}.") and package in graph[name]
+    ]
     assert not offenders, offenders
 
 
@@ -81,17 +84,28 @@ def test_every_package_is_installed_by_pyproject():
     folder missing there would install a broken harness (editable installs hide it)."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {".".join(("harness", *p.parent.relative_to(REPO / "harness").parts)).rstrip(".")
-               for p in (REPO / "harness").rglob("__init__.py")}
-    folders |= {"harness.methods." + ".".join(p.parent.relative_to(REPO / "methods").parts)
-                for p in (REPO / "methods").rglob("__init__.py") if p.parent != REPO / "methods"}
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        ".".join(("harness", *p.parent.relative_to(REPO / "harness").parts)).rstrip(".")
+        for p in (REPO / "harness").rglob("__init__.py")
+    }
+    folders |= {
+        "harness.methods." + ".".join(p.parent.relative_to(REPO / "methods").parts)
+        for p in (REPO / "methods").rglob("__init__.py")
+        if p.parent != REPO / "methods"
+    }
     folders.add("harness.methods")
     assert folders <= listed, sorted(folders - listed)
 
 
-RAY_IMPORTERS = {"harness.sweep.driver", "harness.sweep.experiment", "harness.sweep.callback",
-                 "harness.sweep.ray_node"}  # the sweep driver and its Ray
+RAY_IMPORTERS = {
+    "harness.sweep.driver",
+    "harness.sweep.experiment",
+    "harness.sweep.callback",
+    "harness.sweep.ray_node",
+}  # the sweep driver and its Ray
 
 
 def test_only_the_sweep_driver_imports_ray():
@@ -116,7 +130,7 @@ def readme_layout() -> set[str]:
     line (`spec/`) opens a folder for the lines indented below it, and names its
     `__init__.py`."""
     text = (REPO / "README.md").read_text()
-    block = text[text.index("## Layout"):text.index("## Development")]
+    block = text[text.index("## Layout") : text.index("## Development")]
     named, folders = set(), []
     for line in block.splitlines():
         found = re.match(r"^    ( *)([\w./, ]+?)(?:  |$)", line)
@@ -149,9 +163,12 @@ def test_reading_a_spec_imports_no_runtime():
     import subprocess
     import sys
 
-    code = ("import sys, harness.spec.schema as s\n"
-            "s.build_sweep_spec({'name': 'x', 'dataset': {'name': 'digits'}, 'methods': {'erm': {}}})\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('harness.protocol')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         check=True).stdout
+    code = (
+        "import sys, harness.spec.schema as s\n"
+        "s.build_sweep_spec({'name': 'x', 'dataset': {'name': 'digits'}, 'methods': {'erm': {}}})\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('harness.protocol')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
     assert out.strip() == "[]", out

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from harness.datasets import load_dataset
 from harness.protocol import masking
 from harness.protocol.attacks import Threat, robust_accuracy
-from harness.datasets import load_dataset
 from harness.protocol.models import build_model
 
 EPS = 0.2
@@ -81,15 +81,23 @@ class ForcedDropout(nn.Module):
 
 
 def pgd_acc(model, x, y):
-    return robust_accuracy(model, x, y, Threat("linf", EPS).attack(
-        generator=torch.Generator().manual_seed(0)))
+    return robust_accuracy(
+        model, x, y, Threat("linf", EPS).attack(generator=torch.Generator().manual_seed(0))
+    )
 
 
 def test_an_honest_model_raises_no_flag(digits_mlp):
     model, x, y = digits_mlp
-    report = masking.check(model, x, y, Threat("linf", EPS), pgd_acc=pgd_acc(model, x, y),
-                           autoattack_acc=None, bounds=(0.0, 1.0),
-                           generator=torch.Generator().manual_seed(1))
+    report = masking.check(
+        model,
+        x,
+        y,
+        Threat("linf", EPS),
+        pgd_acc=pgd_acc(model, x, y),
+        autoattack_acc=None,
+        bounds=(0.0, 1.0),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert report.flags == ()
     assert report.pgd_acc <= report.fgsm_acc <= report.noise_acc
     assert report.large_eps_acc <= 0.05 and report.zero_grad_fraction == 0.0
@@ -98,9 +106,16 @@ def test_an_honest_model_raises_no_flag(digits_mlp):
 def test_obfuscated_gradients_are_flagged(digits_mlp):
     model, x, y = digits_mlp
     masked = Quantised(model).eval()
-    report = masking.check(masked, x, y, Threat("linf", EPS), pgd_acc=pgd_acc(masked, x, y),
-                           autoattack_acc=None, bounds=(0.0, 1.0),
-                           generator=torch.Generator().manual_seed(1))
+    report = masking.check(
+        masked,
+        x,
+        y,
+        Threat("linf", EPS),
+        pgd_acc=pgd_acc(masked, x, y),
+        autoattack_acc=None,
+        bounds=(0.0, 1.0),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert {"zero_input_grad", "noise_beats_pgd", "no_zero_at_large_eps"} <= set(report.flags)
     assert report.zero_grad_fraction == 1.0
 
@@ -109,19 +124,35 @@ def test_autoattack_gap_is_flagged(digits_mlp):
     model, x, y = digits_mlp
     honest = pgd_acc(model, x, y)
     args = dict(autoattack_acc=honest, bounds=(0.0, 1.0))
-    assert "aa_far_below_pgd" not in masking.check(model, x, y, Threat("linf", EPS),
-                                                   pgd_acc=honest, **args).flags
-    assert "aa_far_below_pgd" in masking.check(model, x, y, Threat("linf", EPS),
-                                               pgd_acc=honest + 0.2, **args).flags
-    assert set(masking.CODES) >= {"noise_beats_pgd", "fgsm_beats_pgd", "aa_far_below_pgd",
-                                  "zero_input_grad", "no_zero_at_large_eps",
-                                  "randomized_output"}
+    assert (
+        "aa_far_below_pgd"
+        not in masking.check(model, x, y, Threat("linf", EPS), pgd_acc=honest, **args).flags
+    )
+    assert (
+        "aa_far_below_pgd"
+        in masking.check(model, x, y, Threat("linf", EPS), pgd_acc=honest + 0.2, **args).flags
+    )
+    assert set(masking.CODES) >= {
+        "noise_beats_pgd",
+        "fgsm_beats_pgd",
+        "aa_far_below_pgd",
+        "zero_input_grad",
+        "no_zero_at_large_eps",
+        "randomized_output",
+    }
 
 
 def report_of(model, x, y):
-    return masking.check(model, x, y, Threat("linf", EPS), pgd_acc=pgd_acc(model, x, y),
-                         autoattack_acc=None, bounds=(0.0, 1.0),
-                         generator=torch.Generator().manual_seed(1))
+    return masking.check(
+        model,
+        x,
+        y,
+        Threat("linf", EPS),
+        pgd_acc=pgd_acc(model, x, y),
+        autoattack_acc=None,
+        bounds=(0.0, 1.0),
+        generator=torch.Generator().manual_seed(1),
+    )
 
 
 def test_fgsm_beating_pgd_is_flagged(digits_mlp):
@@ -159,6 +190,7 @@ def test_deterministic_model_is_not_flagged_randomized(digits_mlp):
 
 def test_every_flag_has_a_footnote_text():
     from harness.board.report import FLAG_TEXT
+
     assert set(masking.CODES) == set(FLAG_TEXT)
     assert "randomized_output" in masking.CODES
 
@@ -175,4 +207,6 @@ def test_pgd_measured_on_the_same_examples_is_not_run_again(digits_mlp):
     many = masking.CHECK_EXAMPLES + 1
     reps = many // len(x) + 1
     xs, ys = torch.cat([x] * reps)[:many], torch.cat([y] * reps)[:many]
-    assert masking.check(model, xs, ys, threat, pgd_acc=given, pgd_on_x=True, **args).pgd_acc != given
+    assert (
+        masking.check(model, xs, ys, threat, pgd_acc=given, pgd_on_x=True, **args).pgd_acc != given
+    )

@@ -6,18 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.protocol.attacks import Threat
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
+from harness.protocol.attacks import Threat
 from harness.protocol.train import TrainConfig, WorkMeter
 
 
 def context(dataset: str = "digits", archs=("mlp",)) -> MethodContext:
     data = load_dataset(dataset, subset=5)
     return MethodContext(
-        data=data, threat=Threat("linf", data.default_eps), train=TrainConfig(),
-        device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), seed=0,
-        archs=list(archs), meter=WorkMeter(),
+        data=data,
+        threat=Threat("linf", data.default_eps),
+        train=TrainConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+        archs=list(archs),
+        meter=WorkMeter(),
     )
 
 
@@ -51,8 +56,18 @@ def test_rdl_counts_the_backward_through_its_unroll():
     examples (plus the attack and loss on the real batch); the second-order backward adds
     k*r more."""
     ctx = context()
-    method = make_method("rdl", {"ipc": 2, "unroll_min": 3, "unroll_max": 3, "attack_steps": 2,
-                                 "real_batch": 8, "archs": ["mlp"], "soft_labels": False})
+    method = make_method(
+        "rdl",
+        {
+            "ipc": 2,
+            "unroll_min": 3,
+            "unroll_max": 3,
+            "attack_steps": 2,
+            "real_batch": 8,
+            "archs": ["mlp"],
+            "soft_labels": False,
+        },
+    )
     from harness.methods.rdl import _Learner
 
     learner = _Learner(method.config_for("digits"), ctx)

@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
-from sweep_helpers import (TINY_RUN, is_loopback, listening_addresses, run_sweep, session_pids,
-                           sweep_env, trial_runs, wait_for, write_spec)
+from sweep_helpers import (
+    TINY_RUN,
+    is_loopback,
+    listening_addresses,
+    run_sweep,
+    session_pids,
+    sweep_env,
+    trial_runs,
+    wait_for,
+    write_spec,
+)
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 LOCAL = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -56,13 +64,25 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:port over root's sqlite store, one worker, checked up."""
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{root / 'store.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    cmd = [
+        str(MLFLOW),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'store.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, **LOCAL, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     up = wait_for(lambda: proc.poll() is not None or healthy(url), timeout=180)
     if not (up and proc.poll() is None):
         stop(proc)
@@ -88,14 +108,19 @@ def server(tmp_path_factory):
 def test_sweep_records_every_trial_in_a_tracking_server(server, tmp_path, monkeypatch):
     for key, value in LOCAL.items():
         monkeypatch.setenv(key, value)
-    spec = write_spec(tmp_path, {
-        "name": "served",
-        "dataset": {"name": "digits", "subset": 10},
-        **TINY_RUN,
-        "trials": 2,
-        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
-                    "random": {"space": {"ipc": {"grid": [2]}}}},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "served",
+            "dataset": {"name": "digits", "subset": 10},
+            **TINY_RUN,
+            "trials": 2,
+            "methods": {
+                "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
+                "random": {"space": {"ipc": {"grid": [2]}}},
+            },
+        },
+    )
     proc = run_sweep(spec, tmp_path, "--tracking-uri", server, env=LOCAL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "erm" in proc.stdout and "random" in proc.stdout  # the leaderboard, read back
@@ -113,8 +138,16 @@ def check_trial(client: MlflowClient, run, parent: str, sweep: str = "served") -
     assert run.info.status == "FINISHED"
     assert tags["mlflow.parentRunId"] == parent and tags["sweep"] == sweep
     assert tags["method"] == params["method"] and tags["dataset"] == params["dataset"] == "digits"
-    assert {"trial_id", "git_sha", "git_dirty", "torch_version", "ray_version",
-            "mlflow_version", "harness_version", "device"} <= set(tags)
+    assert {
+        "trial_id",
+        "git_sha",
+        "git_dirty",
+        "torch_version",
+        "ray_version",
+        "mlflow_version",
+        "harness_version",
+        "device",
+    } <= set(tags)
     assert params["threat.autoattack"] == "fast" and float(params["threat.eps"]) > 0
     for key in ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc", "work_epochs"):
         assert 0 <= metrics[key], key
@@ -125,13 +158,20 @@ def check_trial(client: MlflowClient, run, parent: str, sweep: str = "served") -
 
 
 def test_sweep_with_the_tracking_server_down_exits_2_quickly(tmp_path):
-    spec = write_spec(tmp_path, {"name": "down", "dataset": {"name": "digits", "subset": 5},
-                                 "methods": {"erm": {}}})
+    spec = write_spec(
+        tmp_path,
+        {"name": "down", "dataset": {"name": "digits", "subset": 5}, "methods": {"erm": {}}},
+    )
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec),
-                           "--tracking-uri", uri], cwd=tmp_path, env=sweep_env(LOCAL),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--tracking-uri", uri],
+        cwd=tmp_path,
+        env=sweep_env(LOCAL),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     took = time.monotonic() - start
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert uri in proc.stderr and "Traceback" not in proc.stderr
@@ -151,17 +191,28 @@ def test_a_server_that_goes_down_mid_sweep_loses_no_result(tmp_path, monkeypatch
     store.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    spec = write_spec(tmp_path, {
-        "name": "outage", "dataset": {"name": "digits", "subset": 10}, **TINY_RUN,
-        "train": {"epochs": 6}, "search": {"max_concurrent": 1, "asha": False}, "trials": 3,
-        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}}},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "outage",
+            "dataset": {"name": "digits", "subset": 10},
+            **TINY_RUN,
+            "train": {"epochs": 6},
+            "search": {"max_concurrent": 1, "asha": False},
+            "trials": 3,
+            "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}}},
+        },
+    )
     server_proc = start_server(store, port)
     try:
         log = tmp_path / "out.log"
-        sweep = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(spec),
-                                  "--tracking-uri", url], cwd=tmp_path, env=sweep_env(LOCAL),
-                                 stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--tracking-uri", url],
+            cwd=tmp_path,
+            env=sweep_env(LOCAL),
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+        )
         client = MlflowClient(tracking_uri=url)
 
         def first_trial_recorded() -> bool:

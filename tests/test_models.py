@@ -165,15 +165,21 @@ def conv_blocks(model):
 
 @pytest.mark.parametrize("depth", [2, 4])
 def test_arch_settings_reach_every_network_a_method_builds(depth):
-    from harness.protocol.attacks import Threat
     from harness.datasets import load_dataset
-    from harness.protocol.train import TrainConfig, WorkMeter
     from harness.methods.base import MethodContext
+    from harness.protocol.attacks import Threat
+    from harness.protocol.train import TrainConfig, WorkMeter
 
     data = load_dataset("digits", subset=2)
     ctx = MethodContext(
-        data=data, threat=Threat("linf", 0.1), train=TrainConfig(), device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0), seed=0, archs=["convnet"], meter=WorkMeter(),
+        data=data,
+        threat=Threat("linf", 0.1),
+        train=TrainConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seed=0,
+        archs=["convnet"],
+        meter=WorkMeter(),
         arch_settings={"convnet": {"depth": depth, "width": 8}},
     )
     net = ctx.build("convnet", seed=0)
@@ -182,14 +188,17 @@ def test_arch_settings_reach_every_network_a_method_builds(depth):
     assert conv_blocks(ctx.build("lenet", seed=0)) == 2  # other archs keep their defaults
 
 
-@pytest.mark.parametrize("settings,path,needle", [
-    ({"convnt": {"depth": 4}}, "eval.arch_settings.convnt", "Known archs"),
-    ({"convnet": {"dept": 4}}, "eval.arch_settings.convnet.dept", "no parameter 'dept'"),
-    ({"convnet": {"depth": 0}}, "eval.arch_settings.convnet.depth", "positive integer"),
-    ({"convnet": {"norm": "instancenorm"}}, "eval.arch_settings.convnet.norm", "'instance'"),
-    ({"mlp": {"width": 512}}, "eval.arch_settings.mlp.width", "hidden"),
-    ({"linear": {"hidden": 8}}, "eval.arch_settings.linear.hidden", "none"),
-])
+@pytest.mark.parametrize(
+    "settings,path,needle",
+    [
+        ({"convnt": {"depth": 4}}, "eval.arch_settings.convnt", "Known archs"),
+        ({"convnet": {"dept": 4}}, "eval.arch_settings.convnet.dept", "no parameter 'dept'"),
+        ({"convnet": {"depth": 0}}, "eval.arch_settings.convnet.depth", "positive integer"),
+        ({"convnet": {"norm": "instancenorm"}}, "eval.arch_settings.convnet.norm", "'instance'"),
+        ({"mlp": {"width": 512}}, "eval.arch_settings.mlp.width", "hidden"),
+        ({"linear": {"hidden": 8}}, "eval.arch_settings.linear.hidden", "none"),
+    ],
+)
 def test_bad_arch_settings_name_their_spec_path(settings, path, needle):
     from harness.spec.schema import EvalSpec
 

@@ -9,9 +9,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -20,18 +20,35 @@ from harness.methods import METHODS
 from harness.methods._plugins import load_entry_point
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT_IN = ["dc", "dm", "erm", "fast_at", "pgd_at", "random", "rdl", "rdl_gm", "robust_features",
-            "trades"]
+BUILT_IN = [
+    "dc",
+    "dm",
+    "erm",
+    "fast_at",
+    "pgd_at",
+    "random",
+    "rdl",
+    "rdl_gm",
+    "robust_features",
+    "trades",
+]
 
 
-def harness_cli(*args: str, cwd: Path, path: Sequence[Path] = (), timeout: int = 120,
-                **env: str) -> subprocess.CompletedProcess:
+def harness_cli(
+    *args: str, cwd: Path, path: Sequence[Path] = (), timeout: int = 120, **env: str
+) -> subprocess.CompletedProcess:
     """`python -m harness.cli ARGS` from `cwd`, with `path` ahead of the checkout on PYTHONPATH
     (`-m` also puts `cwd` first on sys.path, as a user's project folder would be)."""
     full_env = {k: v for k, v in os.environ.items() if k != "HARNESS_PLUGINS"}
     full_env.update(env, PYTHONPATH=os.pathsep.join(str(p) for p in [*path, REPO]))
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], env=full_env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def listed(stdout: str) -> list[str]:
@@ -49,26 +66,37 @@ def test_a_users_own_methods_folder_does_not_shadow_the_built_in_methods(tmp_pat
     assert set(listed(result.stdout)) >= set(BUILT_IN), result.stdout
 
 
-
 def test_a_checkout_finds_its_methods_without_an_install(tmp_path):
     """With no site-packages at all (`-S`: neither a regular nor an editable install), the
     checkout on PYTHONPATH still resolves `harness.methods` to its own `methods/` folder."""
     code = "import importlib.util as u; print(u.find_spec('harness.methods').origin)"
-    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == REPO / "methods" / "__init__.py"
 
 
-FIND = ("import importlib.util as u; print(u.find_spec('harness.methods').origin); "
-        "print(u.find_spec('harness.tests'), u.find_spec('harness.benchmarks'))")
+FIND = (
+    "import importlib.util as u; print(u.find_spec('harness.methods').origin); "
+    "print(u.find_spec('harness.tests'), u.find_spec('harness.benchmarks'))"
+)
 
 
 def find_in_fresh_interpreter(path: Path, cwd: Path, *flags: str) -> list[str]:
-    result = subprocess.run([sys.executable, *flags, "-c", FIND], cwd=cwd, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(path)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, *flags, "-c", FIND],
+        cwd=cwd,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(path)},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.split("\n")
 
@@ -100,6 +128,7 @@ def test_an_installed_layout_finds_its_own_methods(tmp_path):
     origin, missing, _ = find_in_fresh_interpreter(site, tmp_path, "-S")
     assert Path(origin) == site / "harness" / "methods" / "__init__.py"
     assert missing == "None None"
+
 
 # ----------------------------------------------------------------------------- entry points
 
@@ -141,7 +170,8 @@ def install(site: Path, dist: str, entry_points: dict[str, str], modules: dict[s
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
-        "[harness.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+        "[harness.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    )
     for name, source in modules.items():
         (site / f"{name}.py").write_text(source)
     return info
@@ -149,8 +179,12 @@ def install(site: Path, dist: str, entry_points: dict[str, str], modules: dict[s
 
 def test_installed_entry_points_are_listed_and_run_beside_harness_plugins(tmp_path):
     site = tmp_path / "site"
-    install(site, "harness-demo-plugin", {"plain": "demo_plain:Plain", "extras": "demo_decorated"},
-            {"demo_plain": PLAIN, "demo_decorated": DECORATED.format(name="decorated")})
+    install(
+        site,
+        "harness-demo-plugin",
+        {"plain": "demo_plain:Plain", "extras": "demo_decorated"},
+        {"demo_plain": PLAIN, "demo_decorated": DECORATED.format(name="decorated")},
+    )
     (tmp_path / "own.py").write_text(DECORATED.format(name="from_env"))
     listing = harness_cli("methods", cwd=tmp_path, path=[site, tmp_path], HARNESS_PLUGINS="own")
     assert listing.returncode == 0, listing.stderr
@@ -158,9 +192,23 @@ def test_installed_entry_points_are_listed_and_run_beside_harness_plugins(tmp_pa
     assert set(names) >= set(BUILT_IN) | {"plain", "decorated", "from_env"}, names
     assert "declared by an installed distribution's entry point" in listing.stdout
 
-    run = harness_cli("run", "--method", "plain", "--dataset", "digits", "--smoke", "--json",
-                      "--device", "cpu", "--arch", "mlp", "--set", "threat.autoattack=off",
-                      cwd=tmp_path, path=[site])
+    run = harness_cli(
+        "run",
+        "--method",
+        "plain",
+        "--dataset",
+        "digits",
+        "--smoke",
+        "--json",
+        "--device",
+        "cpu",
+        "--arch",
+        "mlp",
+        "--set",
+        "threat.autoattack=off",
+        cwd=tmp_path,
+        path=[site],
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["method"] == "plain" and out["kind"] == "model" and out["dataset"] == "digits"
@@ -169,8 +217,11 @@ def test_installed_entry_points_are_listed_and_run_beside_harness_plugins(tmp_pa
 
 BROKEN = {
     "syntax": ("demo_bad:Plain", "def broken(:\n", "syntax error"),
-    "raises": ("demo_bad:Plain", "raise RuntimeError('plugin exploded on import')\n",
-               "raised RuntimeError on import (plugin exploded on import)"),
+    "raises": (
+        "demo_bad:Plain",
+        "raise RuntimeError('plugin exploded on import')\n",
+        "raised RuntimeError on import (plugin exploded on import)",
+    ),
     "missing": ("demo_absent:Plain", None, "cannot be imported"),
     "wrong type": ("demo_bad:helper", PLAIN, "points at a function, not a method"),
 }
@@ -193,8 +244,9 @@ def test_broken_entry_point_exits_2_naming_it_and_its_distribution(tmp_path, cas
 def test_entry_point_taking_a_built_in_name_exits_2(tmp_path):
     site = tmp_path / "site"
     install(site, "harness-bad-plugin", {"erm": "demo_plain:Plain"}, {"demo_plain": PLAIN})
-    result = harness_cli("run", "--method", "erm", "--dataset", "digits", "--smoke",
-                         cwd=tmp_path, path=[site])
+    result = harness_cli(
+        "run", "--method", "erm", "--dataset", "digits", "--smoke", cwd=tmp_path, path=[site]
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     err = " ".join(result.stderr.split())
     assert "Traceback" not in err and "harness-bad-plugin" in err, err
@@ -225,9 +277,16 @@ def plugin_site(tmp_path, monkeypatch):
 
 
 def load_only(site: Path, name: str, value: str, dist: str = "harness-demo-plugin") -> None:
-    info = install(site, dist, {name: value},
-                   {"demo_plain": PLAIN, "demo_decorated": DECORATED.format(name="decorated"),
-                    "demo_subclass": SUBCLASS})
+    info = install(
+        site,
+        dist,
+        {name: value},
+        {
+            "demo_plain": PLAIN,
+            "demo_decorated": DECORATED.format(name="decorated"),
+            "demo_subclass": SUBCLASS,
+        },
+    )
     (ep,) = metadata.PathDistribution(info).entry_points
     load_entry_point(ep)
 
@@ -239,8 +298,11 @@ REFUSED = [
     ("plain", "demo_plain:Nope", "names 'Nope', which module 'demo_plain' does not define"),
     ("plain", "demo_plain", "registered no method"),
     ("base", "harness.methods:ModelMethod", "points at the class ModelMethod, not a method"),
-    ("other", "demo_decorated:Decorated",
-     "names the method 'other', but its class is registered as 'decorated'"),
+    (
+        "other",
+        "demo_decorated:Decorated",
+        "names the method 'other', but its class is registered as 'decorated'",
+    ),
 ]
 
 

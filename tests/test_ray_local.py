@@ -9,10 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sweep_helpers import (
-    descendants, describe, is_loopback, kill_group, listening_addresses, session_pids,
-    start_sweep, wait_for, write_spec,
+    descendants,
+    describe,
+    is_loopback,
+    kill_group,
+    listening_addresses,
+    session_pids,
+    start_sweep,
+    wait_for,
+    write_spec,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -71,8 +77,9 @@ def test_local_sweep_listens_on_loopback_only_and_cleans_up(tmp_path):
     spec = write_spec(tmp_path, spec_tree("loopback", epochs=3))
     proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
     try:
-        assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5), \
-            (tmp_path / "out.log").read_text()
+        assert wait_for(lambda: ray_is_up(session_pids(proc.pid)), timeout=120, every=0.5), (
+            tmp_path / "out.log"
+        ).read_text()
         seen = watch_sockets(proc, seconds=300)
         assert proc.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()
     finally:
@@ -86,10 +93,13 @@ def test_local_sweep_listens_on_loopback_only_and_cleans_up(tmp_path):
     import ipaddress
 
     assert {ipaddress.ip_address(a) for a in seen} <= {
-        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::ffff:127.0.0.1")}, seen
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::ffff:127.0.0.1"),
+    }, seen
     # Normal exit: the GCS, raylet, workers and agents are gone with the driver.
-    assert wait_for(lambda: not session_pids(proc.pid), timeout=30), \
-        describe(session_pids(proc.pid))
+    assert wait_for(lambda: not session_pids(proc.pid), timeout=30), describe(
+        session_pids(proc.pid)
+    )
 
 
 def signal_thread(pid: int, tid: int, signum: int) -> None:
@@ -108,8 +118,11 @@ def threads_taking(pid: int, signum: int) -> list[tuple[int, str]]:
     found = []
     for task in sorted((Path("/proc") / str(pid) / "task").iterdir(), key=lambda p: int(p.name)):
         try:
-            status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
-                          if ":\t" in line)
+            status = dict(
+                line.split(":\t", 1)
+                for line in (task / "status").read_text().splitlines()
+                if ":\t" in line
+            )
         except OSError:
             continue
         if int(task.name) != pid and not int(status["SigBlk"], 16) & (1 << (signum - 1)):
@@ -128,23 +141,26 @@ def test_ctrl_c_shuts_ray_down_with_its_agents(tmp_path, target):
     proc = start_sweep(spec, tmp_path, log=tmp_path / "out.log")
     try:
         # Ctrl-C once a trial has started (its MLflow run exists): Ray is up and working.
-        assert wait_for(lambda: trial_started(tmp_path / "mlflow.db"), timeout=180, every=0.5), \
-            (tmp_path / "out.log").read_text()
+        assert wait_for(lambda: trial_started(tmp_path / "mlflow.db"), timeout=180, every=0.5), (
+            tmp_path / "out.log"
+        ).read_text()
         time.sleep(2)
         assert proc.poll() is None, "the sweep ended before Ctrl-C: the test would prove nothing"
         if target == "process":
             proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver ...
         else:
-            ray_threads = [t for t, name in threads_taking(proc.pid, signal.SIGINT)
-                           if name != "python"]
+            ray_threads = [
+                t for t, name in threads_taking(proc.pid, signal.SIGINT) if name != "python"
+            ]
             assert ray_threads, "no native thread takes SIGINT: the case is not reproduced"
             signal_thread(proc.pid, ray_threads[0], signal.SIGINT)
         # Ray shut down within INTERRUPT_GRACE_S plus stop_ray's bounds; seen: 1.5-2 s.
         code = proc.wait(timeout=90)
         assert code == 130, (tmp_path / "out.log").read_text()
         # ... and nothing it started survives it: no raylet, GCS, worker or agent.
-        assert wait_for(lambda: not session_pids(proc.pid), timeout=30), \
-            describe(session_pids(proc.pid))
+        assert wait_for(lambda: not session_pids(proc.pid), timeout=30), describe(
+            session_pids(proc.pid)
+        )
     finally:
         kill_group(proc)
     assert "--resume" in (tmp_path / "out.log").read_text()
@@ -162,6 +178,7 @@ def test_a_local_ray_tolerates_a_raylet_that_stops_answering_for_minutes():
     assert not ray.is_initialized()
     assert start_ray(None, cpus=1)
     try:
+
         @ray.remote
         def threshold() -> int:
             from ray._raylet import Config
@@ -185,8 +202,10 @@ def test_sweep_on_a_two_node_cluster_uses_both_nodes(tmp_path):
     from ray.cluster_utils import Cluster
 
     loopback = "127.0.0.1"
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "node_ip_address": loopback})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "node_ip_address": loopback},
+    )
     try:
         cluster.add_node(num_cpus=1, node_ip_address=loopback)
         cluster.wait_for_nodes()

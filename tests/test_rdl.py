@@ -9,14 +9,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.cli import main
 from harness.datasets import load_dataset
 from harness.methods import make_method
+from harness.methods._condense import RealSampler, gradient_distance
 from harness.methods._synthetic_set import RowOptimizer, init_synthetic_set
 from harness.methods.base import MethodContext
 from harness.methods.rdl import NetState, unroll_sgd
-from harness.methods._condense import RealSampler, gradient_distance
+from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.protocol.train import TrainConfig, WorkMeter, train_model
 
 CPU = torch.device("cpu")
@@ -24,8 +24,14 @@ CPU = torch.device("cpu")
 
 def make_ctx(data, archs, seed=0, log=None):
     return MethodContext(
-        data=data, threat=Threat("linf", data.default_eps, steps=10), train=TrainConfig(), device=CPU,
-        generator=torch.Generator().manual_seed(seed), seed=seed, archs=list(archs), meter=WorkMeter(),
+        data=data,
+        threat=Threat("linf", data.default_eps, steps=10),
+        train=TrainConfig(),
+        device=CPU,
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        archs=list(archs),
+        meter=WorkMeter(),
         log=log or (lambda metrics, step: None),
     )
 
@@ -53,8 +59,15 @@ def test_unroll_is_differentiable_in_the_synthetic_inputs():
     torch.manual_seed(0)
     net = nn.Linear(4, 2)
     x = torch.randn(6, 4, requires_grad=True)
-    params, _ = unroll_sgd(NetState.fresh(net, "linear"), x, torch.tensor([0, 1] * 3), 3,
-                           lr=0.5, momentum=0.0, weight_decay=0.0)
+    params, _ = unroll_sgd(
+        NetState.fresh(net, "linear"),
+        x,
+        torch.tensor([0, 1] * 3),
+        3,
+        lr=0.5,
+        momentum=0.0,
+        weight_decay=0.0,
+    )
     (grad,) = torch.autograd.grad(params["weight"].sum(), x)
     assert grad.abs().sum() > 0
 
@@ -69,7 +82,9 @@ def test_row_optimizer_moves_only_the_given_rows():
     assert torch.all(target[[0, 2, 3, 5]] == 0)
     # Adam's first step moves by lr whatever the gradient's scale.
     fresh = torch.zeros(2, 2)
-    RowOptimizer(fresh.shape, kind="adam", lr=0.1).step(fresh, torch.tensor([0, 1]), torch.full((2, 2), 1e-3))
+    RowOptimizer(fresh.shape, kind="adam", lr=0.1).step(
+        fresh, torch.tensor([0, 1]), torch.full((2, 2), 1e-3)
+    )
     torch.testing.assert_close(fresh, torch.full((2, 2), -0.1), rtol=1e-4, atol=1e-6)
 
 
@@ -87,10 +102,20 @@ def test_init_synthetic_set_is_class_major_real_or_noise():
 
 def test_full_size_mode_updates_minibatches_and_stays_in_bounds_on_digits():
     data = load_dataset("digits", subset=8)
-    method = make_method("rdl", {
-        "ipc": None, "outer_steps": 1, "syn_batch": 16, "unroll_max": 2, "attack_steps": 2,
-        "real_batch": 16, "outer_lr": 0.5, "probe_every": 0, "soft_labels": False,
-    })
+    method = make_method(
+        "rdl",
+        {
+            "ipc": None,
+            "outer_steps": 1,
+            "syn_batch": 16,
+            "unroll_max": 2,
+            "attack_steps": 2,
+            "real_batch": 16,
+            "outer_lr": 0.5,
+            "probe_every": 0,
+            "soft_labels": False,
+        },
+    )
     ctx = make_ctx(data, ["mlp"])
     out = method.learn(ctx)
     assert out.x.shape == data.x_train.shape and torch.equal(out.y, data.y_train)
@@ -102,10 +127,19 @@ def test_full_size_mode_updates_minibatches_and_stays_in_bounds_on_digits():
 
 def test_soft_labels_are_learned_probabilities():
     data = load_dataset("synthetic-robust", params={"n_train": 200, "n_test": 50})
-    method = make_method("rdl", {
-        "ipc": 5, "outer_steps": 3, "unroll_max": 3, "attack_steps": 2, "real_batch": 32,
-        "soft_labels": True, "label_lr": 0.5, "probe_every": 0,
-    })
+    method = make_method(
+        "rdl",
+        {
+            "ipc": 5,
+            "outer_steps": 3,
+            "unroll_max": 3,
+            "attack_steps": 2,
+            "real_batch": 32,
+            "soft_labels": True,
+            "label_lr": 0.5,
+            "probe_every": 0,
+        },
+    )
     out = method.learn(make_ctx(data, ["linear"]))
     assert out.y.shape == (10, 2)
     torch.testing.assert_close(out.y.sum(dim=1), torch.ones(10))
@@ -116,16 +150,29 @@ def test_soft_labels_are_learned_probabilities():
 def test_arch_pool_with_batchnorm_runs_and_updates_running_statistics():
     data = load_dataset("digits", subset=4)
     logs = []
-    method = make_method("rdl", {
-        "ipc": 1, "outer_steps": 2, "reinit_every": 1, "archs": ["mlp", "vgg11"], "unroll_min": 2,
-        "unroll_max": 2, "attack_steps": 1, "real_batch": 8, "probe_every": 2, "probe_steps": 2, "probe_val": 20,
-    })
+    method = make_method(
+        "rdl",
+        {
+            "ipc": 1,
+            "outer_steps": 2,
+            "reinit_every": 1,
+            "archs": ["mlp", "vgg11"],
+            "unroll_min": 2,
+            "unroll_max": 2,
+            "attack_steps": 1,
+            "real_batch": 8,
+            "probe_every": 2,
+            "probe_steps": 2,
+            "probe_val": 20,
+        },
+    )
     ctx = make_ctx(data, ["convnet"], log=lambda m, s: logs.append(m))
     out = method.learn(ctx)
     assert out.info["archs"] == ["mlp", "vgg11"]
     assert torch.isfinite(out.x).all() and out.x.min() >= 0 and out.x.max() <= 1
     assert any("probe_robust_acc" in m for m in logs) and all(
-        torch.isfinite(torch.tensor(m["outer_loss"])) for m in logs if "outer_loss" in m)
+        torch.isfinite(torch.tensor(m["outer_loss"])) for m in logs if "outer_loss" in m
+    )
 
     # The unroll of a BatchNorm network trains in batch-statistics mode and updates its
     # running statistics through functional_call's buffers.
@@ -134,14 +181,20 @@ def test_arch_pool_with_batchnorm_runs_and_updates_running_statistics():
     net = build_model("vgg11", (1, 8, 8), 10)
     state = NetState.fresh(net, "vgg11")
     before = {k: b.clone() for k, b in state.buffers.items()}
-    unroll_sgd(state, torch.rand(6, 1, 8, 8), torch.arange(6), 1, lr=0.01, momentum=0.9, weight_decay=0.0)
+    unroll_sgd(
+        state, torch.rand(6, 1, 8, 8), torch.arange(6), 1, lr=0.01, momentum=0.9, weight_decay=0.0
+    )
     assert any(not torch.equal(before[k], state.buffers[k]) for k in before if "running_mean" in k)
 
 
 def test_gradient_distance_ignores_scale_and_biases():
     w = torch.randn(3, 4)
-    assert gradient_distance([w, torch.ones(3)], [2.5 * w, -torch.ones(3)]).item() == pytest.approx(0.0, abs=1e-5)
-    assert gradient_distance([w], [-w]).item() == pytest.approx(6.0, abs=1e-4)  # 3 rows x (1 - (-1))
+    assert gradient_distance([w, torch.ones(3)], [2.5 * w, -torch.ones(3)]).item() == pytest.approx(
+        0.0, abs=1e-5
+    )
+    assert gradient_distance([w], [-w]).item() == pytest.approx(
+        6.0, abs=1e-4
+    )  # 3 rows x (1 - (-1))
     conv = torch.randn(2, 3, 3, 3)
     flipped = conv.clone()
     flipped[1] = -flipped[1]
@@ -151,14 +204,26 @@ def test_gradient_distance_ignores_scale_and_biases():
 def test_rdl_gm_learns_a_bounded_finite_set_on_digits():
     data = load_dataset("digits", subset=10)
     logs = []
-    method = make_method("rdl_gm", {
-        "ipc": 2, "iterations": 2, "outer_loop": 2, "inner_loop": 2, "real_batch": 8,
-        "attack_steps": 2, "probe_every": 2, "probe_steps": 3, "probe_val": 50,
-    })
+    method = make_method(
+        "rdl_gm",
+        {
+            "ipc": 2,
+            "iterations": 2,
+            "outer_loop": 2,
+            "inner_loop": 2,
+            "real_batch": 8,
+            "attack_steps": 2,
+            "probe_every": 2,
+            "probe_steps": 3,
+            "probe_val": 50,
+        },
+    )
     ctx = make_ctx(data, ["mlp"], log=lambda m, s: logs.append(m))
     out = method.learn(ctx)
     start, _ = init_synthetic_set(data, 2, "real", torch.Generator().manual_seed(0))
-    assert out.x.shape == (20, 1, 8, 8) and torch.equal(out.y, torch.arange(10).repeat_interleave(2))
+    assert out.x.shape == (20, 1, 8, 8) and torch.equal(
+        out.y, torch.arange(10).repeat_interleave(2)
+    )
     assert torch.isfinite(out.x).all() and out.x.min() >= 0 and out.x.max() <= 1
     assert not torch.equal(out.x, start)  # the matching moved the images
     losses = [m["outer_loss"] for m in logs if "outer_loss" in m]
@@ -211,13 +276,25 @@ N_TRAIN = 1000  # reduced for speed; d = 100 (the knife edge, not the default d 
 
 # The recipe tuned for d = 100 (long-lived networks, short random unrolls; the default at
 # d = 400 is another, see rdl's DATASET_DEFAULTS): every field the d = 400 defaults change.
-D100_RECIPE = {"ipc": 250, "syn_batch": 512, "outer_lr": 0.1, "archs": ["linear"],
-               "reinit_every": 300, "unroll_min": 1, "unroll_max": 30, "attack_steps": 3,
-               "attack_loss": "ce", "soft_labels": False, "outer_steps": 2000}
+D100_RECIPE = {
+    "ipc": 250,
+    "syn_batch": 512,
+    "outer_lr": 0.1,
+    "archs": ["linear"],
+    "reinit_every": 300,
+    "unroll_min": 1,
+    "unroll_max": 30,
+    "attack_steps": 3,
+    "attack_loss": "ce",
+    "soft_labels": False,
+    "outer_steps": 2000,
+}
 
 
 def robust_data():
-    return load_dataset("synthetic-robust", params={"d": 100, "p": 0.9, "n_train": N_TRAIN, "n_test": 500})
+    return load_dataset(
+        "synthetic-robust", params={"d": 100, "p": 0.9, "n_train": N_TRAIN, "n_test": 500}
+    )
 
 
 def natural_scores(data, x, y, steps, seed, cfg):
@@ -225,16 +302,25 @@ def natural_scores(data, x, y, steps, seed, cfg):
     SGD steps on (x, y) with the unroll's optimiser settings."""
     ctx = make_ctx(data, ["linear"])
     model = ctx.build("linear", seed=seed)
-    train = TrainConfig(epochs=steps, batch_size=len(x), lr=cfg.inner_lr, momentum=cfg.inner_momentum,
-                        weight_decay=cfg.inner_weight_decay, schedule="constant")
+    train = TrainConfig(
+        epochs=steps,
+        batch_size=len(x),
+        lr=cfg.inner_lr,
+        momentum=cfg.inner_momentum,
+        weight_decay=cfg.inner_weight_decay,
+        schedule="constant",
+    )
     train_model(model, x, y, train, generator=torch.Generator().manual_seed(seed), device=CPU)
     return test_scores(model, data)
 
 
 def test_scores(model, data):
-    attack = Threat("linf", data.default_eps, steps=20).attack(bounds=data.bounds,
-                                                                generator=torch.Generator().manual_seed(0))
-    return accuracy(model, data.x_test, data.y_test), robust_accuracy(model, data.x_test, data.y_test, attack)
+    attack = Threat("linf", data.default_eps, steps=20).attack(
+        bounds=data.bounds, generator=torch.Generator().manual_seed(0)
+    )
+    return accuracy(model, data.x_test, data.y_test), robust_accuracy(
+        model, data.x_test, data.y_test, attack
+    )
 
 
 test_scores.__test__ = False  # a helper, not a test
@@ -261,7 +347,14 @@ def test_natural_training_on_the_learned_set_is_robust_however_long_it_trains(le
 
     # The same architecture naturally trained on the original data (erm) is not robust.
     model = make_ctx(data, ["linear"]).build("linear", seed=1)
-    train_model(model, data.x_train, data.y_train, TrainConfig(), generator=torch.Generator().manual_seed(1), device=CPU)
+    train_model(
+        model,
+        data.x_train,
+        data.y_train,
+        TrainConfig(),
+        generator=torch.Generator().manual_seed(1),
+        device=CPU,
+    )
     clean, robust = test_scores(model, data)
     assert clean >= 0.95 and robust <= 0.1
 
@@ -284,7 +377,10 @@ def test_rdl_beats_a_random_real_subset_of_the_same_size(learned_robust_set):
 def test_smoke_run_gives_finite_scores(method, dataset):
     args = ["run", "--dataset", dataset, "--method", method, "--smoke", "--json"]
     if dataset == "digits":
-        args += ["--arch", "mlp"]  # the smoke convnet's evaluation alone takes most of a minute on CPU
+        args += [
+            "--arch",
+            "mlp",
+        ]  # the smoke convnet's evaluation alone takes most of a minute on CPU
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -325,9 +421,19 @@ def test_a_non_finite_hypergradient_leaves_the_set_untouched():
     from harness.methods.rdl import _Learner
 
     data = load_dataset("digits", subset=4)
-    method = make_method("rdl", {"ipc": 1, "unroll_min": 3, "unroll_max": 3, "attack_steps": 1,
-                                 "real_batch": 8, "probe_every": 0, "inner_lr": 1e30,
-                                 "archs": ["linear"]})
+    method = make_method(
+        "rdl",
+        {
+            "ipc": 1,
+            "unroll_min": 3,
+            "unroll_max": 3,
+            "attack_steps": 1,
+            "real_batch": 8,
+            "probe_every": 0,
+            "inner_lr": 1e30,
+            "archs": ["linear"],
+        },
+    )
     learner = _Learner(method.config_for(data.name), make_ctx(data, ["linear"]))
     before = learner.x.clone()
     learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
@@ -337,8 +443,20 @@ def test_a_non_finite_hypergradient_leaves_the_set_untouched():
 
 
 def test_a_diverging_run_is_a_clear_exit_1_not_a_traceback():
-    res = CliRunner().invoke(main, ["run", "--dataset", "digits", "--method", "rdl", "--smoke",
-                                    "--set", "method.inner_lr=1e30", "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--dataset",
+            "digits",
+            "--method",
+            "rdl",
+            "--smoke",
+            "--set",
+            "method.inner_lr=1e30",
+            "--json",
+        ],
+    )
     assert res.exit_code == 1, res.output
     assert "diverged" in res.output and "method.inner_lr" in res.output
     assert "Traceback" not in res.output

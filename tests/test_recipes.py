@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import harness.protocol.evaluate as evaluate
-from harness.spec.schema import build_run_spec
 from harness.datasets import load_dataset
-from harness.protocol.evaluate import run_trial
 from harness.methods._augment import DEFAULT_STRATEGY, DSATrainAugment
+from harness.protocol.evaluate import run_trial
+from harness.spec.schema import build_run_spec
 
 
 def spec(name, **sections):
@@ -25,8 +25,14 @@ def spec(name, **sections):
         "method": {"name": name},
         "threat": {"steps": 2, "autoattack": "off"},  # recipes are checked, not scores
         "train": {"epochs": 2},
-        "eval": {"archs": ["mlp"], "models_per_arch": 1, "epochs": 3, "max_test": 50, "max_val": 50,
-                 "arch_settings": {"mlp": {"hidden": 16}}},
+        "eval": {
+            "archs": ["mlp"],
+            "models_per_arch": 1,
+            "epochs": 3,
+            "max_test": 50,
+            "max_val": 50,
+            "arch_settings": {"mlp": {"hidden": 16}},
+        },
     }
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value}
@@ -75,11 +81,14 @@ def test_dc_learned_with_dsa_is_evaluated_with_dsa(loop_calls):
     assert result.learned.info["dsa"] is True
 
 
-@pytest.mark.parametrize("method,params", [
-    ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8, "dsa": False}),
-    ("dc", {"ipc": 1, "iterations": 1, "batch_real": 8}),  # DC's default: no DSA
-    ("random", {"ipc": 1}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8, "dsa": False}),
+        ("dc", {"ipc": 1, "iterations": 1, "batch_real": 8}),  # DC's default: no DSA
+        ("random", {"ipc": 1}),
+    ],
+)
 def test_sets_learned_without_dsa_are_evaluated_without_augmentation(loop_calls, method, params):
     run_trial(spec(method, method=params, train={"augment": "crop_flip"}))
     (call,) = loop_calls
@@ -100,8 +109,13 @@ def test_dsa_evaluation_draws_per_image_and_reproducibly():
 
 
 def test_model_methods_get_early_stopping_and_crop_flip(loop_calls):
-    result = run_trial(spec("pgd_at", method={"steps": 1},
-                            train={"epochs": 3, "augment": "crop_flip", "early_stop": True}))
+    result = run_trial(
+        spec(
+            "pgd_at",
+            method={"steps": 1},
+            train={"epochs": 3, "augment": "crop_flip", "early_stop": True},
+        )
+    )
     (call,) = loop_calls
     assert call["select"] is not None and call["augment"] is None
     assert call["cfg"].augment == "crop_flip"
@@ -112,18 +126,27 @@ def test_model_methods_get_early_stopping_and_crop_flip(loop_calls):
 def test_early_stopping_scores_only_the_tail_of_the_validation_split(monkeypatch):
     data = load_dataset("digits", subset=5)
     seen = []
-    monkeypatch.setattr(evaluate, "robust_accuracy", lambda model, x, y, attack: seen.append(x) or 0.5)
+    monkeypatch.setattr(
+        evaluate, "robust_accuracy", lambda model, x, y, attack: seen.append(x) or 0.5
+    )
     threat = evaluate.Threat("linf", 0.1, steps=20)
     select = evaluate.early_stop_selector(data, threat, torch.device("cpu"))
     assert select(1, torch.nn.Identity()) == 0.5
     (x,) = seen
-    assert torch.equal(x, data.x_val[-evaluate.PROBE_EXAMPLES:])
+    assert torch.equal(x, data.x_val[-evaluate.PROBE_EXAMPLES :])
 
 
 def test_arch_settings_reach_the_trained_models():
-    result = run_trial(spec("erm", train={"epochs": 1},
-                            eval={"archs": ["convnet"], "arch_settings": {"convnet": {"depth": 4, "width": 4}}}))
-    conv_weights = [k for k, v in result.weights["convnet"].items() if k.startswith("features") and v.dim() == 4]
+    result = run_trial(
+        spec(
+            "erm",
+            train={"epochs": 1},
+            eval={"archs": ["convnet"], "arch_settings": {"convnet": {"depth": 4, "width": 4}}},
+        )
+    )
+    conv_weights = [
+        k for k, v in result.weights["convnet"].items() if k.startswith("features") and v.dim() == 4
+    ]
     assert len(conv_weights) == 4
 
 
@@ -141,10 +164,13 @@ def test_augmented_sets_get_the_reference_evaluation_budget():
     assert evaluate.downstream_config(explicit, 100, 60_000, augmented=True).epochs == 300
 
 
-@pytest.mark.parametrize("method,params,epochs", [
-    ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8}, 1000),  # evaluated with DSA
-    ("random", {"ipc": 1}, 300),
-])
+@pytest.mark.parametrize(
+    "method,params,epochs",
+    [
+        ("dm", {"ipc": 1, "iterations": 1, "batch_real": 8}, 1000),  # evaluated with DSA
+        ("random", {"ipc": 1}, 300),
+    ],
+)
 def test_trials_pass_the_sets_augmentation_to_the_budget(loop_calls, method, params, epochs):
     # 200 epochs' worth of steps on the full split is >= 1000 epochs of a 10-image set.
     run_trial(spec(method, method=params, eval={"epochs": None}, train={"epochs": 200}))
@@ -165,8 +191,13 @@ def test_reproduction_recipe_is_the_downstream_protocol(monkeypatch):
     """benchmarks/reproduce.py trains with PAPER_RECIPE; the harness scores learned sets with
     `downstream_config`. At eval.epochs 300 they must be one recipe, field for field."""
     recipe = load_reproduce(monkeypatch).PAPER_RECIPE
-    run = build_run_spec({"dataset": {"name": "fashion-mnist"}, "method": {"name": "random"},
-                          "eval": {"epochs": 300}})
+    run = build_run_spec(
+        {
+            "dataset": {"name": "fashion-mnist"},
+            "method": {"name": "random"},
+            "eval": {"epochs": 300},
+        }
+    )
     protocol = evaluate.downstream_config(run, 60_000, 60_000)
     assert dataclasses.asdict(recipe) == dataclasses.asdict(protocol)
     # A set smaller than a batch: the protocol trains on it whole, as the loop clips the

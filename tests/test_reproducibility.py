@@ -10,8 +10,8 @@ import yaml
 from click.testing import CliRunner
 
 from harness.cli import main
-from harness.spec.schema import build_run_spec
 from harness.protocol.evaluate import run_trial
+from harness.spec.schema import build_run_spec
 
 SCORES = ("clean_acc", "robust_acc", "autoattack_acc", "val_robust_acc", "val_clean_acc")
 
@@ -28,8 +28,9 @@ def tiny_spec(method: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("method", [{"name": "erm"}, {"name": "random", "ipc": 3}],
-                         ids=["erm", "random"])
+@pytest.mark.parametrize(
+    "method", [{"name": "erm"}, {"name": "random", "ipc": 3}], ids=["erm", "random"]
+)
 def test_same_spec_and_seed_give_identical_metrics(method):
     spec = build_run_spec(tiny_spec(method))
     first, second = run_trial(spec), run_trial(spec)
@@ -52,18 +53,27 @@ def store(tmp_path_factory):
     with_spec = tracker.trial_run("t1", {}, tags)
     tracker.client.log_text(with_spec, yaml.safe_dump(tiny_spec({"name": "erm"})), "spec.yaml")
     without = tracker.trial_run("t2", {}, tags)
-    return {"uri": uri, "parent": tracker.parent_run_id, "with_spec": with_spec,
-            "without": without}
+    return {"uri": uri, "parent": tracker.parent_run_id, "with_spec": with_spec, "without": without}
 
 
 def from_run(store, run_id: str, *extra: str):
-    return CliRunner().invoke(main, ["run", "--from-run", run_id, "--tracking-uri", store["uri"],
-                                     *extra])
+    return CliRunner().invoke(
+        main, ["run", "--from-run", run_id, "--tracking-uri", store["uri"], *extra]
+    )
 
 
 def test_from_run_applies_set_and_flags_on_top_of_the_record(store):
-    res = from_run(store, store["with_spec"], "--json", "--seed", "5",
-                   "--set", "threat.autoattack=off", "--set", "eval.models_per_arch=1")
+    res = from_run(
+        store,
+        store["with_spec"],
+        "--json",
+        "--seed",
+        "5",
+        "--set",
+        "threat.autoattack=off",
+        "--set",
+        "eval.models_per_arch=1",
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert (out["method"], out["dataset"], out["seed"]) == ("erm", "digits", 5)
@@ -72,11 +82,14 @@ def test_from_run_applies_set_and_flags_on_top_of_the_record(store):
     assert store["with_spec"] in res.stderr
 
 
-@pytest.mark.parametrize("which,needle", [
-    ("unknown", "no run"),
-    ("without", "no spec.yaml"),
-    ("parent", "parent run"),
-])
+@pytest.mark.parametrize(
+    "which,needle",
+    [
+        ("unknown", "no run"),
+        ("without", "no spec.yaml"),
+        ("parent", "parent run"),
+    ],
+)
 def test_from_run_without_a_recorded_spec_exits_2_naming_the_run(store, which, needle):
     run_id = "0123456789abcdef0123456789abcdef" if which == "unknown" else store[which]
     res = from_run(store, run_id)
@@ -99,7 +112,8 @@ def test_run_needs_dataset_and_method_or_from_run():
 
 
 def test_from_run_reads_a_missing_store_as_bad_input(tmp_path):
-    res = CliRunner().invoke(main, ["run", "--from-run", "abc", "--tracking-uri",
-                                    f"sqlite:///{tmp_path / 'absent.db'}"])
+    res = CliRunner().invoke(
+        main, ["run", "--from-run", "abc", "--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}"]
+    )
     assert res.exit_code == 2, res.output
     assert "does not exist" in res.output

@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import pytest
 
-from harness.spec.schema import build_run_spec
 from harness.protocol.evaluate import run_trial
+from harness.spec.schema import build_run_spec
 
 COMMON = {
     "dataset": {"name": "digits", "split_seed": 2},
     "seed": 2,
     "threat": {"steps": 10, "autoattack": "fast"},
     "train": {"epochs": 10, "lr": 0.05},
-    "eval": {"archs": ["linear", "mlp"], "models_per_arch": 1, "epochs": 300, "max_test": 300, "max_val": 100},
+    "eval": {
+        "archs": ["linear", "mlp"],
+        "models_per_arch": 1,
+        "epochs": 300,
+        "max_test": 300,
+        "max_val": 100,
+    },
 }
 
 IPC = 10
@@ -53,8 +59,10 @@ def results():
         out[name] = run_trial(spec)
     for name, r in out.items():  # shown with `pytest -s`: the figures the docstring quotes
         arch = "  ".join(f"{a.arch} {a.autoattack_acc:.3f}/{a.robust_acc:.3f}" for a in r.per_arch)
-        print(f"{name:10s} clean {r.clean_acc:.3f}  AA {r.autoattack_acc:.3f}  "
-              f"PGD {r.robust_acc:.3f}  ({arch})  flags {r.masking_flags}")
+        print(
+            f"{name:10s} clean {r.clean_acc:.3f}  AA {r.autoattack_acc:.3f}  "
+            f"PGD {r.robust_acc:.3f}  ({arch})  flags {r.masking_flags}"
+        )
     return out
 
 

@@ -8,8 +8,8 @@ import pickle
 
 import torch
 
-from harness.spec.schema import DatasetSpec
 from harness.protocol.evaluate import load_data
+from harness.spec.schema import DatasetSpec
 from harness.sweep.shared_data import dataset_key, from_arrays, to_arrays
 
 
@@ -34,8 +34,14 @@ def test_round_trip_keeps_every_split_and_fact():
 
 def test_the_key_tells_apart_every_loading_setting():
     base = DatasetSpec(name="digits", subset=10)
-    keys = {dataset_key(s) for s in (base, DatasetSpec(name="digits", subset=20),
-                                     DatasetSpec(name="digits", subset=10, split_seed=1),
-                                     DatasetSpec(name="digits", subset=10, val_fraction=0.2))}
+    keys = {
+        dataset_key(s)
+        for s in (
+            base,
+            DatasetSpec(name="digits", subset=20),
+            DatasetSpec(name="digits", subset=10, split_seed=1),
+            DatasetSpec(name="digits", subset=10, val_fraction=0.2),
+        )
+    }
     assert len(keys) == 4
     assert dataset_key(DatasetSpec(name="digits", subset=10)) == dataset_key(base)

@@ -72,30 +72,68 @@ CASES = [
     (with_("threat", []), "threat", "at least 1"),
     (with_("threat", [{"eps": 0.1}, {"eps": -1}]), "threat[1].eps", "greater than 0"),
     (with_("methods/erm/space/train.lr", {"uniform": [0.01, 100]}), "train.lr", "10"),
-    (with_("methods/erm/space/method.name", {"choice": ["erm", "pgd_at"]}),
-     "methods.erm.space.method.name", "structure"),
+    (
+        with_("methods/erm/space/method.name", {"choice": ["erm", "pgd_at"]}),
+        "methods.erm.space.method.name",
+        "structure",
+    ),
     (with_("methods/random/space/ipc", {"grid": [3, 3]}), "methods.random.space", "same name"),
-    (with_("dataset", [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}]),
-     "dataset", "dataset[0] and dataset[1]"),
-    (with_("dataset", [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}]),
-     "dataset", "d: 20 vs 50"),
+    (
+        with_(
+            "dataset",
+            [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}],
+        ),
+        "dataset",
+        "dataset[0] and dataset[1]",
+    ),
+    (
+        with_(
+            "dataset",
+            [{"name": "synthetic-robust", "d": 20}, {"name": "synthetic-robust", "d": 50}],
+        ),
+        "dataset",
+        "d: 20 vs 50",
+    ),
     (with_("threat", [{"eps": 0.1}, {"eps": 0.10000001}]), "threat", "eps: 0.1 vs 0.10000001"),
     # a method's or dataset's own settings, named where the spec sets them, with their value
     (with_("methods", {"trades": {"space": {"beta": -1}}}), "methods.trades.space.beta", "got -1"),
-    (with_("dataset", [{"name": "digits"}, {"name": "synthetic-robust", "p": 0.2}]),
-     "dataset[1].p", "greater than 0.5"),
+    (
+        with_("dataset", [{"name": "digits"}, {"name": "synthetic-robust", "p": 0.2}]),
+        "dataset[1].p",
+        "greater than 0.5",
+    ),
     (with_("dataset", {"name": "synthetic-robust", "p": math.nan}), "dataset.p", "got nan"),
-    (with_("dataset", [{"name": "digits"}, {"name": "synthetic-robust", "p": math.inf}]),
-     "dataset[1].p", "got inf"),
+    (
+        with_("dataset", [{"name": "digits"}, {"name": "synthetic-robust", "p": math.inf}]),
+        "dataset[1].p",
+        "got inf",
+    ),
     # examples per class beyond any dataset's: refused before anything is allocated
-    (with_("methods/random/space/ipc", {"grid": [1, 10**9]}), "methods.random.space.ipc",
-     "at most 20000"),
-    *[(with_("methods", {m: {"space": {key: 10**9}}}), f"methods.{m}.space.{key}", "at most 20000")
-      for m, key in [("dc", "ipc"), ("dm", "ipc"), ("rdl", "ipc"), ("rdl_gm", "ipc"),
-                     ("robust_features", "n_per_class")]],
+    (
+        with_("methods/random/space/ipc", {"grid": [1, 10**9]}),
+        "methods.random.space.ipc",
+        "at most 20000",
+    ),
+    *[
+        (
+            with_("methods", {m: {"space": {key: 10**9}}}),
+            f"methods.{m}.space.{key}",
+            "at most 20000",
+        )
+        for m, key in [
+            ("dc", "ipc"),
+            ("dm", "ipc"),
+            ("rdl", "ipc"),
+            ("rdl_gm", "ipc"),
+            ("robust_features", "n_per_class"),
+        ]
+    ],
     (with_("eval/archs", ["nosuch"]), "eval.archs", "nosuch"),
-    (with_("dataset", {"name": "synthetic-robust"}) | {"eval": {"archs": ["convnet"]}},
-     "eval.archs", "image architecture"),
+    (
+        with_("dataset", {"name": "synthetic-robust"}) | {"eval": {"archs": ["convnet"]}},
+        "eval.archs",
+        "image architecture",
+    ),
     (with_("threat/autoattack", "plus"), "threat.autoattack", "standard"),
     ("name: a\nname: b\ndataset: {name: digits}\nmethods: {erm: {}}\n", "SPEC", "twice"),
     ("a: &x [1, 1]\nb: [*x, *x]\n", "SPEC", "aliases"),
@@ -122,31 +160,92 @@ def test_bad_input_exits_2_naming_the_field(tmp_path, spec, field, word):
 # ------------------------------------------------------------------ generated malformed specs
 
 FIELDS = [
-    "name", "trials", "repeats", "max_failures", "seed", "device",
-    "dataset/name", "dataset/subset", "dataset/val_fraction", "dataset/split_seed",
-    "dataset/root", "dataset/download",
-    "threat/norm", "threat/eps", "threat/steps", "threat/alpha", "threat/restarts",
-    "threat/loss", "threat/autoattack",
-    "train/epochs", "train/batch_size", "train/lr", "train/momentum", "train/weight_decay",
-    "train/schedule", "train/optimizer", "train/augment",
-    "eval/archs", "eval/models_per_arch", "eval/epochs", "eval/lr", "eval/max_test",
-    "eval/max_val", "eval/val_autoattack",
-    "objective/metric", "objective/mode",
-    "search/seed", "search/asha", "search/grace_period", "search/max_concurrent",
-    "resources/cpu", "resources/gpu",
-    "methods/erm/space/train.lr", "methods/random/space/ipc", "methods/erm/trials",
+    "name",
+    "trials",
+    "repeats",
+    "max_failures",
+    "seed",
+    "device",
+    "dataset/name",
+    "dataset/subset",
+    "dataset/val_fraction",
+    "dataset/split_seed",
+    "dataset/root",
+    "dataset/download",
+    "threat/norm",
+    "threat/eps",
+    "threat/steps",
+    "threat/alpha",
+    "threat/restarts",
+    "threat/loss",
+    "threat/autoattack",
+    "train/epochs",
+    "train/batch_size",
+    "train/lr",
+    "train/momentum",
+    "train/weight_decay",
+    "train/schedule",
+    "train/optimizer",
+    "train/augment",
+    "eval/archs",
+    "eval/models_per_arch",
+    "eval/epochs",
+    "eval/lr",
+    "eval/max_test",
+    "eval/max_val",
+    "eval/val_autoattack",
+    "objective/metric",
+    "objective/mode",
+    "search/seed",
+    "search/asha",
+    "search/grace_period",
+    "search/max_concurrent",
+    "resources/cpu",
+    "resources/gpu",
+    "methods/erm/space/train.lr",
+    "methods/random/space/ipc",
+    "methods/erm/trials",
 ]
 
 BAD_VALUES = st.one_of(
-    st.sampled_from([math.inf, -math.inf, math.nan, -1, 0, -0.5, 10**30, -(10**30), 2**63,
-                     "", "nonsense", "8/0", None, [], {}, [1, 2], {"a": 1}, True]),
+    st.sampled_from(
+        [
+            math.inf,
+            -math.inf,
+            math.nan,
+            -1,
+            0,
+            -0.5,
+            10**30,
+            -(10**30),
+            2**63,
+            "",
+            "nonsense",
+            "8/0",
+            None,
+            [],
+            {},
+            [1, 2],
+            {"a": 1},
+            True,
+        ]
+    ),
     st.text(max_size=20),
     st.integers(min_value=-(10**20), max_value=10**20),
     st.floats(allow_nan=True, allow_infinity=True),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
-    st.sampled_from([{"uniform": [1, 0]}, {"loguniform": [-1, 1]}, {"int": [0.5, 2]},
-                     {"choice": []}, {"grid": "x"}, {"bogus": [1, 2]}, {"uniform": [0, math.inf]}]),
+    st.sampled_from(
+        [
+            {"uniform": [1, 0]},
+            {"loguniform": [-1, 1]},
+            {"int": [0.5, 2]},
+            {"choice": []},
+            {"grid": "x"},
+            {"bogus": [1, 2]},
+            {"uniform": [0, math.inf]},
+        ]
+    ),
 )
 
 
@@ -182,9 +281,16 @@ def names_field(message: str, paths: tuple[str, ...]) -> bool:
     return any(field == p or field.startswith((p + ".", p + "[")) for p in paths)
 
 
-@settings(max_examples=500, deadline=None, derandomize=False,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.filter_too_much,
+    ],
+)
 @given(data=st.data())
 def test_generated_malformed_specs_never_crash(tmp_path, data):
     """Whatever the mutation, `harness validate` refuses the spec with HarnessInputError, one
@@ -215,11 +321,14 @@ def run_cli(*args: str):
     return res.exit_code, " ".join(res.output.split())
 
 
-@pytest.mark.parametrize("uri,word", [
-    ("bogus://x", "not a tracking store"),
-    ("file:///tmp/store", "file stores"),
-    ("relative/dir", "file stores"),
-])
+@pytest.mark.parametrize(
+    "uri,word",
+    [
+        ("bogus://x", "not a tracking store"),
+        ("file:///tmp/store", "file stores"),
+        ("relative/dir", "file stores"),
+    ],
+)
 def test_unusable_tracking_uris_exit_2(uri, word):
     code, out = run_cli("leaderboard", "--tracking-uri", uri)
     assert code == 2 and "--tracking-uri" in out and word in out, out
@@ -249,8 +358,13 @@ def test_a_password_in_a_tracking_uri_is_masked_by_ui_and_after_a_sweep(tmp_path
     monkeypatch.setattr(harness.tracking.store, "connect", lambda uri: object())
     monkeypatch.setattr(sweeps_cli, "arm_interrupt_watchdog", lambda path: None)
     monkeypatch.setattr(sweeps_cli, "show_leaderboard", lambda uri, experiment: None)
-    monkeypatch.setattr(harness.sweep.driver, "run_sweep", lambda *a, **k: harness.sweep.driver.SweepOutcome(
-        parent_run_id="p", experiment="ok", storage="ray_results", failed=0, variants=[]))
+    monkeypatch.setattr(
+        harness.sweep.driver,
+        "run_sweep",
+        lambda *a, **k: harness.sweep.driver.SweepOutcome(
+            parent_run_id="p", experiment="ok", storage="ray_results", failed=0, variants=[]
+        ),
+    )
     spec = tmp_path / "spec.yaml"
     spec.write_text(dump(VALID))
     code, out = run_cli("sweep", str(spec), "--tracking-uri", uri)
@@ -268,16 +382,20 @@ def foreign_store(path) -> None:
 STORES = {
     "random-bytes": lambda path: path.write_bytes(bytes(range(256)) * 16),
     "sqlite-header-then-garbage": lambda path: path.write_bytes(
-        b"SQLite format 3\x00" + bytes(range(256)) * 16),
+        b"SQLite format 3\x00" + bytes(range(256)) * 16
+    ),
     "another-sqlite-database": foreign_store,
 }
 
 
-@pytest.mark.parametrize("command", [["leaderboard"], ["run", "--from-run", "0123abcd"],
-                                     ["sweep", "SPEC"], ["ui", "--port", "1"]])
+@pytest.mark.parametrize(
+    "command",
+    [["leaderboard"], ["run", "--from-run", "0123abcd"], ["sweep", "SPEC"], ["ui", "--port", "1"]],
+)
 @pytest.mark.parametrize("store", list(STORES))
 def test_a_corrupt_or_foreign_tracking_store_exits_2_and_stays_untouched(
-        tmp_path, monkeypatch, store, command):
+    tmp_path, monkeypatch, store, command
+):
     """mlflow.db that is not an MLflow store (random bytes, a damaged database, another
     program's SQLite file): each command that opens the store exits 2 naming the file and
     the fix, and the file is left exactly as it was (MLflow would add its tables to a
@@ -300,17 +418,31 @@ def test_a_corrupt_or_foreign_tracking_store_exits_2_and_stays_untouched(
 
 
 def test_bad_device_and_data_root_exit_2():
-    code, out = run_cli("run", "--dataset", "digits", "--method", "erm", "--smoke",
-                        "--device", "mps")
+    code, out = run_cli(
+        "run", "--dataset", "digits", "--method", "erm", "--smoke", "--device", "mps"
+    )
     assert code == 2 and "--device" in out, out
-    code, out = run_cli("run", "--dataset", "digits", "--method", "erm", "--smoke",
-                        "--data-root", "~nosuchuser_harness/x")
+    code, out = run_cli(
+        "run",
+        "--dataset",
+        "digits",
+        "--method",
+        "erm",
+        "--smoke",
+        "--data-root",
+        "~nosuchuser_harness/x",
+    )
     assert code == 2 and "dataset.root" in out, out
 
 
-@pytest.mark.parametrize("args", [["run", "--dataset", "mnist", "--method", "erm", "--smoke"],
-                                  ["run", "--dataset", "cifar10", "--method", "erm", "--smoke"],
-                                  ["datasets"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--dataset", "mnist", "--method", "erm", "--smoke"],
+        ["run", "--dataset", "cifar10", "--method", "erm", "--smoke"],
+        ["datasets"],
+    ],
+)
 def test_a_data_root_the_file_system_refuses_exits_2(tmp_path, args):
     """A data root with a 300-character folder name: the file system refuses every path
     below it (ENAMETOOLONG); the dataset's file checks report it as a bad --data-root."""

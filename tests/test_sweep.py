@@ -11,14 +11,21 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from sweep_helpers import (
+    TINY_RUN,
+    kill_group,
+    run_sweep,
+    start_sweep,
+    trial_runs,
+    wait_for,
+    write_spec,
+)
 
 from harness.cli import main
-from harness.spec.schema import build_run_spec, build_sweep_spec, load_yaml
-from harness.tracking.provenance import git_tags
 from harness.methods import make_method
 from harness.spec.plan import make_plan
-from sweep_helpers import (TINY_RUN, kill_group, run_sweep, start_sweep, trial_runs,
-                           wait_for, write_spec)
+from harness.spec.schema import build_run_spec, build_sweep_spec, load_yaml
+from harness.tracking.provenance import git_tags
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
 
@@ -27,19 +34,22 @@ SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
 def small_sweep(tmp_path_factory):
     """One real sweep: a model-producing and a dataset-producing method on digits."""
     cwd = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(cwd, {
-        "name": "small",
-        "dataset": {"name": "digits", "subset": 15},
-        **TINY_RUN,
-        "trials": 2,
-        "repeats": 1,
-        # ASHA on (its per-epoch probes are logged), its first rung beyond the 2 epochs
-        "search": {**TINY_RUN["search"], "asha": True, "grace_period": 5},
-        "methods": {
-            "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
-            "random": {"space": {"ipc": {"grid": [3]}}},
+    spec = write_spec(
+        cwd,
+        {
+            "name": "small",
+            "dataset": {"name": "digits", "subset": 15},
+            **TINY_RUN,
+            "trials": 2,
+            "repeats": 1,
+            # ASHA on (its per-epoch probes are logged), its first rung beyond the 2 epochs
+            "search": {**TINY_RUN["search"], "asha": True, "grace_period": 5},
+            "methods": {
+                "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.2]}}},
+                "random": {"space": {"ipc": {"grid": [3]}}},
+            },
         },
-    })
+    )
     proc = run_sweep(spec, cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return cwd, proc
@@ -54,22 +64,39 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
     source = git_tags()  # the checkout the sweep's driver imported the harness from
     # erm: 2 Optuna trials + 1 repeat; random[ipc=3]: nothing searched -> 1 trial + 1 repeat
     counts = Counter((r.data.tags["variant"], r.data.tags["phase"]) for r in trials)
-    assert counts == {("erm", "search"): 2, ("erm", "repeat"): 1,
-                      ("random[ipc=3]", "search"): 1, ("random[ipc=3]", "repeat"): 1}
+    assert counts == {
+        ("erm", "search"): 2,
+        ("erm", "repeat"): 1,
+        ("random[ipc=3]", "search"): 1,
+        ("random[ipc=3]", "repeat"): 1,
+    }
     for r in trials:
         tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
         assert r.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == parent
         assert tags["sweep"] == "small" and tags["dataset"] == "digits"
         assert tags["method"] == params["method"] == params["method.name"]
-        assert {"git_sha", "torch_version", "ray_version", "mlflow_version", "harness_version",
-                "device"} <= set(tags)
+        assert {
+            "git_sha",
+            "torch_version",
+            "ray_version",
+            "mlflow_version",
+            "harness_version",
+            "device",
+        } <= set(tags)
         assert tags["git_sha"] == source["git_sha"]
         known = source["git_sha"] != "unknown"
         assert tags["git_dirty"] in ({"true", "false"} if known else {"unknown"})
         assert float(params["threat.eps"]) == pytest.approx(0.2)  # resolved default, not None
-        for key in ("clean_acc", "robust_acc", "val_robust_acc", "learn_seconds",
-                    "train_seconds", "work_epochs", "arch.mlp.robust_acc"):
+        for key in (
+            "clean_acc",
+            "robust_acc",
+            "val_robust_acc",
+            "learn_seconds",
+            "train_seconds",
+            "work_epochs",
+            "arch.mlp.robust_acc",
+        ):
             assert key in metrics, key
             assert metrics[key] >= 0
         assert 0 <= metrics["robust_acc"] <= metrics["clean_acc"] + 1e-9 <= 1 + 1e-9
@@ -80,12 +107,15 @@ def test_sweep_records_every_trial_in_mlflow(small_sweep):
         files = {f.path for f in client.list_artifacts(r.info.run_id)}
         assert {"spec.yaml", "model"} <= files
         # what the worker actually ran is what the driver recorded for this trial
-        ran = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "spec.yaml")).read_text())
+        ran = yaml.safe_load(
+            Path(client.download_artifacts(r.info.run_id, "spec.yaml")).read_text()
+        )
         assert ran["method"]["name"] == tags["method"]
         assert ran["dataset"]["name"] == tags["dataset"]
         assert str(ran["seed"]) == params["seed"]
         # every logged param is the value of the resolved spec the worker ran
         from harness.results.record import flatten
+
         ran_flat = {k: str(v) for k, v in flatten(ran).items()}
         for key, value in params.items():
             if key in ran_flat:
@@ -130,8 +160,9 @@ def test_from_run_reproduces_a_recorded_trial(small_sweep):
     trials, _ = trial_runs(MlflowClient(uri), "small")
     for method in ("erm", "random"):
         recorded = next(r for r in trials if r.data.tags["method"] == method)
-        res = CliRunner().invoke(main, ["run", "--from-run", recorded.info.run_id,
-                                        "--tracking-uri", uri, "--json"])
+        res = CliRunner().invoke(
+            main, ["run", "--from-run", recorded.info.run_id, "--tracking-uri", uri, "--json"]
+        )
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
         assert out["method"] == method and str(out["seed"]) == recorded.data.params["seed"]
@@ -140,18 +171,23 @@ def test_from_run_reproduces_a_recorded_trial(small_sweep):
 
 
 def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
-    spec = write_spec(tmp_path, {
-        "name": "killed",
-        "dataset": {"name": "synthetic-robust", "n_train": 600, "n_test": 200, "d": 20},
-        **TINY_RUN,
-        "eval": {**TINY_RUN["eval"], "archs": ["linear"]},
-        "train": {"epochs": 3},
-        "trials": 5,
-        "search": {"max_concurrent": 1, "asha": False},
-        # a searched variant and a fixed one (whose restore once failed: issue 20)
-        "methods": {"erm": {"space": {"train.lr": {"loguniform": [0.01, 0.3]}}},
-                    "random": {"space": {"ipc": 5}}},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "killed",
+            "dataset": {"name": "synthetic-robust", "n_train": 600, "n_test": 200, "d": 20},
+            **TINY_RUN,
+            "eval": {**TINY_RUN["eval"], "archs": ["linear"]},
+            "train": {"epochs": 3},
+            "trials": 5,
+            "search": {"max_concurrent": 1, "asha": False},
+            # a searched variant and a fixed one (whose restore once failed: issue 20)
+            "methods": {
+                "erm": {"space": {"train.lr": {"loguniform": [0.01, 0.3]}}},
+                "random": {"space": {"ipc": 5}},
+            },
+        },
+    )
     db = tmp_path / "mlflow.db"
 
     def finished_trials() -> int:
@@ -161,7 +197,8 @@ def test_killed_sweep_resumes_with_one_run_per_trial(tmp_path):
             with sqlite3.connect(db, timeout=1) as con:
                 rows = con.execute(
                     "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid "
-                    "where t.key = 'trial_id' and r.status = 'FINISHED'").fetchone()
+                    "where t.key = 'trial_id' and r.status = 'FINISHED'"
+                ).fetchone()
             return rows[0]
         except sqlite3.Error:
             return 0
@@ -213,19 +250,26 @@ def test_shipped_specs_rank_by_autoattack(spec_file):
     assert autoattack_off(spec) == [], f"{spec_file.name}: test AutoAttack off"
     # The check itself catches a threat turned off, and a space that turns it off.
     threats = [t.model_dump() for t in spec.threat]
-    bad = spec.model_copy(update={"threat": [type(spec.threat[0])(**{**threats[0],
-                                                                      "autoattack": "off"})]})
+    bad = spec.model_copy(
+        update={"threat": [type(spec.threat[0])(**{**threats[0], "autoattack": "off"})]}
+    )
     assert autoattack_off(bad)
     method = next(iter(spec.methods))
-    spaced = build_sweep_spec({**load_yaml(spec_file), "methods": {
-        method: {"space": {"threat.autoattack": "off"}}}})
+    spaced = build_sweep_spec(
+        {**load_yaml(spec_file), "methods": {method: {"space": {"threat.autoattack": "off"}}}}
+    )
     assert autoattack_off(spaced)
 
 
 def test_shipped_specs_exist():
     names = {p.name for p in SWEEPS}
-    assert {"quick.yaml", "fashion-mnist.yaml", "mnist.yaml", "cifar10.yaml",
-            "tinyimagenet.yaml"} <= names
+    assert {
+        "quick.yaml",
+        "fashion-mnist.yaml",
+        "mnist.yaml",
+        "cifar10.yaml",
+        "tinyimagenet.yaml",
+    } <= names
 
 
 PLUGIN = '''
@@ -310,27 +354,42 @@ class Killed(ModelMethod):
 def test_failing_trials_are_retried_and_never_stop_the_sweep(tmp_path):
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "harness_test_plugin.py").write_text(PLUGIN)
-    spec = write_spec(tmp_path, {
-        "name": "failing",
-        "dataset": {"name": "digits", "subset": 10},
-        **TINY_RUN,
-        "train": {"epochs": 4},
-        "trials": 1,
-        "max_failures": 1,
-        "checkpoint_every_s": 0,
-        "methods": {"broken": {}, "flaky": {}, "erm": {}, "nan_loss": {}, "killed": {},
-                    "resumed": {}, "nan_set": {}},
-    })
-    env = {"HARNESS_PLUGINS": "harness_test_plugin",
-           "PYTHONPATH": str(tmp_path / "plugins")}
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "failing",
+            "dataset": {"name": "digits", "subset": 10},
+            **TINY_RUN,
+            "train": {"epochs": 4},
+            "trials": 1,
+            "max_failures": 1,
+            "checkpoint_every_s": 0,
+            "methods": {
+                "broken": {},
+                "flaky": {},
+                "erm": {},
+                "nan_loss": {},
+                "killed": {},
+                "resumed": {},
+                "nan_set": {},
+            },
+        },
+    )
+    env = {"HARNESS_PLUGINS": "harness_test_plugin", "PYTHONPATH": str(tmp_path / "plugins")}
     res = run_sweep(spec, tmp_path, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     trials, _ = trial_runs(client, "failing")
     status = {r.data.tags["method"]: r.info.status for r in trials}
-    assert status == {"broken": "FAILED", "flaky": "FINISHED", "erm": "FINISHED",
-                      "nan_loss": "FAILED", "killed": "FAILED",
-                      "resumed": "FINISHED", "nan_set": "FAILED"}, res.stderr[-3000:]
+    assert status == {
+        "broken": "FAILED",
+        "flaky": "FINISHED",
+        "erm": "FINISHED",
+        "nan_loss": "FAILED",
+        "killed": "FAILED",
+        "resumed": "FINISHED",
+        "nan_set": "FAILED",
+    }, res.stderr[-3000:]
     assert len(trials) == 7  # a retried trial keeps its one run
     assert (tmp_path / "plugins" / "attempted").exists()
     # The killed attempt's successor went on from epoch 3 (epochs 1 and 2 are not trained

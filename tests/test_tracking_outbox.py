@@ -29,8 +29,10 @@ class Outage:
 
         def call(*args, **kwargs):
             if self.down:
-                raise MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs"
-                                      "/create failed with exception ConnectionError(refused)")
+                raise MlflowException(
+                    "API request to http://127.0.0.1:5000/api/2.0/mlflow/runs"
+                    "/create failed with exception ConnectionError(refused)"
+                )
             return attr(*args, **kwargs)
 
         return call
@@ -46,8 +48,12 @@ def setup(tmp_path):
 
 
 def runs_by_trial(tracker: Tracker) -> dict:
-    return {r.data.tags["trial_id"]: r for r in tracker.client.client.search_runs(
-        [tracker.experiment_id], filter_string="tags.trial_id != ''")}
+    return {
+        r.data.tags["trial_id"]: r
+        for r in tracker.client.client.search_runs(
+            [tracker.experiment_id], filter_string="tags.trial_id != ''"
+        )
+    }
 
 
 def write_trial(tracker: Tracker, trial: str, tmp_path, acc: float) -> None:
@@ -111,16 +117,22 @@ def test_a_refused_write_is_an_error_not_kept(setup):
     assert tracker.unsent() == 0
 
 
-@pytest.mark.parametrize("error, down", [
-    (MlflowException("API request to http://h/api failed with exception ConnectionError()"), True),
-    (MlflowException("API request to http://h/api failed with timeout exception x."), True),
-    (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
-    (MlflowException("API request to endpoint /x failed with error code 502 != 200."), True),
-    (MlflowException("API request to endpoint /x failed with error code 500 != 200."), False),
-    (MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE), False),
-    (MlflowException("a client-side error"), False),
-    (ConnectionRefusedError(), True),
-    (ValueError("x"), False),
-])
+@pytest.mark.parametrize(
+    "error, down",
+    [
+        (
+            MlflowException("API request to http://h/api failed with exception ConnectionError()"),
+            True,
+        ),
+        (MlflowException("API request to http://h/api failed with timeout exception x."), True),
+        (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), True),
+        (MlflowException("API request to endpoint /x failed with error code 502 != 200."), True),
+        (MlflowException("API request to endpoint /x failed with error code 500 != 200."), False),
+        (MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE), False),
+        (MlflowException("a client-side error"), False),
+        (ConnectionRefusedError(), True),
+        (ValueError("x"), False),
+    ],
+)
 def test_unavailable_tells_an_outage_from_a_refusal(error, down):
     assert unavailable(error) is down

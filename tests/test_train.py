@@ -7,8 +7,15 @@ from torch import nn
 
 from harness.errors import HarnessInputError
 from harness.protocol.train import (
-    TrainConfig, WorkMeter, crop_padding, lr_factor, natural_loss, random_crop, random_flip,
-    soft_cross_entropy, train_model,
+    TrainConfig,
+    WorkMeter,
+    crop_padding,
+    lr_factor,
+    natural_loss,
+    random_crop,
+    random_flip,
+    soft_cross_entropy,
+    train_model,
 )
 
 
@@ -25,8 +32,15 @@ def test_training_learns_and_counts_work():
     model = nn.Sequential(nn.Linear(5, 2))
     meter = WorkMeter()
     cfg = TrainConfig(epochs=3, batch_size=50, lr=0.1)
-    stats = train_model(model, x, y, cfg, generator=torch.Generator().manual_seed(0),
-                        device=torch.device("cpu"), meter=meter)
+    stats = train_model(
+        model,
+        x,
+        y,
+        cfg,
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        meter=meter,
+    )
     acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc > 0.95
     assert stats.steps == 3 * 8
@@ -41,8 +55,14 @@ def test_same_seed_same_model_different_seed_different_model():
     def fit(seed):
         torch.manual_seed(123)
         model = nn.Linear(5, 2)
-        train_model(model, x, y, TrainConfig(epochs=1, batch_size=32),
-                    generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+        train_model(
+            model,
+            x,
+            y,
+            TrainConfig(epochs=1, batch_size=32),
+            generator=torch.Generator().manual_seed(seed),
+            device=torch.device("cpu"),
+        )
         return model.weight.detach().clone()
 
     assert torch.equal(fit(1), fit(1))
@@ -54,7 +74,8 @@ def test_soft_labels_equal_hard_labels_when_one_hot():
     y = torch.randint(0, 3, (8,))
     one_hot = torch.nn.functional.one_hot(y, 3).float()
     assert soft_cross_entropy(logits, one_hot).item() == pytest.approx(
-        soft_cross_entropy(logits, y).item(), rel=1e-6)
+        soft_cross_entropy(logits, y).item(), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "halfway", "cyclic", "constant"])
@@ -73,8 +94,14 @@ def test_divergence_is_reported():
     x, y = blobs()
     x[0, 0] = math.inf
     with pytest.raises(FloatingPointError, match="diverged"):
-        train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=1, batch_size=400),
-                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        train_model(
+            nn.Linear(5, 2),
+            x,
+            y,
+            TrainConfig(epochs=1, batch_size=400),
+            generator=torch.Generator().manual_seed(0),
+            device=torch.device("cpu"),
+        )
 
 
 def test_epoch_hook_is_not_counted_as_training_work():
@@ -87,9 +114,16 @@ def test_epoch_hook_is_not_counted_as_training_work():
         model(x)  # a validation pass: must not count
         seen.append(epoch)
 
-    train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=2, batch_size=100),
-                generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
-                meter=meter, on_epoch=probe)
+    train_model(
+        nn.Linear(5, 2),
+        x,
+        y,
+        TrainConfig(epochs=2, batch_size=100),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        meter=meter,
+        on_epoch=probe,
+    )
     assert seen == [1, 2]
     assert meter.epochs(len(x)) == pytest.approx(2.0)
 
@@ -113,9 +147,15 @@ def seen_batches(augment, seed, epochs=2):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
-    train_model(model, x, y, TrainConfig(epochs=epochs, batch_size=16, augment=augment),
-                generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"),
-                loss_step=record)
+    train_model(
+        model,
+        x,
+        y,
+        TrainConfig(epochs=epochs, batch_size=16, augment=augment),
+        generator=torch.Generator().manual_seed(seed),
+        device=torch.device("cpu"),
+        loss_step=record,
+    )
     return x, batches
 
 
@@ -138,8 +178,12 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
     padded = F.pad(x, (pad,) * 4)
     out = random_crop(x, torch.Generator().manual_seed(0))
     windows = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
-    found = [[dy, dx] for i in range(len(x)) for dy, dx in windows
-             if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])]
+    found = [
+        [dy, dx]
+        for i in range(len(x))
+        for dy, dx in windows
+        if torch.equal(out[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+    ]
     assert len(found) >= len(x)  # every image is one of the windows
     assert len({tuple(f) for f in found}) > 1  # shifts are drawn per image
     flipped = random_flip(x, torch.Generator().manual_seed(0))
@@ -152,8 +196,14 @@ def test_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
 def test_augmentation_refuses_flat_inputs(augment):
     x, y = blobs()
     with pytest.raises(HarnessInputError, match=r"train\.augment.*feature vectors"):
-        train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=1, augment=augment),
-                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        train_model(
+            nn.Linear(5, 2),
+            x,
+            y,
+            TrainConfig(epochs=1, augment=augment),
+            generator=torch.Generator().manual_seed(0),
+            device=torch.device("cpu"),
+        )
 
 
 def test_a_callers_augmentation_is_applied_and_cannot_be_doubled():
@@ -164,12 +214,26 @@ def test_a_callers_augmentation_is_applied_and_cannot_be_doubled():
         calls.append(xb.shape[0])
         return xb + 1.0
 
-    train_model(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), x, y, TrainConfig(epochs=1, batch_size=16),
-                generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), augment=shift)
+    train_model(
+        nn.Sequential(nn.Flatten(), nn.Linear(192, 2)),
+        x,
+        y,
+        TrainConfig(epochs=1, batch_size=16),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        augment=shift,
+    )
     assert calls == [16] * 4
     with pytest.raises(ValueError, match="two augmentations"):
-        train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=1, augment="crop"),
-                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), augment=shift)
+        train_model(
+            nn.Linear(5, 2),
+            x,
+            y,
+            TrainConfig(epochs=1, augment="crop"),
+            generator=torch.Generator().manual_seed(0),
+            device=torch.device("cpu"),
+            augment=shift,
+        )
 
 
 # ------------------------------------------------------------------ early stopping
@@ -192,9 +256,15 @@ def test_early_stopping_restores_the_best_validation_epoch():
 
     torch.manual_seed(0)
     model = nn.Linear(5, 2)
-    stats = train_model(model, x, y, TrainConfig(epochs=3, batch_size=50, lr=0.1, schedule="constant"),
-                        generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
-                        select=select)
+    stats = train_model(
+        model,
+        x,
+        y,
+        TrainConfig(epochs=3, batch_size=50, lr=0.1, schedule="constant"),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        select=select,
+    )
     assert scores[3] < max(scores[1], scores[2])
     best = max((1, 2), key=lambda e: (scores[e], e))
     assert stats.kept_epoch == best and stats.kept_score == scores[best]
@@ -204,10 +274,22 @@ def test_early_stopping_restores_the_best_validation_epoch():
 
 def test_early_stopping_breaks_ties_towards_the_later_epoch():
     x, y = blobs()
-    stats = train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=3, batch_size=100),
-                        generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
-                        select=lambda epoch, model: 0.0)
+    stats = train_model(
+        nn.Linear(5, 2),
+        x,
+        y,
+        TrainConfig(epochs=3, batch_size=100),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        select=lambda epoch, model: 0.0,
+    )
     assert stats.kept_epoch == 3
-    plain = train_model(nn.Linear(5, 2), x, y, TrainConfig(epochs=2, batch_size=100),
-                        generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    plain = train_model(
+        nn.Linear(5, 2),
+        x,
+        y,
+        TrainConfig(epochs=2, batch_size=100),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
     assert plain.kept_epoch == 2 and plain.kept_score is None

@@ -37,8 +37,13 @@ print(json.dumps({"heavy": heavy, "files": sorted(files)}))
 
 
 def test_a_trial_worker_imports_neither_mlflow_nor_sklearn_nor_torchvision():
-    out = subprocess.run([sys.executable, "-c", TRIAL], capture_output=True, text=True,
-                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", TRIAL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert "dataset/grid.png" in seen["files"]  # the trial did write its image grid
@@ -58,7 +63,7 @@ def test_the_grid_puts_each_class_on_its_row(tmp_path):
 
     def cell(row, col):
         top, left = PAD + row * (2 + PAD), PAD + col * (3 + PAD)
-        return img[top:top + 2, left:left + 3]
+        return img[top : top + 2, left : left + 3]
 
     expected = {(0, 0): x[1, 0], (0, 1): x[3, 0], (1, 0): x[0, 0], (1, 1): x[2, 0], (1, 2): x[4, 0]}
     for (row, col), pixels in expected.items():

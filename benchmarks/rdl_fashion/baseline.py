@@ -1,9 +1,14 @@
 """Validation scores of a random real subset (ipc 10, the learned sets' starting point)."""
-import sys, json
+
+import json
+import sys
+
 import torch
 import torch.nn.functional as F
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from evalval import score_val
+
 from harness.datasets import load_dataset
 from harness.methods._synthetic_set import init_synthetic_set
 

@@ -8,17 +8,22 @@ validation images, AutoAttack-fast on 200).
 
 `--rdl-set`: a set saved by unroll.py (its defaults are rdl's Fashion-MNIST defaults).
 """
-import argparse, json, sys, time
+
+import argparse
+import json
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from evalval import score_val  # noqa: E402
-from harness.protocol.attacks import Threat  # noqa: E402
+
 from harness.datasets import load_dataset  # noqa: E402
 from harness.methods import MethodContext, make_method  # noqa: E402
 from harness.methods._augment import DEFAULT_STRATEGY, DSATrainAugment  # noqa: E402
+from harness.protocol.attacks import Threat  # noqa: E402
 from harness.protocol.train import TrainConfig, WorkMeter  # noqa: E402
 
 ap = argparse.ArgumentParser()
@@ -39,11 +44,21 @@ def one_hot(y):
 sets = {}
 saved = torch.load(a.rdl_set, weights_only=True)
 sets["rdl"] = (saved["x"], one_hot(saved["y"]))
-ctx = MethodContext(data=data, threat=Threat("linf", 0.1), train=TrainConfig(), device=torch.device("cpu"),
-                    generator=torch.Generator().manual_seed(0), seed=0, archs=["convnet"],
-                    meter=WorkMeter(), arch_settings={"convnet": {"width": 32}})
-for name, params in (("random", {"ipc": 10}),
-                     ("dm", {"ipc": 10, "iterations": a.dm_iterations, "arch": "convnet"})):
+ctx = MethodContext(
+    data=data,
+    threat=Threat("linf", 0.1),
+    train=TrainConfig(),
+    device=torch.device("cpu"),
+    generator=torch.Generator().manual_seed(0),
+    seed=0,
+    archs=["convnet"],
+    meter=WorkMeter(),
+    arch_settings={"convnet": {"width": 32}},
+)
+for name, params in (
+    ("random", {"ipc": 10}),
+    ("dm", {"ipc": 10, "iterations": a.dm_iterations, "arch": "convnet"}),
+):
     t = time.time()
     learned = make_method(name, params).learn(ctx)
     sets[name] = (learned.x, one_hot(learned.y))

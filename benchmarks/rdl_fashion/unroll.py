@@ -1,38 +1,75 @@
 """Prototype (issue 10): the harness's rdl (truncated unroll middle level) on Fashion-MNIST
 with a ConvNet-32 pool; scored on validation only."""
-import argparse, json, time, sys
+
+import argparse
+import json
+import sys
+import time
+
 import torch
+
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from evalval import score_val
-from harness.protocol.attacks import Threat
+
 from harness.datasets import load_dataset
 from harness.methods import MethodContext, make_method
 from harness.methods.rdl import _Learner
+from harness.protocol.attacks import Threat
 from harness.protocol.train import TrainConfig, WorkMeter
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=150); ap.add_argument("--unroll", type=int, default=10)
-ap.add_argument("--reinit", type=int, default=20); ap.add_argument("--lr", type=float, default=0.01)
-ap.add_argument("--out", default=None); ap.add_argument("--width", type=int, default=32)
+ap.add_argument("--steps", type=int, default=150)
+ap.add_argument("--unroll", type=int, default=10)
+ap.add_argument("--reinit", type=int, default=20)
+ap.add_argument("--lr", type=float, default=0.01)
+ap.add_argument("--out", default=None)
+ap.add_argument("--width", type=int, default=32)
 ap.add_argument("--archs", default="convnet", help="the learning pool, comma-separated")
 ap.add_argument("--ipc", type=int, default=10)
 a = ap.parse_args()
 torch.set_num_threads(2)
 data = load_dataset("fashion-mnist", subset=1000, split_seed=1)
-ctx = MethodContext(data=data, threat=Threat("linf", 0.1), train=TrainConfig(), device=torch.device("cpu"),
-                    generator=torch.Generator().manual_seed(0), seed=0, archs=["convnet"], meter=WorkMeter(),
-                    arch_settings={"convnet": {"width": a.width}})
-m = make_method("rdl", {"ipc": a.ipc, "unroll_min": a.unroll, "unroll_max": a.unroll, "archs": a.archs.split(","),
-                        "attack_steps": 10, "real_batch": 128, "reinit_every": a.reinit, "soft_labels": True,
-                        "attack_loss": "margin", "outer_lr": a.lr, "outer_steps": a.steps, "probe_every": 0})
+ctx = MethodContext(
+    data=data,
+    threat=Threat("linf", 0.1),
+    train=TrainConfig(),
+    device=torch.device("cpu"),
+    generator=torch.Generator().manual_seed(0),
+    seed=0,
+    archs=["convnet"],
+    meter=WorkMeter(),
+    arch_settings={"convnet": {"width": a.width}},
+)
+m = make_method(
+    "rdl",
+    {
+        "ipc": a.ipc,
+        "unroll_min": a.unroll,
+        "unroll_max": a.unroll,
+        "archs": a.archs.split(","),
+        "attack_steps": 10,
+        "real_batch": 128,
+        "reinit_every": a.reinit,
+        "soft_labels": True,
+        "attack_loss": "margin",
+        "outer_lr": a.lr,
+        "outer_steps": a.steps,
+        "probe_every": 0,
+    },
+)
 L = _Learner(m.config_for("fashion-mnist"), ctx)
 t0 = time.time()
 for s in range(a.steps):
     loss = L.outer_step(s)
     if s % 25 == 0 or s == a.steps - 1:
-        print(f"step {s} loss {loss:.3f} t {time.time()-t0:.0f}s", flush=True)
-res = {"args": vars(a), "learn_s": time.time() - t0,
-       "learned": score_val(data, L.x.detach(), L.labels().detach(), ["convnet", "mlp", "lenet"], width=a.width)}
+        print(f"step {s} loss {loss:.3f} t {time.time() - t0:.0f}s", flush=True)
+res = {
+    "args": vars(a),
+    "learn_s": time.time() - t0,
+    "learned": score_val(
+        data, L.x.detach(), L.labels().detach(), ["convnet", "mlp", "lenet"], width=a.width
+    ),
+}
 print(res, flush=True)
 if a.out:
     json.dump(res, open(a.out, "w"), indent=1)

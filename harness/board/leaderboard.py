@@ -36,8 +36,9 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 from harness.errors import HarnessInputError
 from harness.results.record import RunLike, TrialRecord
@@ -143,8 +144,12 @@ def build_records(runs: Iterable[RunLike | TrialRecord]) -> list[Record]:
 
 
 def group_key(run: TrialRecord) -> tuple[str, str, float | None, str]:
-    return (run.dataset, run.params.get("threat.norm", "?"),
-            to_float(run.params.get("threat.eps")), autoattack_version(run))
+    return (
+        run.dataset,
+        run.params.get("threat.norm", "?"),
+        to_float(run.params.get("threat.eps")),
+        autoattack_version(run),
+    )
 
 
 def autoattack_version(run: TrialRecord) -> str:
@@ -194,8 +199,12 @@ def selection_key(run: TrialRecord) -> tuple:
     work = metric(run, "work_epochs")
     name, mode = objective(run)
     value = metric(run, name)
-    return (-value if mode == "max" else value, math.inf if work is None else work,
-            run.start_time, run.run_id)
+    return (
+        -value if mode == "max" else value,
+        math.inf if work is None else work,
+        run.start_time,
+        run.run_id,
+    )
 
 
 def configuration(run: TrialRecord) -> dict[str, str]:
@@ -205,19 +214,24 @@ def configuration(run: TrialRecord) -> dict[str, str]:
 
 def variant_row(key: tuple, runs: list[TrialRecord]) -> Record | None:
     good = [r for r in runs if usable(r)]
-    search = sorted((r for r in good if (r.phase or "search") == "search"),
-                    key=selection_key)
+    search = sorted((r for r in good if (r.phase or "search") == "search"), key=selection_key)
     if not search:
         return None
     best = search[0]
-    repeats = sorted((r for r in good if r.phase == "repeat"
-                      and configuration(r) == configuration(best)),
-                     key=lambda r: (r.start_time, r.run_id))
+    repeats = sorted(
+        (r for r in good if r.phase == "repeat" and configuration(r) == configuration(best)),
+        key=lambda r: (r.start_time, r.run_id),
+    )
     return make_record(key, best, repeats, search, failed=sum(is_failed(r) for r in runs))
 
 
-def make_record(key: tuple, best: TrialRecord, repeats: list[TrialRecord], search: list[TrialRecord],
-                failed: int) -> Record:
+def make_record(
+    key: tuple,
+    best: TrialRecord,
+    repeats: list[TrialRecord],
+    search: list[TrialRecord],
+    failed: int,
+) -> Record:
     dataset, norm, eps, aa_version, variant = key
     pooled = repeats or [best]
     stats = {k: summary(pooled, k) for k in SCORES}
@@ -227,25 +241,40 @@ def make_record(key: tuple, best: TrialRecord, repeats: list[TrialRecord], searc
     train_work = mean_of(pooled, "train_work_epochs")
     models = models_pooled(pooled)
     return Record(
-        sweep=best.sweep, dataset=dataset, threat_norm=norm, threat_eps=eps,
-        autoattack_version=aa_version, rank=0, method=best.method, variant=variant,
-        size=size_label(best), n=len(pooled),
-        scores_from="repeats" if repeats else "search", failed=failed,
-        **score_fields(stats), autoattack_n=stats["autoattack_acc"].n,
-        score=score, score_by=score_by,
-        search_clean_acc=metric(best, "clean_acc"), search_robust_acc=metric(best, "robust_acc"),
+        sweep=best.sweep,
+        dataset=dataset,
+        threat_norm=norm,
+        threat_eps=eps,
+        autoattack_version=aa_version,
+        rank=0,
+        method=best.method,
+        variant=variant,
+        size=size_label(best),
+        n=len(pooled),
+        scores_from="repeats" if repeats else "search",
+        failed=failed,
+        **score_fields(stats),
+        autoattack_n=stats["autoattack_acc"].n,
+        score=score,
+        score_by=score_by,
+        search_clean_acc=metric(best, "clean_acc"),
+        search_robust_acc=metric(best, "robust_acc"),
         search_autoattack_acc=metric(best, "autoattack_acc"),
         val_robust_acc=metric(best, SELECTION_METRIC),
         models=sum(models) if models else None,
         models_per_run=models[0] if models and len(set(models)) == 1 else None,
-        flags=flags_of([best, *pooled]), smoke=any(r.smoke for r in [best, *pooled]),
+        flags=flags_of([best, *pooled]),
+        smoke=any(r.smoke for r in [best, *pooled]),
         dataset_size=mean_of(pooled, "dataset_size"),
         learn_seconds=mean_of(pooled, "learn_seconds"),
         learn_work_epochs=mean_of(pooled, "learn_work_epochs"),
-        train_seconds=mean_of(pooled, "train_seconds"), train_work_epochs=train_work,
+        train_seconds=mean_of(pooled, "train_seconds"),
+        train_work_epochs=train_work,
         score_per_train_epoch=score / train_work if train_work else None,
-        best_run_id=best.run_id, run_ids=tuple(r.run_id for r in pooled),
-        config=tuned_params(best, search), per_arch=arch_scores(pooled),
+        best_run_id=best.run_id,
+        run_ids=tuple(r.run_id for r in pooled),
+        config=tuned_params(best, search),
+        per_arch=arch_scores(pooled),
     )
 
 
@@ -329,15 +358,29 @@ def arch_score(runs: list[TrialRecord], arch: str) -> ArchScore:
 
     robust = over_runs("robust_acc")
     n = sum(a.n for a in results if a.n is not None)
-    return ArchScore(arch, n, over_runs("clean_acc").mean, robust.mean, robust.std,
-                     over_runs("autoattack_acc").mean)
+    return ArchScore(
+        arch,
+        n,
+        over_runs("clean_acc").mean,
+        robust.mean,
+        robust.std,
+        over_runs("autoattack_acc").mean,
+    )
 
 
 def rank_rows(rows: list[Record]) -> list[Record]:
     """Sort by group, then score (ties: clean accuracy, then name); number ranks per group."""
+
     def order(r: Record) -> tuple:
-        return (r.dataset, r.threat_norm, r.threat_eps or 0.0, aa_order(r.autoattack_version),
-                -r.score, -r.clean_acc, r.variant)
+        return (
+            r.dataset,
+            r.threat_norm,
+            r.threat_eps or 0.0,
+            aa_order(r.autoattack_version),
+            -r.score,
+            -r.clean_acc,
+            r.variant,
+        )
 
     out: list[Record] = []
     for row in sorted(rows, key=order):
@@ -365,8 +408,9 @@ def groups(records: list[Record]) -> dict[tuple, list[Record]]:
 # ---------------------------------------------------------------------------- entry point
 
 
-def load_records(tracking_uri: str | None = None, experiment: str | None = None,
-                 sweep_run_id: str | None = None) -> list[Record]:
+def load_records(
+    tracking_uri: str | None = None, experiment: str | None = None, sweep_run_id: str | None = None
+) -> list[Record]:
     """Records of one sweep in the store (see `harness.tracking.reader.load_trial_runs`)."""
     from harness.tracking.reader import load_trial_runs
 

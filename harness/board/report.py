@@ -13,50 +13,58 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
-from harness.spec.schema import format_eps
-from harness.errors import HarnessInputError
 from harness.board.leaderboard import Record, groups
+from harness.errors import HarnessInputError
+from harness.spec.schema import format_eps
 
 FORMATS = ("md", "csv", "json", "html")
 NESTED = ("run_ids", "config", "per_arch", "flags")
 ARCH_FIELDS = ("n", "clean_acc", "robust_acc", "robust_acc_std", "autoattack_acc")
-RANKING_NOTE = ("Each row is a variant's configuration picked by its sweep's validation objective "
-                "among its search runs. Its test accuracies are means over that "
-                "configuration's repeat runs (fresh seeds), without the search run that picked "
-                "it; that run's own test score is the 'search run' column. Cells show the mean, "
-                "± the half-width of a 95% Student t interval over runs when n ≥ 2, and n "
-                "(runs). Each group is ranked by the metric its title names. Costs: wall "
-                "seconds / work epochs (passes over the full training set); score/ep is the "
-                "ranking accuracy per work epoch of training one downstream model.")
-SEARCH_ONLY_NOTE = ("score of the selected search run; no fresh-seed repeats, so it is biased "
-                    "upwards (the same run won the search).")
+RANKING_NOTE = (
+    "Each row is a variant's configuration picked by its sweep's validation objective "
+    "among its search runs. Its test accuracies are means over that "
+    "configuration's repeat runs (fresh seeds), without the search run that picked "
+    "it; that run's own test score is the 'search run' column. Cells show the mean, "
+    "± the half-width of a 95% Student t interval over runs when n ≥ 2, and n "
+    "(runs). Each group is ranked by the metric its title names. Costs: wall "
+    "seconds / work epochs (passes over the full training set); score/ep is the "
+    "ranking accuracy per work epoch of training one downstream model."
+)
+SEARCH_ONLY_NOTE = (
+    "score of the selected search run; no fresh-seed repeats, so it is biased "
+    "upwards (the same run won the search)."
+)
 # Gradient-masking checks (codes of the `masking_flags` run tag), in the order footnoted.
 FLAG_TEXT = {
     "noise_beats_pgd": "the model does better under PGD than under uniform random noise of "
-                       "the same radius, so the attack is weaker than noise.",
+    "the same radius, so the attack is weaker than noise.",
     "fgsm_beats_pgd": "a single FGSM step lowers accuracy more than the full PGD attack does.",
     "aa_far_below_pgd": "AutoAttack accuracy is far below PGD accuracy, so PGD overstates "
-                        "robustness.",
+    "robustness.",
     "zero_input_grad": "the loss gradient with respect to the input vanishes on many "
-                       "examples, a sign of masked or obfuscated gradients.",
+    "examples, a sign of masked or obfuscated gradients.",
     "no_zero_at_large_eps": "accuracy stays clearly above zero at a very large radius, "
-                            "where any working attack should reach it.",
+    "where any working attack should reach it.",
     "randomized_output": "two forward passes on the same inputs give different outputs (a "
-                         "randomized model), so the deterministic attacks' accuracies are not "
-                         "reliable; it needs an attack for randomized defences.",
+    "randomized model), so the deterministic attacks' accuracies are not "
+    "reliable; it needs an attack for randomized defences.",
 }
 
 
 def render(records: list[Record], fmt: str, title: str = "Leaderboard") -> str:
     renderers: dict[str, Callable[[list[Record], str], str]] = {
-        "md": render_md, "csv": render_csv, "json": render_json, "html": render_html,
+        "md": render_md,
+        "csv": render_csv,
+        "json": render_json,
+        "html": render_html,
     }
     if fmt not in renderers:
-        raise HarnessInputError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.",
-                                field="--format")
+        raise HarnessInputError(
+            f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.", field="--format"
+        )
     return renderers[fmt](records, title)
 
 
@@ -83,7 +91,7 @@ def num(value: float | None) -> str:
 
 
 def acc(mean: float | None, ci95: float | None, n: int) -> str:
-    """"0.512 ± 0.034 (n=3)" with the 95% half-width; no interval at all for one run."""
+    """ "0.512 ± 0.034 (n=3)" with the 95% half-width; no interval at all for one run."""
     if mean is None:
         return "off"
     if ci95 is None:
@@ -119,24 +127,58 @@ COLUMNS = (
     Column("rank", "#", True, lambda r: str(r.rank), lambda r: r.rank),
     Column("variant", "method", False, lambda r: r.variant, lambda r: r.variant),
     Column("size", "size", True, lambda r: r.size, lambda r: r.dataset_size),
-    Column("clean_acc", "clean", True, lambda r: acc(r.clean_acc, r.clean_acc_ci95, r.n),
-           lambda r: r.clean_acc),
-    Column("robust_acc", "PGD", True, lambda r: acc(r.robust_acc, r.robust_acc_ci95, r.n),
-           lambda r: r.robust_acc),
-    Column("autoattack_acc", "AutoAttack", True,
-           lambda r: acc(r.autoattack_acc, r.autoattack_acc_ci95, r.autoattack_n),
-           lambda r: r.autoattack_acc),
+    Column(
+        "clean_acc",
+        "clean",
+        True,
+        lambda r: acc(r.clean_acc, r.clean_acc_ci95, r.n),
+        lambda r: r.clean_acc,
+    ),
+    Column(
+        "robust_acc",
+        "PGD",
+        True,
+        lambda r: acc(r.robust_acc, r.robust_acc_ci95, r.n),
+        lambda r: r.robust_acc,
+    ),
+    Column(
+        "autoattack_acc",
+        "AutoAttack",
+        True,
+        lambda r: acc(r.autoattack_acc, r.autoattack_acc_ci95, r.autoattack_n),
+        lambda r: r.autoattack_acc,
+    ),
     Column("n", "n", True, lambda r: str(r.n), lambda r: r.n),
     Column("search_score", "search run", True, lambda r: num3(search_score(r)), search_score),
     Column("failed", "failed", True, lambda r: str(r.failed), lambda r: r.failed),
-    Column("learn", "learning (once)", True, lambda r: cost(r.learn_seconds, r.learn_work_epochs),
-           lambda r: r.learn_work_epochs),
-    Column("train", "per model", True, lambda r: cost(r.train_seconds, r.train_work_epochs),
-           lambda r: r.train_work_epochs),
-    Column("score_per_train_epoch", "score/ep", True, lambda r: num(r.score_per_train_epoch),
-           lambda r: r.score_per_train_epoch),
-    Column("val_robust_acc", "val robust", True, lambda r: f"{r.val_robust_acc:.3f}",
-           lambda r: r.val_robust_acc),
+    Column(
+        "learn",
+        "learning (once)",
+        True,
+        lambda r: cost(r.learn_seconds, r.learn_work_epochs),
+        lambda r: r.learn_work_epochs,
+    ),
+    Column(
+        "train",
+        "per model",
+        True,
+        lambda r: cost(r.train_seconds, r.train_work_epochs),
+        lambda r: r.train_work_epochs,
+    ),
+    Column(
+        "score_per_train_epoch",
+        "score/ep",
+        True,
+        lambda r: num(r.score_per_train_epoch),
+        lambda r: r.score_per_train_epoch,
+    ),
+    Column(
+        "val_robust_acc",
+        "val robust",
+        True,
+        lambda r: f"{r.val_robust_acc:.3f}",
+        lambda r: r.val_robust_acc,
+    ),
     Column("config", "tuned", False, tuned, tuned),
 )
 
@@ -161,15 +203,19 @@ def ranked_by(aa_version: str) -> str:
 
 # ------------------------------------------------------------------ row markers, footnotes
 
-SMOKE_NOTE = ("smoke run (--smoke): budgets shrunk to seconds to check the pipeline; "
-              "its scores are not results.")
+SMOKE_NOTE = (
+    "smoke run (--smoke): budgets shrunk to seconds to check the pipeline; "
+    "its scores are not results."
+)
 
 
 def flag_numbers(rows: list[Record]) -> dict[str, int]:
     """Footnote number of each flag code in a group: known codes first, in FLAG_TEXT order."""
     known = list(FLAG_TEXT)
-    codes = sorted({c for r in rows for c in r.flags},
-                   key=lambda c: (known.index(c) if c in known else len(known), c))
+    codes = sorted(
+        {c for r in rows for c in r.flags},
+        key=lambda c: (known.index(c) if c in known else len(known), c),
+    )
     return {code: i for i, code in enumerate(codes, 1)}
 
 
@@ -190,8 +236,11 @@ def cells(record: Record, numbers: dict[str, int]) -> list[str]:
 
 
 def pooling_note(rows: list[Record]) -> str:
-    return ("Models pooled per accuracy (runs × models per run): "
-            + "; ".join(f"{r.variant} {pooled_models(r)}" for r in rows) + ".")
+    return (
+        "Models pooled per accuracy (runs × models per run): "
+        + "; ".join(f"{r.variant} {pooled_models(r)}" for r in rows)
+        + "."
+    )
 
 
 def pooled_models(r: Record) -> str:
@@ -216,12 +265,17 @@ def break_even_note(rows: list[Record]) -> str:
         if not r.learn_work_epochs or r.train_work_epochs is None:
             continue
         saved = ref.train_work_epochs - r.train_work_epochs  # per model
-        parts.append(f"{r.variant} after {math.ceil(r.learn_work_epochs / saved)} models"
-                     if saved > 0 else f"{r.variant} never (no cheaper per model)")
+        parts.append(
+            f"{r.variant} after {math.ceil(r.learn_work_epochs / saved)} models"
+            if saved > 0
+            else f"{r.variant} never (no cheaper per model)"
+        )
     if not parts:
         return ""
-    return (f"Learning once pays against {ref.variant} ({num(ref.train_work_epochs)} work "
-            f"epochs per model; cost only, compare the scores): " + "; ".join(parts) + ".")
+    return (
+        f"Learning once pays against {ref.variant} ({num(ref.train_work_epochs)} work "
+        f"epochs per model; cost only, compare the scores): " + "; ".join(parts) + "."
+    )
 
 
 def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
@@ -240,8 +294,12 @@ def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
 def render_md(records: list[Record], title: str) -> str:
     lines = [f"# {title}", "", RANKING_NOTE, ""]
     for key, rows in groups(records).items():
-        lines += [f"## {group_title(key)}", "", md_row([c.header for c in COLUMNS]),
-                  md_row(["---:" if c.numeric else "---" for c in COLUMNS])]
+        lines += [
+            f"## {group_title(key)}",
+            "",
+            md_row([c.header for c in COLUMNS]),
+            md_row(["---:" if c.numeric else "---" for c in COLUMNS]),
+        ]
         numbers = flag_numbers(rows)
         lines += [md_row(cells(r, numbers)) for r in rows]
         lines += ["", pooling_note(rows), ""]
@@ -354,15 +412,24 @@ def html_table(rows: list[Record], numbers: dict[str, int]) -> str:
         return "num" if c.numeric else "text"
 
     def row(r: Record) -> str:
-        return "<tr>" + "".join(
-            f'<td class="{cls(c)}" data-sort="{html.escape(sort_attr(c.sort(r)))}">'
-            f"{html.escape(text)}</td>" for c, text in zip(COLUMNS, cells(r, numbers))) + "</tr>\n"
+        return (
+            "<tr>"
+            + "".join(
+                f'<td class="{cls(c)}" data-sort="{html.escape(sort_attr(c.sort(r)))}">'
+                f"{html.escape(text)}</td>"
+                for c, text in zip(COLUMNS, cells(r, numbers))
+            )
+            + "</tr>\n"
+        )
 
-    head = "".join(f'<th class="{cls(c)}" data-key="{c.key}" data-type="{cls(c)}">'
-                   f"{html.escape(c.header)}</th>" for c in COLUMNS)
+    head = "".join(
+        f'<th class="{cls(c)}" data-key="{c.key}" data-type="{cls(c)}">{html.escape(c.header)}</th>'
+        for c in COLUMNS
+    )
     body = "".join(row(r) for r in rows)
-    return (f'<table class="sortable"><thead><tr>{head}</tr></thead>\n'
-            f"<tbody>\n{body}</tbody></table>")
+    return (
+        f'<table class="sortable"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>'
+    )
 
 
 def html_section(key: tuple, rows: list[Record]) -> str:
@@ -370,15 +437,19 @@ def html_section(key: tuple, rows: list[Record]) -> str:
 
     figures = "".join(
         f'<figure><img alt="{html.escape(p.title)}" src="data:image/png;base64,{p.png_base64}">'
-        f"<figcaption>{html.escape(p.title)}</figcaption></figure>" for p in group_plots(rows))
+        f"<figcaption>{html.escape(p.title)}</figcaption></figure>"
+        for p in group_plots(rows)
+    )
     numbers = flag_numbers(rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in footnotes(rows, numbers))
     even = break_even_note(rows)
-    return (f"<section>\n<h2>{html.escape(group_title(key))}</h2>\n{html_table(rows, numbers)}\n"
-            f'<p class="note">{html.escape(pooling_note(rows))}</p>\n'
-            + (f'<p class="note">{html.escape(even)}</p>\n' if even else "")
-            + (f'<ul class="footnotes">{notes}</ul>\n' if notes else "")
-            + f"<div>{figures}</div>\n</section>\n")
+    return (
+        f"<section>\n<h2>{html.escape(group_title(key))}</h2>\n{html_table(rows, numbers)}\n"
+        f'<p class="note">{html.escape(pooling_note(rows))}</p>\n'
+        + (f'<p class="note">{html.escape(even)}</p>\n' if even else "")
+        + (f'<ul class="footnotes">{notes}</ul>\n' if notes else "")
+        + f"<div>{figures}</div>\n</section>\n"
+    )
 
 
 def render_html(records: list[Record], title: str) -> str:

@@ -26,12 +26,14 @@ class HarnessGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HarnessInputError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             sys.exit(2)
         except FloatingPointError as exc:
-            err_console.print(f"[bold red]diverged:[/] {escape(str(exc))}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[bold red]diverged:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             sys.exit(1)
 
 
@@ -59,9 +61,13 @@ def with_options(options):
 # Options of the commands that run one trial (`run`, `score`).
 trial_options = [
     click.option("--seed", default=0, show_default=True, type=int),
-    click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-                 help="Override a spec field by dotted key, e.g. --set threat.eps=0.5 "
-                      "(repeatable)."),
+    click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a spec field by dotted key, e.g. --set threat.eps=0.5 (repeatable).",
+    ),
     click.option("--smoke", is_flag=True, help="Tiny budgets: seconds on a laptop, for checking."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
 ]

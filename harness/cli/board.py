@@ -27,11 +27,16 @@ def datasets(data_root, as_json) -> None:
     rows = []
     for name in DATASETS:
         info = DATASETS.get(name)
-        rows.append({
-            "name": name, "present": files_present(name, data_root), "embedded": info.embedded,
-            "default_eps": info.default_eps, "default_archs": list(info.default_archs),
-            "description": info.description,
-        })
+        rows.append(
+            {
+                "name": name,
+                "present": files_present(name, data_root),
+                "embedded": info.embedded,
+                "default_eps": info.default_eps,
+                "default_archs": list(info.default_archs),
+                "description": info.description,
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -41,8 +46,10 @@ def datasets(data_root, as_json) -> None:
     click.echo(f"{'name':18s} {'files':9s} {'Linf eps':>9s}  {'archs':18s} description")
     for r in rows:
         state = "embedded" if r["embedded"] else ("present" if r["present"] else "missing")
-        click.echo(f"{r['name']:18s} {state:9s} {format_eps(r['default_eps']):>9s}  "
-                   f"{', '.join(r['default_archs']):18s} {r['description']}")
+        click.echo(
+            f"{r['name']:18s} {state:9s} {format_eps(r['default_eps']):>9s}  "
+            f"{', '.join(r['default_archs']):18s} {r['description']}"
+        )
 
 
 @main.command(short_help="List the registered architectures.")
@@ -82,14 +89,32 @@ def methods() -> None:
 
 @main.command(short_help="Rank a sweep's variants (md, csv, html, json).")
 @click.option("--experiment", default=None, help="The sweep's experiment (its name).")
-@click.option("--sweep", "sweep_run_id", default=None, metavar="RUN_ID",
-              help="The sweep's parent run id (instead of --experiment).")
-@click.option("--tracking-uri", default=None,
-              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
-@click.option("--format", "fmt", default="md", show_default=True,
-              type=click.Choice(["md", "csv", "html", "json"]), help="Output format.")
-@click.option("--output", default=None, type=click.Path(dir_okay=False),
-              help="Write to this file instead of stdout (an existing file needs --force).")
+@click.option(
+    "--sweep",
+    "sweep_run_id",
+    default=None,
+    metavar="RUN_ID",
+    help="The sweep's parent run id (instead of --experiment).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="md",
+    show_default=True,
+    type=click.Choice(["md", "csv", "html", "json"]),
+    help="Output format.",
+)
+@click.option(
+    "--output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write to this file instead of stdout (an existing file needs --force).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> None:
     """Rank each method variant's best configuration (chosen on validation) per dataset and
@@ -116,8 +141,9 @@ def leaderboard(experiment, sweep_run_id, tracking_uri, fmt, output, force) -> N
     try:
         Path(output).write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise HarnessInputError(f"cannot write {output!r}: {exc.strerror}.",
-                                field="--output") from None
+        raise HarnessInputError(
+            f"cannot write {output!r}: {exc.strerror}.", field="--output"
+        ) from None
     err_console.print(f"wrote {len(records)} rows to {output}", highlight=False)
 
 
@@ -134,16 +160,23 @@ def check_output(path, force: bool) -> None:
     if is_database:
         raise HarnessInputError(
             f"{path} is a SQLite database (an MLflow store?); a leaderboard never replaces "
-            "one. Choose another --output path; nothing was written.", field="--output")
+            "one. Choose another --output path; nothing was written.",
+            field="--output",
+        )
     if not force:
         raise HarnessInputError(
             f"{path} already exists; pass --force to replace it, or choose another --output "
-            "path. Nothing was written.", field="--output")
+            "path. Nothing was written.",
+            field="--output",
+        )
 
 
 @main.command(short_help="Serve the MLflow UI on 127.0.0.1.")
-@click.option("--tracking-uri", default=None,
-              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+)
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(tracking_uri, port) -> None:
     """Serve the MLflow UI on 127.0.0.1 for the store (Ctrl-C stops it).
@@ -152,7 +185,6 @@ def ui(tracking_uri, port) -> None:
     Example:
       harness ui --tracking-uri sqlite:///mlflow.db --port 5001
     """
-    import os
     import socket
     from pathlib import Path
 
@@ -160,13 +192,16 @@ def ui(tracking_uri, port) -> None:
 
     uri = require_existing_store(tracking_uri)
     if uri.startswith(("http://", "https://")):
-        raise HarnessInputError(f"{masked(uri, uri)} is already a tracking server: open it in "
-                                "a browser.", field="--tracking-uri")
+        raise HarnessInputError(
+            f"{masked(uri, uri)} is already a tracking server: open it in a browser.",
+            field="--tracking-uri",
+        )
     check_sqlite_store(uri)
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise HarnessInputError(f"port {port} on 127.0.0.1 is in use; pick another with "
-                                    "--port.", field="--port")
+            raise HarnessInputError(
+                f"port {port} on 127.0.0.1 is in use; pick another with --port.", field="--port"
+            )
     exe = Path(sys.executable).parent / "mlflow"
     if not exe.exists():
         raise click.ClickException(f"{exe} is missing; reinstall the harness (make install).")
@@ -176,5 +211,19 @@ def ui(tracking_uri, port) -> None:
     # worker and no GenAI job runner: a single local user browsing runs, and every extra
     # process imports all of mlflow (tens of seconds on a busy laptop).
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    os.execve(str(exe), [str(exe), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                         "--port", str(port), "--workers", "1"], env)
+    os.execve(
+        str(exe),
+        [
+            str(exe),
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env,
+    )

@@ -18,8 +18,8 @@ def load_sweep(path: str, assignments: tuple[str, ...], smoke: bool):
     """Read, override, validate and plan a sweep spec (exit 2 on any problem)."""
     import yaml
 
-    from harness.spec.schema import apply_overrides, build_sweep_spec, load_yaml
     from harness.spec.plan import make_plan
+    from harness.spec.schema import apply_overrides, build_sweep_spec, load_yaml
 
     # --smoke is for checking a spec on a laptop: no GPU asked for (an explicit --set wins).
     pre = ["resources.gpu=0"] if smoke else []
@@ -38,39 +38,60 @@ def print_plan(spec, plan) -> None:
     for r in rows:
         searched = ", ".join(f"{k}: {v}" for k, v in r["searched"].items()) or "nothing searched"
         trials = r["trials"] if r["searched"] else 1
-        click.echo(f"  {r['dataset']:{dwidth}s}  {r['variant']:{width}s}  {trials:3d} trials "
-                   f"+ {r['repeats']} repeats  ({searched})")
+        click.echo(
+            f"  {r['dataset']:{dwidth}s}  {r['variant']:{width}s}  {trials:3d} trials "
+            f"+ {r['repeats']} repeats  ({searched})"
+        )
         if r["settings"]:  # what the method runs with, the dataset's tuned defaults included
             shown = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-            click.echo(textwrap.fill(shown, width=100, initial_indent="      settings: ",
-                                     subsequent_indent=" " * 16))
+            click.echo(
+                textwrap.fill(
+                    shown, width=100, initial_indent="      settings: ", subsequent_indent=" " * 16
+                )
+            )
     total = sum((r["trials"] if r["searched"] else 1) + r["repeats"] for r in rows)
     budgets = {r["trials"] for r in rows if r["searched"]}
-    click.echo(f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "
-               f"gpu {spec.resources.gpu}; objective: {spec.objective.mode} {spec.objective.metric}")
+    click.echo(
+        f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "
+        f"gpu {spec.resources.gpu}; objective: {spec.objective.mode} {spec.objective.metric}"
+    )
     if len(budgets) > 1:
-        click.echo("note: methods have unequal trial budgets; the comparison favours the larger ones.")
+        click.echo(
+            "note: methods have unequal trial budgets; the comparison favours the larger ones."
+        )
 
 
 sweep_options = [
     click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False)),
-    click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-                 help="Override a spec field by dotted key (repeatable)."),
+    click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a spec field by dotted key (repeatable).",
+    ),
     click.option("--smoke", is_flag=True, help="Shrink every budget: minutes on a laptop CPU."),
 ]
 
+
 def estimate_options(f):
     f = click.option(
-        "--assume-tflops", "tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+        "--assume-tflops",
+        "tflops",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
         metavar="R",
         help="Instead of timing here, count each trial's work in FLOPs with small stand-in "
-             "networks (no GPU needed; the data's files must be here) and give device-hours "
-             "at an assumed sustained R TFLOP/s per trial.")(f)
+        "networks (no GPU needed; the data's files must be here) and give device-hours "
+        "at an assumed sustained R TFLOP/s per trial.",
+    )(f)
     return click.option(
-        "--estimate", is_flag=True,
+        "--estimate",
+        is_flag=True,
         help="Also time a short calibration of every variant here and print the expected "
-             "work and wall time per trial and for the sweep (needs the data on this "
-             "machine).")(f)
+        "work and wall time per trial and for the sweep (needs the data on this "
+        "machine).",
+    )(f)
 
 
 def print_estimate(spec, plan, tflops: float | None = None) -> None:
@@ -80,8 +101,9 @@ def print_estimate(spec, plan, tflops: float | None = None) -> None:
 
     count_only = tflops is not None  # nothing is timed: every core here counts
     threads = (os.cpu_count() or 1) if count_only else max(1, int(spec.resources.cpu))
-    report = CostReport(device=str(pick_device(spec.device)), concurrent=concurrency(spec),
-                        tflops=tflops)
+    report = CostReport(
+        device=str(pick_device(spec.device)), concurrent=concurrency(spec), tflops=tflops
+    )
     click.echo(report.header())
     for est in estimate_plan(plan, threads=threads, count_only=count_only):
         click.echo(report.line(est))
@@ -110,15 +132,19 @@ def validate(spec_path, assignments, smoke, estimate, tflops) -> None:
 
 @main.command(short_help="Run a sweep on Ray Tune + Optuna, tracked in MLflow.")
 @with_options(sweep_options)
-@click.option("--tracking-uri", default=None,
-              help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+)
 @click.option("--address", default=None, help="Join a Ray cluster: auto or ray://host:port.")
 @click.option("--storage", default=None, help="Ray results path or URI (default ./ray_results).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep of the same name.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit without running.")
 @estimate_options
-def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run,
-          estimate, tflops) -> None:
+def sweep(
+    spec_path, assignments, smoke, tracking_uri, address, storage, resume, dry_run, estimate, tflops
+) -> None:
     """Run a sweep: every method variant tuned by Optuna on Ray Tune, tracked in MLflow.
 
     \b
@@ -147,23 +173,35 @@ def sweep(spec_path, assignments, smoke, tracking_uri, address, storage, resume,
 
     arm_interrupt_watchdog(spec_path)
     try:
-        outcome = run_sweep(spec, text, plan, tracker_factory=tracker_factory, address=address,
-                            storage=storage, resume=resume, smoke=smoke, console=err_console)
+        outcome = run_sweep(
+            spec,
+            text,
+            plan,
+            tracker_factory=tracker_factory,
+            address=address,
+            storage=storage,
+            resume=resume,
+            smoke=smoke,
+            console=err_console,
+        )
     except KeyboardInterrupt:
         # Ray is already shut down (run_sweep's finally). Tune saves each experiment's state
         # every few seconds, so finished trials are safe.
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
         os._exit(130)  # the abandoned variant threads hold no state worth waiting for
     uri = store.resolve_uri(tracking_uri)
-    click.echo(f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
-               f"{outcome.failed} failed trials; Ray results in {outcome.storage}")
+    click.echo(
+        f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
+        f"{outcome.failed} failed trials; Ray results in {outcome.storage}"
+    )
     if outcome.unsent:
-        note = (f"the tracking store {uri} stopped answering during the sweep: "
-                f"{outcome.unsent} records (runs, metrics, tags, artifacts) are kept in "
-                f"{outcome.outbox}, nothing is lost. Once the store is back, "
-                f"`harness sweep {spec_path} --resume` logs them.")
-        err_console.print(f"[yellow]{escape(store.masked(note, uri))}[/yellow]",
-                          highlight=False)
+        note = (
+            f"the tracking store {uri} stopped answering during the sweep: "
+            f"{outcome.unsent} records (runs, metrics, tags, artifacts) are kept in "
+            f"{outcome.outbox}, nothing is lost. Once the store is back, "
+            f"`harness sweep {spec_path} --resume` logs them."
+        )
+        err_console.print(f"[yellow]{escape(store.masked(note, uri))}[/yellow]", highlight=False)
         return  # the leaderboard would read an incomplete store
     show_leaderboard(uri, outcome.experiment)
     click.echo(store.masked(f"browse the runs: harness ui --tracking-uri {uri}", uri))
@@ -204,8 +242,9 @@ def check_fault_setting() -> None:
         try:
             faults.parse(value)
         except ValueError as exc:
-            raise HarnessInputError(f"{exc}. Unset it to run without fault injection.",
-                                    field=faults.ENV) from None
+            raise HarnessInputError(
+                f"{exc}. Unset it to run without fault injection.", field=faults.ENV
+            ) from None
 
 
 def check_local_data(spec) -> None:

@@ -12,6 +12,7 @@ Importing the package imports every reader, so the registry is complete whicheve
 imported from here.
 """
 
+from harness.datasets import cifar, embedded, idx, svhn, tinyimagenet  # noqa: F401  (register)
 from harness.datasets.registry import (
     DATASETS,
     DatasetInfo,
@@ -24,7 +25,6 @@ from harness.datasets.registry import (
     validate_params,
 )
 from harness.datasets.splits import DatasetSplits, load_dataset
-from harness.datasets import cifar, embedded, idx, svhn, tinyimagenet  # noqa: F401  (register)
 
 __all__ = [
     "DATASETS",

@@ -27,8 +27,17 @@ CIFAR = {
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100, "CIFAR100"),
 }
 # What unpickling a truncated or foreign file raises, and indexing a result that is no batch.
-BAD_PICKLE = (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
-              IndexError, AttributeError, OverflowError)
+BAD_PICKLE = (
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+)
 CIFAR_TEST_ROWS = 10_000  # rows of every official CIFAR-10 batch and CIFAR-100 test file
 CIFAR_TRAIN_ROWS = 50_000  # split over 5 CIFAR-10 batches, one CIFAR-100 file
 # An official file is its rows of 3072 pixels plus labels and file names (about 35 bytes a
@@ -39,26 +48,34 @@ CIFAR_ROW_BYTES = 2 * 3072 + 256
 
 def cifar_labels(path: Path, labels) -> np.ndarray:
     if not isinstance(labels, list) or not all(isinstance(v, int) for v in labels):
-        raise corrupt(path, f"its labels are of type {type(labels).__name__}, not a list of integers")
+        raise corrupt(
+            path, f"its labels are of type {type(labels).__name__}, not a list of integers"
+        )
     try:
         return np.asarray(labels, dtype=np.int64)
     except OverflowError:
         raise corrupt(path, "a label does not fit in 64 bits") from None
 
 
-def read_cifar_batch(path: Path, label_key: bytes, classes: int,
-                     max_rows: int) -> tuple[np.ndarray, torch.Tensor]:
+def read_cifar_batch(
+    path: Path, label_key: bytes, classes: int, max_rows: int
+) -> tuple[np.ndarray, torch.Tensor]:
     try:
         batch = load_pickle(read_small_file(path, max_rows * CIFAR_ROW_BYTES + 2**20))
         data, labels = batch[b"data"], batch[label_key]
     except BAD_PICKLE as exc:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
         raise corrupt(path, "data is not an N x 3072 uint8 array")
     if len(data) > max_rows:
-        raise corrupt(path, f"it holds {len(data)} images, more than the {max_rows} of an "
-                      "official file")
+        raise corrupt(
+            path, f"it holds {len(data)} images, more than the {max_rows} of an official file"
+        )
     labels = cifar_labels(path, labels)
     if len(labels) != len(data):
         raise corrupt(path, f"{len(labels)} labels for {len(data)} images")
@@ -69,8 +86,10 @@ def read_cifar_batch(path: Path, label_key: bytes, classes: int,
 def cifar_family(name: str):
     folder_name, train_files, test_files, label_key, num_classes, tv_class = CIFAR[name]
     expected = f"{folder_name}/{{{', '.join(train_files + test_files)}}}"
-    fix = (f"rerun with {DOWNLOAD_FLAG}, or extract https://www.cs.toronto.edu/~kriz/"
-           f"{name.replace('cifar', 'cifar-')}-python.tar.gz into <root>")
+    fix = (
+        f"rerun with {DOWNLOAD_FLAG}, or extract https://www.cs.toronto.edu/~kriz/"
+        f"{name.replace('cifar', 'cifar-')}-python.tar.gz into <root>"
+    )
 
     def present(root: Path) -> bool:
         return all((root / folder_name / f).is_file() for f in train_files + test_files)
@@ -95,5 +114,11 @@ for _name, _desc in (("cifar10", "10 classes"), ("cifar100", "100 fine classes")
     _present, _load, _fix = cifar_family(_name)
     _desc = f"{_name.upper()}, 32x32 colour, {_desc}, 50k train / 10k test"
     # 8/255: RobustBench's Linf threat for CIFAR.
-    register_dataset(_name, default_eps=8 / 255, default_archs=("convnet", "resnet18"),
-                     present=_present, fetch_hint=_fix, description=_desc)(_load)
+    register_dataset(
+        _name,
+        default_eps=8 / 255,
+        default_archs=("convnet", "resnet18"),
+        present=_present,
+        fetch_hint=_fix,
+        description=_desc,
+    )(_load)

@@ -33,7 +33,9 @@ def synthetic_eta(d: int) -> float:
     return 4.0 / math.sqrt(d)
 
 
-def sample_synthetic(n: int, d: int, p: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_synthetic(
+    n: int, d: int, p: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """y in {-1,+1}; x1 = y w.p. p else -y; x2..x(d+1) ~ N(eta*y, 1). Returns (x, class 0/1)."""
     y = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
     agree = torch.rand(n, generator=gen) < p

@@ -50,13 +50,19 @@ def idx_shape(path: Path, header: bytes, what: str) -> tuple[int, ...]:
     dims = struct.unpack(f">{ndim}I", header[4:])
     if dims[1:] != item:
         shape = "x".join(map(str, dims[1:]))
-        raise corrupt(path, f"its {what} are {shape}, not the {'x'.join(map(str, item))} "
-                      "this dataset uses; it belongs to another dataset")
+        raise corrupt(
+            path,
+            f"its {what} are {shape}, not the {'x'.join(map(str, item))} "
+            "this dataset uses; it belongs to another dataset",
+        )
     if dims[0] == 0:
         raise corrupt(path, f"the file is empty: its header declares no {what}")
     if dims[0] > IDX_MAX_COUNT:
-        raise corrupt(path, f"its header declares {dims[0]} {what}, more than any copy of this "
-                      f"dataset holds (the official files hold at most 60000)")
+        raise corrupt(
+            path,
+            f"its header declares {dims[0]} {what}, more than any copy of this "
+            f"dataset holds (the official files hold at most 60000)",
+        )
     return dims
 
 
@@ -65,7 +71,7 @@ def read_idx(path: Path, what: str) -> np.ndarray:
     dataset's shape before its data is read."""
     header_size = 4 + 4 * (1 + len(IDX_ITEM[what]))
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as fh:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
             dims = idx_shape(path, fh.read(header_size), what)
             size = math.prod(dims)
             blob = read_at_most(fh, size + 1)  # one byte more reveals trailing data
@@ -134,5 +140,11 @@ for _name, _tv, _eps, _extra in (
         "or copy the four IDX files there by hand"
     )
     _present, _load = mnist_family(_name, _tv, _fix)
-    register_dataset(_name, default_eps=_eps, default_archs=("lenet", "convnet"), present=_present,
-                     fetch_hint=_fix, description=f"{_tv}, 28x28 grey, 60k train / 10k test")(_load)
+    register_dataset(
+        _name,
+        default_eps=_eps,
+        default_archs=("lenet", "convnet"),
+        present=_present,
+        fetch_hint=_fix,
+        description=f"{_tv}, 28x28 grey, 60k train / 10k test",
+    )(_load)

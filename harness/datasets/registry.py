@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -79,7 +80,8 @@ def resolve_root(root: str | Path | None = None) -> Path:
         raise HarnessInputError(
             f"cannot expand the data root {str(chosen)[:200]!r}: no such user's home directory. "
             "Give an absolute path (--data-root, dataset.root or $HARNESS_DATA).",
-            field="dataset.root") from None
+            field="dataset.root",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -93,14 +95,18 @@ def reading_root(root: Path):
     except OSError as exc:
         if exc.filename is None:
             raise
+
         def short(path: object) -> str:
             text = str(path)
             return repr(text if len(text) <= 120 else f"{text[:60]}...{text[-40:]}")
+
         raise HarnessInputError(
             f"cannot use the data root {short(root)}: {exc.strerror or type(exc).__name__} "
             f"({short(exc.filename)}). Give a data root that exists and can be read, each "
             "part of the path at most 255 characters: --data-root, dataset.root in the spec, "
-            "or $HARNESS_DATA.", field="dataset.root") from None
+            "or $HARNESS_DATA.",
+            field="dataset.root",
+        ) from None
 
 
 def validate_params(info: DatasetInfo, params: dict[str, Any] | None) -> BaseModel:

@@ -16,7 +16,11 @@ from typing import Any
 import torch
 
 from harness.datasets.registry import (
-    DATASETS, default_eps_for, reading_root, resolve_root, validate_params,
+    DATASETS,
+    default_eps_for,
+    reading_root,
+    resolve_root,
+    validate_params,
 )
 from harness.errors import HarnessInputError
 
@@ -40,8 +44,9 @@ class DatasetSplits:
     # "disk": loaded by this process; "node": read-only views of the copy a sweep's trials on
     # this node share (harness.sweep.shared_data)
     source: str = "disk"
-    _stats: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False,
-                                                              compare=False)
+    _stats: tuple[torch.Tensor, torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -108,7 +113,9 @@ def load_dataset(
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     n_train_full = train_idx.numel()
     if subset is not None:
-        train_idx = train_idx[per_class_subset(raw.y_train[train_idx], subset, gen, raw.num_classes)]
+        train_idx = train_idx[
+            per_class_subset(raw.y_train[train_idx], subset, gen, raw.num_classes)
+        ]
 
     return DatasetSplits(
         name=name,

@@ -61,8 +61,11 @@ def svhn_check_header(path: Path) -> None:
         raise corrupt(path, f"{type(exc).__name__}: {exc}") from None
     x, y = shapes.get("X", ()), shapes.get("y", ())
     if len(x) != 4 or x[:3] != (32, 32, 3) or x[3] > SVHN_MAX_IMAGES or math.prod(y) != x[3]:
-        raise corrupt(path, f"want X 32x32x3xN (N at most {SVHN_MAX_IMAGES}) and y of N labels; "
-                      f"got X {x or 'missing'}, y {y or 'missing'}")
+        raise corrupt(
+            path,
+            f"want X 32x32x3xN (N at most {SVHN_MAX_IMAGES}) and y of N labels; "
+            f"got X {x or 'missing'}, y {y or 'missing'}",
+        )
 
 
 def read_svhn(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

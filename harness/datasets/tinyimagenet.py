@@ -17,8 +17,8 @@ import torch
 
 from harness.datasets.files import DOWNLOAD_FLAG, corrupt, missing
 from harness.datasets.registry import NoParams, RawData, register_dataset
-from harness.errors import HarnessInputError
 from harness.datasets.untrusted import inside, read_small_file
+from harness.errors import HarnessInputError
 
 TINY_FOLDER = "tiny-imagenet-200"
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -54,8 +54,9 @@ def tiny_lines(path: Path, base: Path) -> list[str]:
     try:
         return read_small_file(tiny_required(path, base), TINY_LISTING_LIMIT).decode().splitlines()
     except UnicodeDecodeError as exc:
-        raise corrupt(path, f"not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}",
-                      base) from None
+        raise corrupt(
+            path, f"not UTF-8 text: byte {exc.start} is {exc.object[exc.start]:#04x}", base
+        ) from None
     except (OSError, ValueError) as exc:
         raise corrupt(path, str(exc), base) from None
 
@@ -117,8 +118,9 @@ def decode_image(path: Path, base: Path) -> np.ndarray:
                 raise corrupt(path, f"image is {img.size[0]}x{img.size[1]}, not 64x64", base)
             return np.asarray(img.convert("RGB"))  # a few Tiny ImageNet images are greyscale
     except Image.DecompressionBombError:
-        raise corrupt(path, f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels, not 64x64",
-                      base) from None
+        raise corrupt(
+            path, f"image has over {2 * Image.MAX_IMAGE_PIXELS} pixels, not 64x64", base
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
         raise corrupt(path, f"{type(exc).__name__}: {exc}", base) from None
 
@@ -149,7 +151,9 @@ def tiny_cached(cache: Path, count: int) -> dict | None:
     try:
         saved = torch.load(cache, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        warnings.warn(f"ignoring unreadable cache {cache} ({exc}); decoding the JPEGs again")
+        warnings.warn(
+            f"ignoring unreadable cache {cache} ({exc}); decoding the JPEGs again", stacklevel=2
+        )
         return None
     fresh = isinstance(saved, dict) and saved.get("key") == [TINY_CACHE_FORMAT, count]
     return saved if fresh else None
@@ -159,15 +163,21 @@ def tiny_build(base: Path, count: int) -> dict:
     num_classes, train, test = tiny_index(base)
     x_train, y_train = decode_jpegs(train, base)
     x_test, y_test = decode_jpegs(test, base)
-    built = dict(key=[TINY_CACHE_FORMAT, count], num_classes=num_classes, x_train=x_train,
-                 y_train=y_train, x_test=x_test, y_test=y_test)
+    built = dict(
+        key=[TINY_CACHE_FORMAT, count],
+        num_classes=num_classes,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+    )
     cache = base / TINY_CACHE
     partial = cache.with_suffix(".tmp")
     try:  # write then rename, so an interrupted save never leaves a half cache behind
         torch.save(built, partial)
         os.replace(partial, cache)
     except OSError as exc:  # a read-only data folder still loads, only slower next time
-        warnings.warn(f"could not write the Tiny ImageNet cache {cache} ({exc})")
+        warnings.warn(f"could not write the Tiny ImageNet cache {cache} ({exc})", stacklevel=2)
     return built
 
 

@@ -57,9 +57,10 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -75,8 +76,11 @@ STANDIN = {"width": 2, "depth": 1, "hidden": 2}  # arch settings a count-only ne
 # AutoAttack's passes per image at most, in attack steps (a forward and a backward): APGD-CE
 # 100, APGD-T 9 x 100, FAB-T 9 x 100 steps of two forwards and one backward each (1.5 attack
 # steps; counted on torchattacks 3.3), Square 5,000 forward-only queries (half a step each)
-AA_PASSES = {"off": 0, "fast": 100 + 9 * 100,
-             "standard": 100 + 9 * 100 + 9 * 100 * 3 // 2 + 5000 // 2}
+AA_PASSES = {
+    "off": 0,
+    "fast": 100 + 9 * 100,
+    "standard": 100 + 9 * 100 + 9 * 100 * 3 // 2 + 5000 // 2,
+}
 # at least: APGD-CE runs all its iterations on every example it is given (torchattacks, as the
 # reference), and an example it breaks goes no further
 AA_PASSES_LOW = {"off": 0, "fast": 100, "standard": 100}
@@ -131,7 +135,7 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device, self.peak = device, None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -193,14 +197,17 @@ def work_key(variant) -> str:
     size (two threat models at the same steps and AutoAttack version do the same work)."""
     import json
 
-    from harness.spec.resolve import resolve_spec
     from harness.spec.plan import resolve_trial
+    from harness.spec.resolve import resolve_spec
 
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
     dumped = spec.model_dump(mode="json")
     dumped["threat"] = {k: v for k, v in dumped["threat"].items() if k not in ("eps", "alpha")}
-    return json.dumps([dumped, variant.trials if variant.dims else 1, variant.repeats],
-                      sort_keys=True, default=str)
+    return json.dumps(
+        [dumped, variant.trials if variant.dims else 1, variant.repeats],
+        sort_keys=True,
+        default=str,
+    )
 
 
 class LastDataset:
@@ -240,8 +247,11 @@ def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> Iterat
     for variant in plan:
         key = work_key(variant) if count_only else ""
         if key in counted:
-            yield replace(counted[key], variant=variant.label,
-                          dataset=f"{variant.dataset} {variant.threat}".strip())
+            yield replace(
+                counted[key],
+                variant=variant.label,
+                dataset=f"{variant.dataset} {variant.threat}".strip(),
+            )
             continue
         est = estimate_variant(variant, threads=threads, count_only=count_only, load=datasets)
         if key:
@@ -249,19 +259,22 @@ def estimate_plan(plan, *, threads: int = 1, count_only: bool = False) -> Iterat
         yield est
 
 
-def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
-                     load=None) -> Estimate:
+def estimate_variant(variant, *, threads: int = 1, count_only: bool = False, load=None) -> Estimate:
     """Calibrate one variant on this machine (see the module docstring); `count_only`: count
     its work with stand-in networks and time nothing. `load`: how to get the data (default
     `harness.protocol.evaluate.load_data`)."""
     from harness.protocol.evaluate import load_data
-    from harness.spec.resolve import resolve_spec
-    from harness.spec.plan import resolve_trial
     from harness.protocol.train import pick_device
+    from harness.spec.plan import resolve_trial
+    from harness.spec.resolve import resolve_spec
 
     searched = variant.trials if variant.dims else 1
-    est = Estimate(variant.label, f"{variant.dataset} {variant.threat}".strip(),
-                   searched + variant.repeats, counted_only=count_only)
+    est = Estimate(
+        variant.label,
+        f"{variant.dataset} {variant.threat}".strip(),
+        searched + variant.repeats,
+        counted_only=count_only,
+    )
     spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
     try:
         data = (load or load_data)(spec.dataset)
@@ -285,10 +298,10 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False,
 
 def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
-    from harness.protocol.evaluate import downstream_config, resolve_threat
-    from harness.spec.resolve import resolve_archs
     from harness.methods import DatasetMethod, MethodContext, make_method
+    from harness.protocol.evaluate import downstream_config, resolve_threat
     from harness.protocol.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
+    from harness.spec.resolve import resolve_archs
 
     threat = resolve_threat(spec, data)
     method = make_method(spec.method.name, spec.method.params())
@@ -305,9 +318,17 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         from harness.protocol.models import MODELS
 
         built = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
-    ctx = MethodContext(data=data, threat=threat, train=spec.train.config(), device=device,
-                        generator=torch.Generator().manual_seed(spec.seed), seed=spec.seed,
-                        archs=archs, meter=meter, arch_settings=built)
+    ctx = MethodContext(
+        data=data,
+        threat=threat,
+        train=spec.train.config(),
+        device=device,
+        generator=torch.Generator().manual_seed(spec.seed),
+        seed=spec.seed,
+        archs=archs,
+        meter=meter,
+        arch_settings=built,
+    )
     if isinstance(method, DatasetMethod):
         token = COUNT_ONLY.set(est.counted_only)
         try:
@@ -317,8 +338,11 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         if size is None:
             return
         shape = (size, *data.input_shape)
-        x = torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0] \
-            if data.bounds else torch.randn(shape)
+        x = (
+            torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0]
+            if data.bounds
+            else torch.randn(shape)
+        )
         y = torch.randint(0, data.num_classes, (size,))
         # dc and dm train their evaluation models with DSA exactly when `dsa` is on and
         # the data are images (methods/_augment.maybe_augment): the longer default budget.
@@ -337,9 +361,16 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         sample = rows[: batch * CALIBRATION_BATCHES]
         net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
         short = replace(cfg, epochs=1)
-        stats = train_model(net, x[sample], y[sample], short, device=device,
-                            generator=torch.Generator().manual_seed(0), loss_step=loss_step,
-                            meter=m)
+        stats = train_model(
+            net,
+            x[sample],
+            y[sample],
+            short,
+            device=device,
+            generator=torch.Generator().manual_seed(0),
+            loss_step=loss_step,
+            meter=m,
+        )
         per_example = (m.examples / len(sample), stats.seconds / len(sample))
         n_epochs = cfg.epochs * len(x)
         est.train_examples += models * n_epochs * per_example[0]
@@ -384,8 +415,11 @@ def _learn(method, ctx, est: Estimate, flops) -> int | None:
         if not labelled or not sum(labelled.values()):
             return 0.0
         mean = sum(n * flops(a) for a, n in labelled.items()) / sum(labelled.values())
-        return sum(((n - work.forward_only[a]) * PASS_FLOPS + work.forward_only[a])
-                   * (mean if a is None else flops(a)) for a, n in work.by_arch.items())
+        return sum(
+            ((n - work.forward_only[a]) * PASS_FLOPS + work.forward_only[a])
+            * (mean if a is None else flops(a))
+            for a, n in work.by_arch.items()
+        )
 
     ctx.log = log
     try:
@@ -414,7 +448,9 @@ def _time_pgd(net, data, threat, device) -> tuple[int, float]:
     from harness.protocol.attacks import robust_accuracy
 
     x, y = data.x_test[:ATTACK_SLICE].to(device), data.y_test[:ATTACK_SLICE].to(device)
-    attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0))
+    attack = threat.attack(
+        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(0)
+    )
     passes = pgd_steps(threat)
     start = time.perf_counter()
     robust_accuracy(net, x, y, attack)
@@ -462,11 +498,15 @@ class CostReport:
 
     def header(self) -> str:
         if self.tflops is None:
-            return (f"cost estimate on this machine ({self.device}; per trial with its threads, "
-                    f"then {self.concurrent} trials at once):")
-        return ("work of each trial, counted here with stand-in networks, in FLOPs of the "
-                f"spec's networks; time at an assumed sustained {self.tflops:g} TFLOP/s per "
-                "trial (one device each):")
+            return (
+                f"cost estimate on this machine ({self.device}; per trial with its threads, "
+                f"then {self.concurrent} trials at once):"
+            )
+        return (
+            "work of each trial, counted here with stand-in networks, in FLOPs of the "
+            f"spec's networks; time at an assumed sustained {self.tflops:g} TFLOP/s per "
+            "trial (one device each):"
+        )
 
     def line(self, e: Estimate) -> str:
         """The variant's line; its cost joins the totals."""
@@ -474,42 +514,60 @@ class CostReport:
             return f"  {e.dataset}  {e.variant}: {e.note}"
         note = f"  [{e.note}]" if e.note and not e.note.startswith("AutoAttack") else ""
         flops, flops_low = e.trial_flops, e.trial_flops - e.attack_flops + e.attack_flops_low
-        self.flops, self.flops_low = self.flops + flops * e.trials, self.flops_low + flops_low * e.trials
+        self.flops, self.flops_low = (
+            self.flops + flops * e.trials,
+            self.flops_low + flops_low * e.trials,
+        )
         if self.tflops is not None:
             rate = self.tflops * 1e12
-            return (f"  {e.dataset}  {e.variant}: per trial {flop_text(flops)} (learning "
-                    f"{flop_text(e.learn_flops)}, training {flop_text(e.train_flops)}, attacks "
-                    f"{flop_span(e.attack_flops_low, e.attack_flops)}; "
-                    f"{e.work_epochs(e.trial_examples):,.0f} work epochs) = "
-                    f"{device_span(flops_low / rate, flops / rate)}; x {e.trials} trials = "
-                    f"{device_span(flops_low * e.trials / rate, flops * e.trials / rate)}" + note)
+            return (
+                f"  {e.dataset}  {e.variant}: per trial {flop_text(flops)} (learning "
+                f"{flop_text(e.learn_flops)}, training {flop_text(e.train_flops)}, attacks "
+                f"{flop_span(e.attack_flops_low, e.attack_flops)}; "
+                f"{e.work_epochs(e.trial_examples):,.0f} work epochs) = "
+                f"{device_span(flops_low / rate, flops / rate)}; x {e.trials} trials = "
+                f"{device_span(flops_low * e.trials / rate, flops * e.trials / rate)}" + note
+            )
         per = e.trial_seconds
         low = per - e.attack_seconds + e.attack_seconds_low
-        self.seconds, self.seconds_low = self.seconds + per * e.trials, self.seconds_low + low * e.trials
-        return (f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
-                f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
-                f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
-                f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples, "
-                f"{flop_text(e.trial_flops)}); x {e.trials} trials = "
-                f"{span(low * e.trials, per * e.trials)}; peak memory "
-                f"{gigabytes(e.peak_bytes)} above the data" + note)
+        self.seconds, self.seconds_low = (
+            self.seconds + per * e.trials,
+            self.seconds_low + low * e.trials,
+        )
+        return (
+            f"  {e.dataset}  {e.variant}: per trial {span(low, per)} (learning "
+            f"{hours(e.learn_seconds)}, training {hours(e.train_seconds)}, attacks "
+            f"{span(e.attack_seconds_low, e.attack_seconds)}); work up to "
+            f"{e.work_epochs(e.trial_examples):,.0f} epochs ({e.trial_examples:,.0f} examples, "
+            f"{flop_text(e.trial_flops)}); x {e.trials} trials = "
+            f"{span(low * e.trials, per * e.trials)}; peak memory "
+            f"{gigabytes(e.peak_bytes)} above the data" + note
+        )
 
     def totals(self) -> list[str]:
-        aa = ("the range is AutoAttack's: every image falls to APGD-CE .. every image survives "
-              "every attack")
+        aa = (
+            "the range is AutoAttack's: every image falls to APGD-CE .. every image survives "
+            "every attack"
+        )
         if self.tflops is not None:
             rate = self.tflops * 1e12
-            return [f"  total: {flop_span(self.flops_low, self.flops)} = "
-                    f"{device_span(self.flops_low / rate, self.flops / rate)} at {self.tflops:g} "
-                    f"TFLOP/s (wall time: that over the devices running trials at once; {aa})"]
+            return [
+                f"  total: {flop_span(self.flops_low, self.flops)} = "
+                f"{device_span(self.flops_low / rate, self.flops / rate)} at {self.tflops:g} "
+                f"TFLOP/s (wall time: that over the devices running trials at once; {aa})"
+            ]
         n = self.concurrent
-        lines = [f"  total: {span(self.seconds_low, self.seconds)} of trial time, "
-                 f"{span(self.seconds_low / n, self.seconds / n)} of wall time with {n} trials "
-                 f"at once ({aa})"]
+        lines = [
+            f"  total: {span(self.seconds_low, self.seconds)} of trial time, "
+            f"{span(self.seconds_low / n, self.seconds / n)} of wall time with {n} trials "
+            f"at once ({aa})"
+        ]
         if self.seconds > 0:
-            lines.append(f"  work: {flop_text(self.flops)} in all; sustained here: "
-                         f"{self.flops / self.seconds / 1e12:.3f} TFLOP/s per trial (a rate for "
-                         "--assume-tflops on this device)")
+            lines.append(
+                f"  work: {flop_text(self.flops)} in all; sustained here: "
+                f"{self.flops / self.seconds / 1e12:.3f} TFLOP/s per trial (a rate for "
+                "--assume-tflops on this device)"
+            )
         return lines
 
 

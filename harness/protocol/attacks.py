@@ -18,9 +18,10 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,14 @@ class Threat:
     ) -> Attack:
         """This threat's PGD as an `attack(model, x, y)` callable for `robust_accuracy`."""
         return partial(
-            pgd, norm=self.norm, eps=self.eps, alpha=self.step_size, steps=self.steps,
-            restarts=self.restarts, bounds=bounds, generator=generator,
+            pgd,
+            norm=self.norm,
+            eps=self.eps,
+            alpha=self.step_size,
+            steps=self.steps,
+            restarts=self.restarts,
+            bounds=bounds,
+            generator=generator,
             loss_fn=LOSSES[self.loss],
         )
 
@@ -256,9 +263,7 @@ def pgd(
     best = None
     for _ in range(restarts):
         start = init if init is not None else random_start
-        x_adv = _pgd_once(
-            model, x, y, norm, eps, alpha, steps, start, bounds, generator, loss_fn
-        )
+        x_adv = _pgd_once(model, x, y, norm, eps, alpha, steps, start, bounds, generator, loss_fn)
         if restarts == 1:
             return x_adv
         fooled_now = _fooled(model, x_adv, y)
@@ -292,8 +297,17 @@ def fgsm(
     if step is None:
         step = 1.25 * eps if random_start else eps
     return pgd(
-        model, x, y, norm="linf", eps=eps, alpha=step, steps=1, random_start=random_start,
-        bounds=bounds, generator=generator, loss_fn=loss_fn,
+        model,
+        x,
+        y,
+        norm="linf",
+        eps=eps,
+        alpha=step,
+        steps=1,
+        random_start=random_start,
+        bounds=bounds,
+        generator=generator,
+        loss_fn=loss_fn,
     )
 
 

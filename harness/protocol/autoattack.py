@@ -23,7 +23,8 @@ the reference implementation (`pyautoattack`) on the same model.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -67,28 +68,61 @@ class _PlainModule(nn.Module):
         return self.net(x) if hasattr(self, "net") else self.fn(x)
 
 
-def build_attacks(model: nn.Module, *, norm: str, eps: float, num_classes: int,
-                  version: Version, seed: int) -> list:
+def build_attacks(
+    model: nn.Module, *, norm: str, eps: float, num_classes: int, version: Version, seed: int
+) -> list:
     """The attacks of `version`, in the reference's order, at the reference's settings."""
     import torchattacks  # the only import of torchattacks in the harness
 
     name = {"linf": "Linf", "l2": "L2"}[norm]
     targets = max(1, min(TARGET_CLASSES, num_classes - 1))
-    apgd_ce = torchattacks.APGD(model, norm=name, eps=eps, steps=ITERATIONS, n_restarts=1,
-                                loss="ce", rho=APGD_RHO, seed=seed)
+    apgd_ce = torchattacks.APGD(
+        model,
+        norm=name,
+        eps=eps,
+        steps=ITERATIONS,
+        n_restarts=1,
+        loss="ce",
+        rho=APGD_RHO,
+        seed=seed,
+    )
     attacks = [apgd_ce]
     if num_classes >= DLR_MIN_CLASSES:
-        apgd_t = torchattacks.APGDT(model, norm=name, eps=eps, steps=ITERATIONS, n_restarts=1,
-                                    rho=APGD_RHO, seed=seed, n_classes=num_classes)
+        apgd_t = torchattacks.APGDT(
+            model,
+            norm=name,
+            eps=eps,
+            steps=ITERATIONS,
+            n_restarts=1,
+            rho=APGD_RHO,
+            seed=seed,
+            n_classes=num_classes,
+        )
         apgd_t.n_target_classes = targets
         attacks.append(apgd_t)
     if version == "standard":
-        fab_t = torchattacks.FAB(model, norm=name, eps=eps, steps=ITERATIONS, n_restarts=1,
-                                 multi_targeted=True, n_classes=num_classes, seed=seed)
+        fab_t = torchattacks.FAB(
+            model,
+            norm=name,
+            eps=eps,
+            steps=ITERATIONS,
+            n_restarts=1,
+            multi_targeted=True,
+            n_classes=num_classes,
+            seed=seed,
+        )
         fab_t.n_target_classes = targets
-        square = torchattacks.Square(model, norm=name, eps=eps, n_queries=SQUARE_QUERIES,
-                                     n_restarts=1, p_init=SQUARE_P_INIT, loss="margin",
-                                     resc_schedule=False, seed=seed)
+        square = torchattacks.Square(
+            model,
+            norm=name,
+            eps=eps,
+            n_queries=SQUARE_QUERIES,
+            n_restarts=1,
+            p_init=SQUARE_P_INIT,
+            loss="margin",
+            resc_schedule=False,
+            seed=seed,
+        )
         attacks += [fab_t, square]
     return attacks
 
@@ -141,9 +175,19 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return model(x).argmax(dim=1) == y
 
 
-def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
-                num_classes: int, version: Version = "standard", seed: int = 0,
-                batch_size: int = ATTACK_BATCH, bounds=(0.0, 1.0)) -> torch.Tensor:
+def robust_mask(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    num_classes: int,
+    version: Version = "standard",
+    seed: int = 0,
+    batch_size: int = ATTACK_BATCH,
+    bounds=(0.0, 1.0),
+) -> torch.Tensor:
     """A boolean per example: still correctly classified after every attack of `version`.
 
     As in the reference, only examples that are classified correctly are attacked, and each
@@ -152,8 +196,10 @@ def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, ep
     from harness.protocol.attacks import _check_norm, require_eval
 
     if version not in VERSIONS:
-        raise HarnessInputError(f"unknown AutoAttack version {version!r}; use one of "
-                                f"{', '.join(VERSIONS)} (or off).", field="threat.autoattack")
+        raise HarnessInputError(
+            f"unknown AutoAttack version {version!r}; use one of {', '.join(VERSIONS)} (or off).",
+            field="threat.autoattack",
+        )
     _check_norm(norm)
     require_eval(model)
     low, scale = unit_box(x, eps, bounds)
@@ -162,13 +208,14 @@ def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, ep
         wrapped, x = _Rescaled(wrapped, low, scale).eval(), (x - low) / scale
     if x.dim() == 2:
         wrapped, x = _AsImages(wrapped).eval(), x[:, :, None, None]
-    attacks = build_attacks(wrapped, norm=norm, eps=eps / scale, num_classes=num_classes,
-                            version=version, seed=seed)
+    attacks = build_attacks(
+        wrapped, norm=norm, eps=eps / scale, num_classes=num_classes, version=version, seed=seed
+    )
     devices = [x.device] if x.device.type == "cuda" else []
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     with torch.random.fork_rng(devices=devices):
         for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size].detach(), y[start:start + batch_size]
+            xb, yb = x[start : start + batch_size].detach(), y[start : start + batch_size]
             alive = _correct(wrapped, xb, yb)
             for attack in attacks:
                 idx = alive.nonzero().squeeze(1)
@@ -176,7 +223,7 @@ def robust_mask(model: Model, x: torch.Tensor, y: torch.Tensor, *, norm: str, ep
                     break
                 x_adv = attack(xb[idx], yb[idx])
                 alive[idx] = _correct(wrapped, x_adv, yb[idx])
-            robust[start:start + batch_size] = alive
+            robust[start : start + batch_size] = alive
     return robust
 
 

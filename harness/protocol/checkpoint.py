@@ -22,8 +22,9 @@ from is in its section.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness import faults
 
@@ -36,8 +37,12 @@ class TrialCheckpoint:
     """Sections of a trial's progress: `restored` is what the last save held ({} on a first
     start); `persist(sections)` stores them (None: nothing is ever saved)."""
 
-    def __init__(self, restored: dict[str, Any] | None = None, persist: Persist | None = None,
-                 every_s: float = 600.0):
+    def __init__(
+        self,
+        restored: dict[str, Any] | None = None,
+        persist: Persist | None = None,
+        every_s: float = 600.0,
+    ):
         self.sections: dict[str, Any] = dict(restored or {})
         self.persist = persist
         self.every_s = every_s

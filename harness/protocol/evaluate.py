@@ -14,29 +14,42 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from harness.datasets import (
+    DatasetSplits,
+    load_dataset,
+)
+from harness.methods import (
+    DatasetMethod,
+    LearnedDataset,
+    Method,
+    MethodContext,
+    ModelMethod,
+    make_method,
+)
+from harness.methods._augment import DSATrainAugment
 from harness.protocol import masking
 from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.protocol.autoattack import autoattack
-from harness.spec.resolve import resolve_archs, resolve_spec
-from harness.spec.schema import DatasetSpec, RunSpec, derived_seed
-from harness.datasets import (
-    DatasetSplits, load_dataset,
-)
-from harness.methods import (
-    DatasetMethod, LearnedDataset, Method, MethodContext, ModelMethod, make_method,
+from harness.protocol.checkpoint import Stage, TrialCheckpoint
+from harness.protocol.train import (
+    ResumePoint,
+    Selector,
+    TrainConfig,
+    WorkMeter,
+    natural_loss,
+    pick_device,
+    train_model,
 )
 from harness.results.record import METRIC
-from harness.protocol.checkpoint import Stage, TrialCheckpoint
-from harness.methods._augment import DSATrainAugment
-from harness.protocol.train import (
-    ResumePoint, Selector, TrainConfig, WorkMeter, natural_loss, pick_device, train_model,
-)
+from harness.spec.resolve import resolve_archs, resolve_spec
+from harness.spec.schema import DatasetSpec, RunSpec, derived_seed
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -87,7 +100,9 @@ class TrialResult:
     val_clean_acc: float = field(metadata=METRIC)
     val_robust_acc: float = field(metadata=METRIC)
     val_autoattack_acc: float | None = field(metadata=METRIC)
-    masking_flags: list[str]  # every gradient-masking flag raised on any model (harness.protocol.masking)
+    masking_flags: list[
+        str
+    ]  # every gradient-masking flag raised on any model (harness.protocol.masking)
     # one-time dataset learning (0 for model-producing methods)
     learn_seconds: float = field(metadata=METRIC)
     train_seconds: float = field(metadata=METRIC)  # mean per trained model
@@ -99,7 +114,9 @@ class TrialResult:
     per_arch: list[ArchSummary]
     models: list[ModelScore]
     learned: LearnedDataset | None = field(default=None, repr=False)
-    weights: dict[str, dict] = field(default_factory=dict, repr=False)  # arch -> first model's state
+    weights: dict[str, dict] = field(
+        default_factory=dict, repr=False
+    )  # arch -> first model's state
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
@@ -116,8 +133,9 @@ def resolve_threat(spec: RunSpec, data: DatasetSplits) -> Threat:
     t = spec.threat
     if t.eps is None:
         raise ValueError("resolve_threat needs a resolved spec (resolve_spec decides eps)")
-    return Threat(norm=t.norm, eps=t.eps, steps=t.steps, alpha=t.alpha,
-                  restarts=t.restarts, loss=t.loss)
+    return Threat(
+        norm=t.norm, eps=t.eps, steps=t.steps, alpha=t.alpha, restarts=t.restarts, loss=t.loss
+    )
 
 
 # Epochs the reference code trains an evaluation model on a learned set (Zhao et al.'s
@@ -153,7 +171,9 @@ def score_model(
     """Clean / PGD / AutoAttack accuracy on test, the same on validation (AutoAttack there
     only when asked for), and the gradient-masking checks on the test split."""
     model.eval()
-    attack = threat.attack(bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed))
+    attack = threat.attack(
+        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(seed)
+    )
 
     n_test, n_val = spec.eval.max_test, spec.eval.max_val
     xt, yt = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
@@ -166,24 +186,37 @@ def score_model(
         "autoattack_acc": None,
         "val_autoattack_acc": None,
     }
-    aa = dict(norm=threat.norm, eps=threat.eps, num_classes=data.num_classes, seed=seed,
-              bounds=data.bounds)
+    aa = dict(
+        norm=threat.norm,
+        eps=threat.eps,
+        num_classes=data.num_classes,
+        seed=seed,
+        bounds=data.bounds,
+    )
     if spec.threat.autoattack != "off":
         scores["autoattack_acc"] = autoattack(model, xt, yt, version=spec.threat.autoattack, **aa)
     if spec.eval.val_autoattack != "off":
-        scores["val_autoattack_acc"] = autoattack(model, xv, yv, version=spec.eval.val_autoattack,
-                                                  **aa)
+        scores["val_autoattack_acc"] = autoattack(
+            model, xv, yv, version=spec.eval.val_autoattack, **aa
+        )
     report = masking.check(
-        model, xt, yt, threat, pgd_acc=scores["robust_acc"], autoattack_acc=scores["autoattack_acc"],
-        bounds=data.bounds, generator=torch.Generator(device=device).manual_seed(derived_seed(seed + 1)),
+        model,
+        xt,
+        yt,
+        threat,
+        pgd_acc=scores["robust_acc"],
+        autoattack_acc=scores["autoattack_acc"],
+        bounds=data.bounds,
+        generator=torch.Generator(device=device).manual_seed(derived_seed(seed + 1)),
         pgd_on_x=True,  # robust_acc is PGD on exactly xt: not run twice
     )
     scores["masking_flags"] = list(report.flags)
     return scores
 
 
-def downstream_config(spec: RunSpec, n_learned: int, n_full: int,
-                      augmented: bool = False) -> TrainConfig:
+def downstream_config(
+    spec: RunSpec, n_learned: int, n_full: int, augmented: bool = False
+) -> TrainConfig:
     """Natural training on a learned set: DC's protocol (Zhao et al. 2021: SGD, momentum 0.9,
     weight decay 5e-4, lr cut x0.1 once, at half the epochs). `train.augment` is the recipe of
     model-producing methods; a learned set brings its own (`LearnedDataset.augment`), and
@@ -204,7 +237,9 @@ PROBE_EXAMPLES = 256  # validation examples attacked by the per-epoch probe
 PROBE_STEPS = 10  # PGD steps of the probe: cheap, and only compared between trials
 
 
-def val_robust_probe(data: DatasetSplits, threat: Threat, device: torch.device, rows: slice) -> Selector:
+def val_robust_probe(
+    data: DatasetSplits, threat: Threat, device: torch.device, rows: slice
+) -> Selector:
     """PGD accuracy (at most PROBE_STEPS steps) on the validation examples `rows`."""
     x, y = data.x_val[rows].to(device), data.y_val[rows].to(device)
     cheap = Threat(threat.norm, threat.eps, steps=min(threat.steps, PROBE_STEPS))
@@ -241,9 +276,15 @@ ProgressFn = Callable[[str, int, int], None]  # (phase, done, total): "learning"
 
 
 def run_trial(
-    spec: RunSpec, *, smoke: bool = False, log: LogFn | None = None, probe_epochs: bool = False,
-    method: Method | None = None, progress: ProgressFn | None = None,
-    checkpoint: TrialCheckpoint | None = None, data: DatasetSplits | None = None,
+    spec: RunSpec,
+    *,
+    smoke: bool = False,
+    log: LogFn | None = None,
+    probe_epochs: bool = False,
+    method: Method | None = None,
+    progress: ProgressFn | None = None,
+    checkpoint: TrialCheckpoint | None = None,
+    data: DatasetSplits | None = None,
 ) -> TrialResult:
     """Run one trial end to end: load, learn (dataset methods), train, score, aggregate.
 
@@ -274,8 +315,16 @@ def run_trial(
             progress("learning", min(step + 1, planned), planned)
 
     ctx = MethodContext(
-        data=data, threat=threat, train=spec.train.config(), device=device, generator=generator,
-        seed=spec.seed, archs=archs, meter=learn_meter, log=learning_log, smoke=smoke,
+        data=data,
+        threat=threat,
+        train=spec.train.config(),
+        device=device,
+        generator=generator,
+        seed=spec.seed,
+        archs=archs,
+        meter=learn_meter,
+        log=learning_log,
+        smoke=smoke,
         arch_settings=spec.eval.arch_settings,
     )
 
@@ -284,8 +333,9 @@ def run_trial(
     if isinstance(method, DatasetMethod):
         learned, learn_seconds = learn_once(method, ctx, checkpoint)
         train_x, train_y = learned.x.detach().cpu(), learned.y.detach().cpu()
-        cfg = downstream_config(spec, len(learned), data.n_train_full,
-                                augmented=learned.augment is not None)
+        cfg = downstream_config(
+            spec, len(learned), data.n_train_full, augmented=learned.augment is not None
+        )
         loss_step = natural_loss
     else:
         assert isinstance(method, ModelMethod)
@@ -308,26 +358,60 @@ def run_trial(
             meter = WorkMeter()
             model = ctx.build(arch, seed=model_seed, metered=False)
             stats = train_model(
-                model, train_x, train_y, cfg, generator=torch.Generator().manual_seed(model_seed),
-                device=device, loss_step=loss_step, meter=meter,
-                on_epoch=probe if not models else None, select=select,
+                model,
+                train_x,
+                train_y,
+                cfg,
+                generator=torch.Generator().manual_seed(model_seed),
+                device=device,
+                loss_step=loss_step,
+                meter=meter,
+                on_epoch=probe if not models else None,
+                select=select,
                 augment=learned.augment if learned is not None else None,
                 resume=ResumePoint(checkpoint, f"{arch}/{k}", generators=(generator,)),
             )
             scores = score_model(model, data, threat, spec, seed=model_seed, device=device)
-            models.append(ModelScore(
-                arch=arch, seed=model_seed, train_seconds=stats.seconds,
-                train_work_epochs=meter.epochs(data.n_train_full), kept_epoch=stats.kept_epoch,
-                **scores,
-            ))
+            models.append(
+                ModelScore(
+                    arch=arch,
+                    seed=model_seed,
+                    train_seconds=stats.seconds,
+                    train_work_epochs=meter.epochs(data.n_train_full),
+                    kept_epoch=stats.kept_epoch,
+                    **scores,
+                )
+            )
             weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            checkpoint.put("models", {"scores": [asdict(m) for m in models], "weights": weights,
-                                      "generator": generator.get_state()}, drop=("training",))
+            checkpoint.put(
+                "models",
+                {
+                    "scores": [asdict(m) for m in models],
+                    "weights": weights,
+                    "generator": generator.get_state(),
+                },
+                drop=("training",),
+            )
             progress("models", len(models), len(archs) * spec.eval.models_per_arch)
-            log({f"arch.{arch}.{key}": v for key, v in scores.items()
-                 if isinstance(v, (int, float))}, len(models))
-    result = summarise(spec, method, data=data, threat=threat, models=models, learned=learned,
-                       learn_seconds=learn_seconds, learn_meter=learn_meter, size=len(train_x))
+            log(
+                {
+                    f"arch.{arch}.{key}": v
+                    for key, v in scores.items()
+                    if isinstance(v, (int, float))
+                },
+                len(models),
+            )
+    result = summarise(
+        spec,
+        method,
+        data=data,
+        threat=threat,
+        models=models,
+        learned=learned,
+        learn_seconds=learn_seconds,
+        learn_meter=learn_meter,
+        size=len(train_x),
+    )
     result.weights = weights
     return result
 
@@ -335,31 +419,46 @@ def run_trial(
 def load_data(ds: DatasetSpec) -> DatasetSplits:
     """The dataset a spec's `dataset` section describes, loaded and split."""
     return load_dataset(
-        ds.name, root=ds.root, download=ds.download, subset=ds.subset,
-        val_fraction=ds.val_fraction, split_seed=ds.split_seed, params=ds.params(),
+        ds.name,
+        root=ds.root,
+        download=ds.download,
+        subset=ds.subset,
+        val_fraction=ds.val_fraction,
+        split_seed=ds.split_seed,
+        params=ds.params(),
     )
 
 
-def learn_once(method: DatasetMethod, ctx: MethodContext,
-               checkpoint: TrialCheckpoint) -> tuple[LearnedDataset, float]:
+def learn_once(
+    method: DatasetMethod, ctx: MethodContext, checkpoint: TrialCheckpoint
+) -> tuple[LearnedDataset, float]:
     """The method's learned set and its learning seconds: learned now, or the one a
     restarted trial had finished (its learning cost counted in `ctx.meter` as then)."""
     saved = checkpoint.get("learned")
     if saved is not None:
         ctx.meter.examples = saved["examples"]
         augment = DSATrainAugment(saved["dsa"]) if saved["dsa"] else None
-        return LearnedDataset(saved["x"], saved["y"], saved["info"], augment=augment), saved["seconds"]
+        return LearnedDataset(saved["x"], saved["y"], saved["info"], augment=augment), saved[
+            "seconds"
+        ]
     ctx.resume = Stage(checkpoint, "learning")
     learned = method.learn(ctx)
     check_learned(method.name, learned)
     seconds = ctx.resume.seconds()
     dsa = learned.augment.strategy if isinstance(learned.augment, DSATrainAugment) else ""
     if learned.augment is None or dsa:  # another augmentation could not be rebuilt from a file
-        checkpoint.put("learned", {
-            "x": learned.x.detach().cpu(), "y": learned.y.detach().cpu(),
-            "info": json.loads(json.dumps(learned.info, default=str)), "dsa": dsa,
-            "seconds": seconds, "examples": ctx.meter.examples,
-        }, drop=("learning",))
+        checkpoint.put(
+            "learned",
+            {
+                "x": learned.x.detach().cpu(),
+                "y": learned.y.detach().cpu(),
+                "info": json.loads(json.dumps(learned.info, default=str)),
+                "dsa": dsa,
+                "seconds": seconds,
+                "examples": ctx.meter.examples,
+            },
+            drop=("learning",),
+        )
     return learned, seconds
 
 
@@ -372,11 +471,13 @@ def check_learned(name: str, learned: LearnedDataset) -> None:
             raise FloatingPointError(
                 f"method {name!r} returned a learned set whose {part} hold {bad} NaN or infinite "
                 "values (its learning diverged); lower its learning rates (e.g. method.lr_img, "
-                "method.outer_lr) or its number of steps")
+                "method.outer_lr) or its number of steps"
+            )
 
 
-def summarise(spec, method, *, data, threat, models, learned, learn_seconds, learn_meter,
-              size) -> TrialResult:
+def summarise(
+    spec, method, *, data, threat, models, learned, learn_seconds, learn_meter, size
+) -> TrialResult:
     def avg(key: str) -> float | None:
         vals = [getattr(m, key) for m in models]
         return None if any(v is None for v in vals) else mean_std(vals)[0]
@@ -392,15 +493,32 @@ def summarise(spec, method, *, data, threat, models, learned, learn_seconds, lea
     learn_work = learn_meter.epochs(data.n_train_full)
     train_work = avg("train_work_epochs")
     return TrialResult(
-        method=method.name, kind=method.kind, dataset=data.name, seed=spec.seed,
-        threat={"norm": threat.norm, "eps": threat.eps, "steps": threat.steps,
-                "restarts": threat.restarts, "loss": threat.loss,
-                "autoattack": spec.threat.autoattack},
-        clean_acc=avg("clean_acc"), robust_acc=avg("robust_acc"),
-        autoattack_acc=avg("autoattack_acc"), val_clean_acc=avg("val_clean_acc"),
-        val_robust_acc=avg("val_robust_acc"), val_autoattack_acc=avg("val_autoattack_acc"),
-        masking_flags=sorted({f for m in models for f in m.masking_flags}), learn_seconds=learn_seconds,
-        train_seconds=avg("train_seconds"), learn_work_epochs=learn_work,
-        train_work_epochs=train_work, work_epochs=learn_work + train_work, dataset_size=size,
-        per_arch=per_arch, models=models, learned=learned,
+        method=method.name,
+        kind=method.kind,
+        dataset=data.name,
+        seed=spec.seed,
+        threat={
+            "norm": threat.norm,
+            "eps": threat.eps,
+            "steps": threat.steps,
+            "restarts": threat.restarts,
+            "loss": threat.loss,
+            "autoattack": spec.threat.autoattack,
+        },
+        clean_acc=avg("clean_acc"),
+        robust_acc=avg("robust_acc"),
+        autoattack_acc=avg("autoattack_acc"),
+        val_clean_acc=avg("val_clean_acc"),
+        val_robust_acc=avg("val_robust_acc"),
+        val_autoattack_acc=avg("val_autoattack_acc"),
+        masking_flags=sorted({f for m in models for f in m.masking_flags}),
+        learn_seconds=learn_seconds,
+        train_seconds=avg("train_seconds"),
+        learn_work_epochs=learn_work,
+        train_work_epochs=train_work,
+        work_epochs=learn_work + train_work,
+        dataset_size=size,
+        per_arch=per_arch,
+        models=models,
+        learned=learned,
     )

@@ -29,10 +29,25 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.protocol.attacks import Bounds, Threat, _draw, _project, accuracy, fgsm, pgd, robust_accuracy
+from harness.protocol.attacks import (
+    Bounds,
+    Threat,
+    _draw,
+    _project,
+    accuracy,
+    fgsm,
+    pgd,
+    robust_accuracy,
+)
 
-CODES = ("noise_beats_pgd", "fgsm_beats_pgd", "aa_far_below_pgd", "zero_input_grad",
-         "no_zero_at_large_eps", "randomized_output")
+CODES = (
+    "noise_beats_pgd",
+    "fgsm_beats_pgd",
+    "aa_far_below_pgd",
+    "zero_input_grad",
+    "no_zero_at_large_eps",
+    "randomized_output",
+)
 
 CHECK_EXAMPLES = 500  # test examples the checks look at: enough for 1-2 point resolution
 TOLERANCE = 0.02  # accuracy differences smaller than this are noise on CHECK_EXAMPLES
@@ -66,7 +81,8 @@ def noise_accuracy(model, x, y, threat: Threat, bounds: Bounds, generator) -> fl
     else:
         delta = _draw("normal", x, generator)
         delta = delta * (threat.eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(
-            -1, *([1] * (x.dim() - 1)))
+            -1, *([1] * (x.dim() - 1))
+        )
     x_noisy = _project(x + delta, x, threat.norm, threat.eps, bounds)
     return accuracy(model, x_noisy, y)
 
@@ -98,9 +114,18 @@ def large_radius(threat: Threat, bounds: Bounds) -> float:
     return eps
 
 
-def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float | None,
-          bounds: Bounds, generator: torch.Generator | None = None,
-          pgd_on_x: bool = False) -> MaskingReport:
+def check(
+    model,
+    x,
+    y,
+    threat: Threat,
+    *,
+    pgd_acc: float,
+    autoattack_acc: float | None,
+    bounds: Bounds,
+    generator: torch.Generator | None = None,
+    pgd_on_x: bool = False,
+) -> MaskingReport:
     """Run every check on (at most CHECK_EXAMPLES of) `x`, given the reported accuracies.
 
     FGSM and noise are compared with PGD on the same examples: with `pgd_on_x` (the caller
@@ -114,12 +139,22 @@ def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float 
         pgd_sub = pgd_acc
     else:
         pgd_sub = robust_accuracy(model, x, y, threat.attack(bounds=bounds, generator=generator))
-    if threat.norm == "linf":
-        one_step = lambda m, xb, yb: fgsm(m, xb, yb, threat.eps, bounds=bounds)  # noqa: E731
-    else:
-        one_step = lambda m, xb, yb: pgd(m, xb, yb, norm="l2", eps=threat.eps,  # noqa: E731
-                                         alpha=threat.eps, steps=1, random_start=False,
-                                         bounds=bounds)
+
+    def one_step(m, xb, yb):  # FGSM; for L2, its one-step counterpart
+        if threat.norm == "linf":
+            return fgsm(m, xb, yb, threat.eps, bounds=bounds)
+        return pgd(
+            m,
+            xb,
+            yb,
+            norm="l2",
+            eps=threat.eps,
+            alpha=threat.eps,
+            steps=1,
+            random_start=False,
+            bounds=bounds,
+        )
+
     fgsm_acc = robust_accuracy(model, x, y, one_step)
     noise_acc = noise_accuracy(model, x, y, threat, bounds, generator)
     big = Threat(threat.norm, large_radius(threat, bounds), steps=max(threat.steps, 20))
@@ -139,6 +174,12 @@ def check(model, x, y, threat: Threat, *, pgd_acc: float, autoattack_acc: float 
         flags.append("no_zero_at_large_eps")
     if change > RANDOM_OUTPUT_RTOL:
         flags.append("randomized_output")
-    return MaskingReport(noise_acc=noise_acc, fgsm_acc=fgsm_acc, pgd_acc=pgd_sub,
-                         large_eps_acc=large_acc, zero_grad_fraction=zero_frac,
-                         output_change=change, flags=tuple(flags))
+    return MaskingReport(
+        noise_acc=noise_acc,
+        fgsm_acc=fgsm_acc,
+        pgd_acc=pgd_sub,
+        large_eps_acc=large_acc,
+        zero_grad_fraction=zero_frac,
+        output_change=change,
+        flags=tuple(flags),
+    )

@@ -22,7 +22,8 @@ Models avoid in-place activations and parameter tricks, so they work under
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

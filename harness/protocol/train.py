@@ -18,11 +18,12 @@ import math
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -144,15 +145,18 @@ class WorkMeter:
 
     def state(self) -> dict[str, Any]:
         """The counts as plain values (a trial checkpoint's part, `harness.protocol.checkpoint`)."""
-        return {"examples": self.examples, "by_arch": [[k, v] for k, v in self.by_arch.items()],
-                "forward_only": [[k, v] for k, v in self.forward_only.items()]}
+        return {
+            "examples": self.examples,
+            "by_arch": [[k, v] for k, v in self.by_arch.items()],
+            "forward_only": [[k, v] for k, v in self.forward_only.items()],
+        }
 
     def load_state(self, saved: dict[str, Any]) -> None:
         self.examples = int(saved["examples"])
         self.by_arch = Counter({k: int(v) for k, v in saved["by_arch"]})
         self.forward_only = Counter({k: int(v) for k, v in saved["forward_only"]})
 
-    def snapshot(self) -> "WorkCount":
+    def snapshot(self) -> WorkCount:
         return WorkCount(Counter(self.by_arch), Counter(self.forward_only))
 
     @contextmanager
@@ -202,7 +206,7 @@ class WorkCount:
     by_arch: Counter
     forward_only: Counter
 
-    def __sub__(self, other: "WorkCount") -> "WorkCount":
+    def __sub__(self, other: WorkCount) -> WorkCount:
         return WorkCount(self.by_arch - other.by_arch, self.forward_only - other.forward_only)
 
 
@@ -366,7 +370,7 @@ def train_model(
     on_epoch: EpochHook | None = None,
     select: Selector | None = None,
     augment: Augment | None = None,
-    resume: "ResumePoint | None" = None,
+    resume: ResumePoint | None = None,
 ) -> TrainStats:
     """Train `model` in place on (x, y) with `loss_step` and return timing statistics.
 
@@ -401,18 +405,28 @@ def train_model(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         resume.restore_generators(saved["generators"], generator)
-        best.epoch, best.score, best.state = saved["best_epoch"], saved["best_score"], saved["best_state"]
+        best.epoch, best.score, best.state = (
+            saved["best_epoch"],
+            saved["best_score"],
+            saved["best_state"],
+        )
         last, before, first = saved["loss"], saved["seconds"], saved["epoch"] + 1
         if meter is not None:
             meter.examples = saved["examples"]
 
     def state(epoch: int) -> dict[str, Any]:
         return {
-            "tag": resume.tag, "epoch": epoch, "loss": last,
+            "tag": resume.tag,
+            "epoch": epoch,
+            "loss": last,
             "seconds": before + time.perf_counter() - start,
-            "model": _copy(model.state_dict()), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generators": resume.generator_states(generator),
-            "best_epoch": best.epoch, "best_score": best.score, "best_state": best.state,
+            "model": _copy(model.state_dict()),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generators": resume.generator_states(generator),
+            "best_epoch": best.epoch,
+            "best_score": best.score,
+            "best_state": best.state,
             "examples": meter.examples if meter is not None else 0,
         }
 
@@ -434,8 +448,12 @@ def train_model(
                 if counting:  # one batch done: charge the rest of the run at its rate
                     charge_rest(meter, before_count, len(idx), cfg.epochs * x.shape[0])
                     model.eval()
-                    return TrainStats(seconds=time.perf_counter() - start, steps=total,
-                                      final_loss=float(loss.detach()), kept_epoch=cfg.epochs)
+                    return TrainStats(
+                        seconds=time.perf_counter() - start,
+                        steps=total,
+                        final_loss=float(loss.detach()),
+                        kept_epoch=cfg.epochs,
+                    )
             last = float(loss.detach())
             if not math.isfinite(last):
                 raise FloatingPointError(
@@ -452,7 +470,9 @@ def train_model(
     best.restore(model)
     model.eval()
     return TrainStats(
-        seconds=before + time.perf_counter() - start, steps=total, final_loss=last,
+        seconds=before + time.perf_counter() - start,
+        steps=total,
+        final_loss=last,
         kept_epoch=best.epoch if best.state is not None else cfg.epochs,
         kept_score=best.score if best.state is not None else None,
     )

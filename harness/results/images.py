@@ -33,7 +33,7 @@ def grid(images: torch.Tensor, *, per_row: int) -> torch.Tensor:
     for i, img in enumerate(images.clamp(0, 1)):
         r, c = divmod(i, per_row)
         top, left = PAD + r * (h + PAD), PAD + c * (w + PAD)
-        out[:, top:top + h, left:left + w] = img
+        out[:, top : top + h, left : left + w] = img
     return out
 
 
@@ -47,5 +47,4 @@ def write_png(image: torch.Tensor, path: str | Path) -> None:
         Image.fromarray(pixels[0].numpy()).save(str(path), format="PNG")
     else:
         rgb = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1].expand(3, -1, -1)
-        Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(
-            str(path), format="PNG")
+        Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy()).save(str(path), format="PNG")

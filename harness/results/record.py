@@ -43,8 +43,16 @@ ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
 PROGRESS_METRICS = ("epoch", "probe_robust_acc")
 FLAGS_TAG = "masking_flags"
 INFO_PREFIX = "info."
-IDENTITY_TAGS = ("method", "dataset", "variant", "phase", "sweep", "trial_id", "objective",
-                 "objective_mode")
+IDENTITY_TAGS = (
+    "method",
+    "dataset",
+    "variant",
+    "phase",
+    "sweep",
+    "trial_id",
+    "objective",
+    "objective_mode",
+)
 OUTCOME_TAGS = ("device", "ray_node", "error", "stopped_early", "resumed_from")
 
 SPEC_ARTIFACT = "spec.yaml"
@@ -122,13 +130,22 @@ class TrialRecord:
                 value = finite(getattr(result, f.name))
                 if value is not None:
                     metrics[f.name] = value
-        per_arch = tuple(ArchResult(a.arch, a.n, a.clean_acc, a.robust_acc, a.autoattack_acc)
-                         for a in result.per_arch)
+        per_arch = tuple(
+            ArchResult(a.arch, a.n, a.clean_acc, a.robust_acc, a.autoattack_acc)
+            for a in result.per_arch
+        )
         learned = getattr(result, "learned", None)
         info = {k: str(v) for k, v in (learned.info if learned is not None else {}).items()}
-        return cls(method=result.method, dataset=result.dataset, params=spec_params(spec_tree),
-                   metrics=metrics, per_arch=per_arch,
-                   masking_flags=tuple(sorted(result.masking_flags)), info=info, **tags)
+        return cls(
+            method=result.method,
+            dataset=result.dataset,
+            params=spec_params(spec_tree),
+            metrics=metrics,
+            per_arch=per_arch,
+            masking_flags=tuple(sorted(result.masking_flags)),
+            info=info,
+            **tags,
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -167,20 +184,32 @@ class TrialRecord:
     def from_mlflow(cls, run: RunLike) -> TrialRecord:
         """A stored run read back; runs from before a field existed get its default."""
         tags, params = run.tags, run.params
-        metrics = {k: v for k, v in ((k, finite(v)) for k, v in run.metrics.items()
-                                     if not k.startswith(ARCH_PREFIX)) if v is not None}
+        metrics = {
+            k: v
+            for k, v in (
+                (k, finite(v)) for k, v in run.metrics.items() if not k.startswith(ARCH_PREFIX)
+            )
+            if v is not None
+        }
         return cls(
             method=tags.get("method") or params.get("method", "?"),
             dataset=tags.get("dataset") or params.get("dataset") or params.get("dataset.name", "?"),
             params={k: v for k, v in params.items() if k not in ("method", "dataset")},
-            metrics=metrics, per_arch=arch_results(run.metrics),
-            masking_flags=tuple(sorted({c.strip() for c in tags.get(FLAGS_TAG, "").split(",")}
-                                       - {""})),
-            info={k[len(INFO_PREFIX):]: v for k, v in tags.items() if k.startswith(INFO_PREFIX)},
-            **{k: tags[k] for k in (*IDENTITY_TAGS, *OUTCOME_TAGS) if tags.get(k)
-               and k not in ("method", "dataset")},
+            metrics=metrics,
+            per_arch=arch_results(run.metrics),
+            masking_flags=tuple(
+                sorted({c.strip() for c in tags.get(FLAGS_TAG, "").split(",")} - {""})
+            ),
+            info={k[len(INFO_PREFIX) :]: v for k, v in tags.items() if k.startswith(INFO_PREFIX)},
+            **{
+                k: tags[k]
+                for k in (*IDENTITY_TAGS, *OUTCOME_TAGS)
+                if tags.get(k) and k not in ("method", "dataset")
+            },
             smoke=tags.get("smoke") == "true",
-            status=run.status, run_id=run.run_id, start_time=run.start_time or 0,
+            status=run.status,
+            run_id=run.run_id,
+            start_time=run.start_time or 0,
         )
 
 
@@ -197,12 +226,16 @@ def learned_meta(tree: dict[str, Any], result: Any) -> dict[str, Any]:
     name = tree["dataset"]["name"]
     bounds = DATASETS.get(name).bounds if name in DATASETS else None  # None: unbounded
     meta = {
-        "dataset": tree["dataset"], "method": tree["method"], "size": len(learned),
+        "dataset": tree["dataset"],
+        "method": tree["method"],
+        "size": len(learned),
         "input_shape": list(learned.x.shape[1:]),
         "bounds": None if bounds is None else list(bounds),
         "labels": "probabilities" if learned.y.dim() == 2 else "class ids",
-        "threat": result.threat, "seed": tree.get("seed"),
-        "harness_version": harness.__version__, "info": learned.info,
+        "threat": result.threat,
+        "seed": tree.get("seed"),
+        "harness_version": harness.__version__,
+        "info": learned.info,
     }
     return json.loads(json.dumps(meta, default=str))
 
@@ -226,12 +259,17 @@ def arch_results(metrics: dict[str, float]) -> tuple[ArchResult, ...]:
     values: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         if key.startswith(ARCH_PREFIX):
-            arch, _, name = key[len(ARCH_PREFIX):].rpartition(".")
+            arch, _, name = key[len(ARCH_PREFIX) :].rpartition(".")
             if arch and name in ARCH_METRICS:
                 values.setdefault(arch, {})[name] = finite(value)
     return tuple(
-        ArchResult(arch, None if v.get("n") is None else int(v["n"]), v.get("clean_acc"),
-                   v.get("robust_acc"), v.get("autoattack_acc"))
+        ArchResult(
+            arch,
+            None if v.get("n") is None else int(v["n"]),
+            v.get("clean_acc"),
+            v.get("robust_acc"),
+            v.get("autoattack_acc"),
+        )
         for arch, v in sorted(values.items())
     )
 

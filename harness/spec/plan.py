@@ -13,14 +13,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.spec.schema import (
-    Dimension, HarnessInputError, SweepSpec, apply_overrides, build_run_spec, format_eps,
-    parse_dimension, set_path,
-)
-from harness.spec.schema import RunSpec
 from harness.datasets import DATASETS, validate_params
-from harness.spec.resolve import resolve_archs, resolve_spec, smoke_assignments
 from harness.methods import make_method
+from harness.spec.resolve import resolve_archs, resolve_spec, smoke_assignments
+from harness.spec.schema import (
+    Dimension,
+    HarnessInputError,
+    RunSpec,
+    SweepSpec,
+    apply_overrides,
+    build_run_spec,
+    format_eps,
+    parse_dimension,
+    set_path,
+)
 
 SMOKE_MAX_TRIALS = 2
 SMOKE_MAX_REPEATS = 1
@@ -59,8 +65,10 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
     threats = spec.threats()
     datasets = spec.datasets()
     for (di, ds), (ti, threat) in itertools.product(enumerate(datasets), enumerate(threats)):
-        sections = {"dataset": f"dataset[{di}]" if len(datasets) > 1 else "dataset",
-                    "threat": f"threat[{ti}]" if len(threats) > 1 else "threat"}
+        sections = {
+            "dataset": f"dataset[{di}]" if len(datasets) > 1 else "dataset",
+            "threat": f"threat[{ti}]" if len(threats) > 1 else "threat",
+        }
         DATASETS.get(ds.name, field=f"{sections['dataset']}.name")
         tname = f"{threat.norm}-{format_eps(threat.eps)}" if len(threats) > 1 and threat.eps else ""
         if len(threats) > 1 and not threat.eps:
@@ -74,7 +82,9 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
                     raise HarnessInputError(
                         "the method and dataset are chosen by the spec's structure, not set or "
                         "searched in a space: list another method under `methods` or another "
-                        "dataset under `dataset` instead.", field=f"{where}.space.{key}")
+                        "dataset under `dataset` instead.",
+                        field=f"{where}.space.{key}",
+                    )
                 dim = parse_dimension(f"{where}.space.{key}", raw)
                 if dim is None:
                     fixed[path] = raw
@@ -84,18 +94,21 @@ def make_plan(spec: SweepSpec, *, smoke: bool = False) -> list[Variant]:
                     dims[path] = dim
             for combo in itertools.product(*grids.values()):
                 grid = dict(zip(grids, combo))
-                base = base_tree(spec, ds.model_dump(exclude_none=True), threat, method,
-                                 {**fixed, **grid})
+                base = base_tree(
+                    spec, ds.model_dump(exclude_none=True), threat, method, {**fixed, **grid}
+                )
                 if smoke:
                     base = apply_overrides(base, smoke_assignments(ds.name, method))
                 trials = msweep.trials or spec.trials
                 repeats = spec.repeats
                 if smoke:
                     trials, repeats = min(trials, SMOKE_MAX_TRIALS), min(repeats, SMOKE_MAX_REPEATS)
-                variant = Variant(ds.name, tname, method, grid, base, dims, trials, repeats,
-                                  sections=sections)
-                check_variant(variant, where, {spec_path(k): f"{where}.space.{k}"
-                                               for k in msweep.space})
+                variant = Variant(
+                    ds.name, tname, method, grid, base, dims, trials, repeats, sections=sections
+                )
+                check_variant(
+                    variant, where, {spec_path(k): f"{where}.space.{k}" for k in msweep.space}
+                )
                 plan.append(variant)
     check_unique_keys(plan)
     return plan
@@ -112,7 +125,9 @@ def launch_order(items: list, method_of) -> list:
     return sorted(items, key=lambda item: rank[method_of(item)])
 
 
-def base_tree(spec: SweepSpec, dataset: dict, threat, method: str, values: dict[str, Any]) -> dict[str, Any]:
+def base_tree(
+    spec: SweepSpec, dataset: dict, threat, method: str, values: dict[str, Any]
+) -> dict[str, Any]:
     tree = {
         "dataset": dataset,
         "method": {"name": method},
@@ -193,12 +208,14 @@ def check_variant(variant: Variant, where: str, space: dict[str, str]) -> None:
         except HarnessInputError as exc:
             text = str(exc).removeprefix(f"{exc.field}: ") if exc.field else str(exc)
             context = f"Variant: {variant.label} on {variant.dataset} {variant.threat}".rstrip()
-            raise HarnessInputError(f"{text} {context}.",
-                                    field=field_in_spec(exc.field, variant, where, space)) from None
+            raise HarnessInputError(
+                f"{text} {context}.", field=field_in_spec(exc.field, variant, where, space)
+            ) from None
 
 
-def field_in_spec(name: str | None, variant: Variant, where: str,
-                  space: dict[str, str]) -> str | None:
+def field_in_spec(
+    name: str | None, variant: Variant, where: str, space: dict[str, str]
+) -> str | None:
     """A trial's RunSpec field (`method.beta`, `dataset.p`) as the sweep spec's path: where
     the method's space sets it (`methods.trades.space.beta`), else in its section of the
     spec (`dataset[1].p`, `threat[0].eps`); a method setting is set in the space."""
@@ -222,20 +239,29 @@ def check_unique_keys(plan: list[Variant]) -> None:
             seen[v.key] = v
             continue
         other = seen[v.key]
-        for section, fix in (("dataset", "list each parameter setting of the dataset in a "
-                                         "sweep of its own"),
-                             ("threat", "make the threats' eps differ in their first 4 digits "
-                                        "or remove the repeated threat")):
+        for section, fix in (
+            ("dataset", "list each parameter setting of the dataset in a sweep of its own"),
+            (
+                "threat",
+                "make the threats' eps differ in their first 4 digits "
+                "or remove the repeated threat",
+            ),
+        ):
             if other.sections[section] != v.sections[section]:
                 raise HarnessInputError(
                     f"{other.sections[section]} and {v.sections[section]} would be recorded "
                     f"under the same name {v.key!r}, so their runs could not be told apart "
                     f"({differences(other.base[section], v.base[section])}). To compare "
-                    f"them, {fix}.", field=section)
+                    f"them, {fix}.",
+                    field=section,
+                )
         raise HarnessInputError(
             f"two variants would be recorded under the same name {v.key!r}: {other.label} and "
-            f"{v.label} on {v.dataset} {v.threat}".rstrip() + ". Remove the repeated grid "
-            "value.", field=f"methods.{v.method}.space")
+            f"{v.label} on {v.dataset} {v.threat}".rstrip()
+            + ". Remove the repeated grid "
+            "value.",
+            field=f"methods.{v.method}.space",
+        )
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> str:

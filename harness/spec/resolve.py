@@ -16,7 +16,6 @@ from harness.methods import METHODS, make_method
 from harness.protocol.models import IMAGE_ARCHS, MODELS
 from harness.spec.schema import RunSpec
 
-
 SMOKE_DEFAULTS = [
     # Tiny budgets: every method on any dataset in seconds on a laptop CPU.
     "train.epochs=3",
@@ -66,5 +65,7 @@ def resolve_archs(spec: RunSpec) -> list[str]:
         if a in IMAGE_ARCHS and not info.images:
             raise HarnessInputError(
                 f"{a!r} is an image architecture, but {info.name!r} gives feature vectors; "
-                "use linear or mlp for it.", field="eval.archs")
+                "use linear or mlp for it.",
+                field="eval.archs",
+            )
     return archs

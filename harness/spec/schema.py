@@ -33,6 +33,8 @@ def derived_seed(value: int) -> int:
     `seed + 1 + i`, the attack's `seed + 1`) wrapped into 0..SEED_MAX, so a seed near the top
     of the range cannot overflow torch's 64-bit seeds. Ordinary seeds are unchanged."""
     return value % (SEED_MAX + 1)
+
+
 # auto: CUDA when present, else the CPU; cuda and cuda:N need CUDA; mps Apple's GPU.
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$")]
 
@@ -60,7 +62,9 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str
-    root: str | None = Field(None, max_length=4096)  # default $HARNESS_DATA or ~/.cache/harness/data
+    root: str | None = Field(
+        None, max_length=4096
+    )  # default $HARNESS_DATA or ~/.cache/harness/data
     download: bool = False  # allow torchvision to fetch missing files
     subset: int | None = Field(None, ge=1)  # training examples per class (quick runs)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -211,8 +215,9 @@ def error_path(loc: tuple, tree: Any = None) -> str:
     return ".".join(parts)
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "",
-                              tree: Any = None) -> HarnessInputError:
+def describe_validation_error(
+    exc: ValidationError, prefix: str = "", tree: Any = None
+) -> HarnessInputError:
     """The first pydantic error as one paragraph naming the field path, value and rule."""
     import reprlib
 
@@ -253,12 +258,15 @@ class SpecLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             raise SpecYAMLError(
                 "anchors and aliases (&name / *name) are not allowed in a spec; write the value "
-                "out in full", self.peek_event().start_mark)
+                "out in full",
+                self.peek_event().start_mark,
+            )
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                raise SpecYAMLError(f"the spec nests deeper than {MAX_DEPTH} levels",
-                                    self.peek_event().start_mark)
+                raise SpecYAMLError(
+                    f"the spec nests deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -268,8 +276,9 @@ class SpecLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
             if key in seen:
-                raise SpecYAMLError(f"the key {key!r} appears twice in one section; keep one",
-                                    key_node.start_mark)
+                raise SpecYAMLError(
+                    f"the key {key!r} appears twice in one section; keep one", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -324,20 +333,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise HarnessInputError(f"spec file {str(p)!r} does not exist.", field="SPEC") from None
     except IsADirectoryError:
-        raise HarnessInputError(f"{str(p)!r} is a directory; give the spec's YAML file.",
-                                field="SPEC") from None
+        raise HarnessInputError(
+            f"{str(p)!r} is a directory; give the spec's YAML file.", field="SPEC"
+        ) from None
     except UnicodeDecodeError as exc:
         raise HarnessInputError(
             f"{p} is not UTF-8 text (byte {exc.start} cannot be decoded): a spec is a YAML "
             "text file; re-save it as UTF-8 (or check that it is not compressed or binary).",
-            field="SPEC") from None
+            field="SPEC",
+        ) from None
     except SpecYAMLError as exc:
         where = exc.problem_mark
-        raise HarnessInputError(f"{p}, line {where.line + 1}, column {where.column + 1}: "
-                                f"{exc.problem}.", field="SPEC") from None
+        raise HarnessInputError(
+            f"{p}, line {where.line + 1}, column {where.column + 1}: {exc.problem}.", field="SPEC"
+        ) from None
     except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise HarnessInputError(f"{p} holds a value that cannot be read ({exc}).",
-                                field="SPEC") from None
+        raise HarnessInputError(
+            f"{p} holds a value that cannot be read ({exc}).", field="SPEC"
+        ) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -446,8 +459,9 @@ class SweepSpec(Strict):
     # One section, or a list of them (each its own leaderboard group); read as a list.
     dataset: list[DatasetSpec] = Field(min_length=1, max_length=64)
     methods: dict[str, MethodSweep] = Field(min_length=1)
-    threat: list[ThreatSpec] = Field(default_factory=lambda: [ThreatSpec()], min_length=1,
-                                     max_length=64)
+    threat: list[ThreatSpec] = Field(
+        default_factory=lambda: [ThreatSpec()], min_length=1, max_length=64
+    )
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     objective: ObjectiveSpec = ObjectiveSpec()

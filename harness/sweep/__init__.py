@@ -15,4 +15,3 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # A trial reports progress saves (harness.protocol.checkpoint) that carry no objective; Tune would
 # otherwise refuse every report without it.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-

@@ -39,7 +39,7 @@ class PhaseContext:
     progress: SweepProgress
     objective: str
     live: Any  # the rich Live display, or None
-    turnstile: "Turnstile | None" = None  # the variants' launch turns (search phase only)
+    turnstile: Turnstile | None = None  # the variants' launch turns (search phase only)
     counted: set[str] = field(default_factory=set)  # numbers of the trials counted as ended
     storage: str = ""  # the sweep's Ray results folder (`harness.sweep.storage`)
 
@@ -71,9 +71,14 @@ class PhaseContext:
             self.state.best = value
 
     def identity(self) -> dict[str, str]:
-        return {"method": self.variant.method, "dataset": self.variant.dataset,
-                "variant": self.variant.label, "phase": self.phase,
-                "objective": self.objective, "objective_mode": self.progress.mode}
+        return {
+            "method": self.variant.method,
+            "dataset": self.variant.dataset,
+            "variant": self.variant.label,
+            "phase": self.phase,
+            "objective": self.objective,
+            "objective_mode": self.progress.mode,
+        }
 
 
 class Turnstile:
@@ -130,8 +135,9 @@ class DriverCallback(tune.Callback):
     def _run(self, trial) -> str:
         """The trial's MLflow run, opened with the resolved settings its config carries as
         params (`plan.with_resolved`)."""
-        return open_trial_run(self.ctx, trial_number(trial.experiment_tag), trial.trial_id,
-                              trial.config)
+        return open_trial_run(
+            self.ctx, trial_number(trial.experiment_tag), trial.trial_id, trial.config
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run(trial)
@@ -159,8 +165,11 @@ class DriverCallback(tune.Callback):
             ctx.note_best(record)
             faults.point("trial_record", ctx.phase)
         else:  # progress while it trains
-            shown = {k: v for k, v in result.items()
-                     if k in (*PROGRESS_METRICS, ctx.objective) or k.startswith(ARCH_PREFIX)}
+            shown = {
+                k: v
+                for k, v in result.items()
+                if k in (*PROGRESS_METRICS, ctx.objective) or k.startswith(ARCH_PREFIX)
+            }
             ctx.tracker.log_metrics(run_id, shown, step=step)
         self._refresh()
 
@@ -202,8 +211,7 @@ class DriverCallback(tune.Callback):
         ctx.tracker.set_tags(run_id, {INTERRUPTED_TAG: f"storage: {fault}"})
         ctx.tracker.interrupt(run_id)
         ctx.state.running -= 1
-        raise StorageFault(unwritable_message(ctx.storage, fault),
-                                   field="--storage")
+        raise StorageFault(unwritable_message(ctx.storage, fault), field="--storage")
 
     def _refresh(self):
         if self.ctx.live is not None:
@@ -223,8 +231,9 @@ def open_trial_run(ctx: PhaseContext, number: str, trial_id: str, config: dict) 
     if known is not None:
         return known
     tree = json.loads(config[RESOLVED_KEY])  # decided when the trial was handed out
-    params = TrialRecord(method=ctx.variant.method, dataset=ctx.variant.dataset,
-                         params=spec_params(tree), metrics={}).mlflow_params()
+    params = TrialRecord(
+        method=ctx.variant.method, dataset=ctx.variant.dataset, params=spec_params(tree), metrics={}
+    ).mlflow_params()
     return ctx.tracker.trial_run(key, params, {**ctx.identity(), "trial_id": trial_id})
 
 
@@ -272,5 +281,7 @@ def error_summary(trace: str, trial) -> str:
     training diverged ...`, or Ray's word that the worker died), else where the trace is."""
     lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
     named = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln)]
-    chosen = named[-1] if named else (lines[-1] if lines else str(trial.error_file or "see Ray logs"))
+    chosen = (
+        named[-1] if named else (lines[-1] if lines else str(trial.error_file or "see Ray logs"))
+    )
     return chosen[:500]

@@ -33,7 +33,12 @@ from harness.spec.plan import Variant, launch_order
 from harness.spec.schema import SweepSpec, derived_seed
 from harness.sweep.callback import PhaseContext, Turnstile
 from harness.sweep.experiment import (
-    Phase, best_config, experiment_path, run_phase, search_space, variant_samples,
+    Phase,
+    best_config,
+    experiment_path,
+    run_phase,
+    search_space,
+    variant_samples,
 )
 from harness.sweep.progress import SweepProgress, VariantProgress
 from harness.sweep.storage import check_writable, storage_root
@@ -58,9 +63,18 @@ class SweepOutcome:
     outbox: str = ""
 
 
-def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_factory,
-              address: str | None, storage: str | None, resume: bool, smoke: bool,
-              console=None) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec,
+    spec_text: str,
+    plan: list[Variant],
+    *,
+    tracker_factory,
+    address: str | None,
+    storage: str | None,
+    resume: bool,
+    smoke: bool,
+    console=None,
+) -> SweepOutcome:
     """Run every variant's search then repeats; returns where the results are.
 
     A local Ray is started here and shut down on every way out: done, an error, Ctrl-C."""
@@ -76,8 +90,9 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
         )
     check_writable(root, spec.name)  # before anything is recorded
     tracker: Tracker = tracker_factory(resume, outbox_path(root, spec.name))
-    tracker.set_tags(tracker.parent_run_id, {"ray_storage": f"{root}/{spec.name}",
-                                             "smoke": str(smoke).lower()})
+    tracker.set_tags(
+        tracker.parent_run_id, {"ray_storage": f"{root}/{spec.name}", "smoke": str(smoke).lower()}
+    )
     if not resume or not existing:
         tracker.log_spec(spec_text)
     import optuna
@@ -89,8 +104,9 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
         start_ray(address, cpus=None)
         caches = start_caches()  # one dataset copy per node, shared by its trials
         try:
-            failed = run_variants(spec, phases, tracker, smoke=smoke, resume=resume,
-                                  console=console)
+            failed = run_variants(
+                spec, phases, tracker, smoke=smoke, resume=resume, console=console
+            )
         finally:
             for cache in caches:
                 with contextlib.suppress(Exception):  # gone already, or Ray is going down
@@ -100,9 +116,15 @@ def run_sweep(spec: SweepSpec, spec_text: str, plan: list[Variant], *, tracker_f
             stop_ray()
     unsent = tracker.finish_sweep(ok=True)
     faults.point("sweep_end")
-    return SweepOutcome(tracker.parent_run_id, spec.name, f"{root}/{spec.name}", failed,
-                        [v.label for v in plan], unsent=unsent,
-                        outbox=str(tracker.outbox.root) if tracker.outbox else "")
+    return SweepOutcome(
+        tracker.parent_run_id,
+        spec.name,
+        f"{root}/{spec.name}",
+        failed,
+        [v.label for v in plan],
+        unsent=unsent,
+        outbox=str(tracker.outbox.root) if tracker.outbox else "",
+    )
 
 
 def outbox_path(root: str, sweep: str) -> str:
@@ -113,8 +135,9 @@ def outbox_path(root: str, sweep: str) -> str:
     return f"{root}/{sweep}/mlflow-outbox"
 
 
-def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool, resume: bool,
-                 console=None) -> int:
+def run_variants(
+    spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool, resume: bool, console=None
+) -> int:
     """Every variant's experiments, side by side in driver threads; returns failed trials.
 
     Variants run in threads (Tune skips its signal handlers off the main thread); Ray's
@@ -127,15 +150,27 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
         progress.variants[v.key] = VariantProgress(v.label, v.dataset, v.trials + v.repeats)
     failed = 0
     workers = spec.search.parallel_variants or default_parallel_variants(
-        spec, [v for v, _ in phases], ray.cluster_resources())
+        spec, [v for v, _ in phases], ray.cluster_resources()
+    )
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="variant")
     ordered = [p for _, p in launch_order(phases, lambda vp: vp[0].method)]
     turnstile = Turnstile([p.variant.key for p in ordered])
     try:
         with Live(progress.table(), console=console, refresh_per_second=2, transient=False) as live:
-            jobs = [pool.submit(run_variant, spec, p, tracker=tracker, progress=progress,
-                                live=live, smoke=smoke, resume=resume, turnstile=turnstile)
-                    for p in ordered]
+            jobs = [
+                pool.submit(
+                    run_variant,
+                    spec,
+                    p,
+                    tracker=tracker,
+                    progress=progress,
+                    live=live,
+                    smoke=smoke,
+                    resume=resume,
+                    turnstile=turnstile,
+                )
+                for p in ordered
+            ]
             pending = set(jobs)
             while pending:
                 # Woken twice a second, not only when a variant ends: Python runs a signal's
@@ -154,8 +189,9 @@ def run_variants(spec: SweepSpec, phases: list, tracker: Tracker, *, smoke: bool
     return failed
 
 
-def default_parallel_variants(spec: SweepSpec, variants: list[Variant],
-                              cluster: dict[str, float]) -> int:
+def default_parallel_variants(
+    spec: SweepSpec, variants: list[Variant], cluster: dict[str, float]
+) -> int:
     """Enough variants in flight to fill the cluster's slots with trials, plus one whose
     experiment is set up and waiting for the next free slot (the turnstile keeps it at one),
     so a slot that frees starts a trial at once instead of after a variant's set-up.
@@ -166,26 +202,47 @@ def default_parallel_variants(spec: SweepSpec, variants: list[Variant],
         slots = cluster.get("GPU", 0) / spec.resources.gpu
     else:
         slots = cluster.get("CPU", 1) / spec.resources.cpu
-    per_variant = min((min(max(1, spec.search.max_concurrent), variant_samples(v))
-                       for v in variants), default=1)
+    per_variant = min(
+        (min(max(1, spec.search.max_concurrent), variant_samples(v)) for v in variants), default=1
+    )
     return max(1, min(16, math.ceil(slots / per_variant) + 1))
 
 
-def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: SweepProgress,
-                live, smoke: bool, resume: bool, turnstile: Turnstile) -> int:
+def run_variant(
+    spec: SweepSpec,
+    search: Phase,
+    *,
+    tracker: Tracker,
+    progress: SweepProgress,
+    live,
+    smoke: bool,
+    resume: bool,
+    turnstile: Turnstile,
+) -> int:
     """A variant's Optuna search, then its repeats; returns its failed trials."""
     variant = search.variant
     space = search_space(variant)
     samples = variant_samples(variant)
     progress.variants[variant.key].planned = samples + variant.repeats
-    context = dict(tracker=tracker, variant=variant, progress=progress,
-                   objective=spec.objective.metric, live=live,
-                   storage=search.path.rpartition("/")[0])
+    context = dict(
+        tracker=tracker,
+        variant=variant,
+        progress=progress,
+        objective=spec.objective.metric,
+        live=live,
+        storage=search.path.rpartition("/")[0],
+    )
     turnstile.wait(variant.key)
     try:
-        grid = run_phase(PhaseContext(phase="search", turnstile=turnstile, **context), search,
-                         spec, param_space=space, num_samples=samples, smoke=smoke,
-                         resume=resume)
+        grid = run_phase(
+            PhaseContext(phase="search", turnstile=turnstile, **context),
+            search,
+            spec,
+            param_space=space,
+            num_samples=samples,
+            smoke=smoke,
+            resume=resume,
+        )
     finally:  # also when no trial started (all restored, or none could start)
         turnstile.passed(variant.key)
     failed = sum(1 for r in grid if r.error is not None)
@@ -194,8 +251,14 @@ def run_variant(spec: SweepSpec, search: Phase, *, tracker: Tracker, progress: S
         if best is not None:
             seeds = [derived_seed(spec.seed + 1 + i) for i in range(variant.repeats)]
             repeat = Phase(variant, "repeat", search.path + "__repeats")
-            rgrid = run_phase(PhaseContext(phase="repeat", **context), repeat, spec,
-                              param_space={**best, "seed": tune.grid_search(seeds)},
-                              num_samples=1, smoke=smoke, resume=resume)
+            rgrid = run_phase(
+                PhaseContext(phase="repeat", **context),
+                repeat,
+                spec,
+                param_space={**best, "seed": tune.grid_search(seeds)},
+                num_samples=1,
+                smoke=smoke,
+                resume=resume,
+            )
             failed += sum(1 for r in rgrid if r.error is not None)
     return failed

@@ -12,21 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import faults
-from harness.protocol.checkpoint import load_file
-from harness.spec.plan import RESOLVED_KEY, Variant, with_resolved
-from harness.spec.schema import SweepSpec
-from harness.sweep.callback import DriverCallback, PhaseContext, _serving, settle, trial_dirname
-from harness.sweep.storage import INTERRUPTED_TAG, TORN_SUFFIX, StorageFault, set_aside_torn_state
-from harness.sweep.trial import run_sweep_trial
-
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import registry as _tune_registry  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from harness import faults
+from harness.protocol.checkpoint import load_file
+from harness.spec.plan import RESOLVED_KEY, Variant, with_resolved
+from harness.spec.schema import SweepSpec
+from harness.sweep.callback import DriverCallback, PhaseContext, _serving, settle, trial_dirname
 from harness.sweep.ray_node import shared_dataset  # noqa: E402
+from harness.sweep.storage import INTERRUPTED_TAG, TORN_SUFFIX, StorageFault, set_aside_torn_state
+from harness.sweep.trial import run_sweep_trial
 
 
 def _guard_tune_registry() -> None:
@@ -79,8 +78,14 @@ class Phase:
     path: str
 
 
-def variant_trainable(variant: Variant, *, objective: str, smoke: bool,
-                      checkpoint_every_s: float | None = None, probe: bool = True):
+def variant_trainable(
+    variant: Variant,
+    *,
+    objective: str,
+    smoke: bool,
+    checkpoint_every_s: float | None = None,
+    probe: bool = True,
+):
     """The trial function of one variant, under a name of its own.
 
     Tune registers trainables by name in one global registry; variants running side by side
@@ -98,23 +103,43 @@ def variant_trainable(variant: Variant, *, objective: str, smoke: bool,
             with last.as_directory() as folder:
                 restored = load_file(Path(folder))
         cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-        run_sweep_trial(config, variant=variant, objective=objective, smoke=smoke,
-                        report=report, threads=int(cpus),
-                        node=ray.get_runtime_context().get_node_id(), restored=restored,
-                        checkpoint_every_s=checkpoint_every_s, shared_data=shared_dataset,
-                        probe=probe)
+        run_sweep_trial(
+            config,
+            variant=variant,
+            objective=objective,
+            smoke=smoke,
+            report=report,
+            threads=int(cpus),
+            node=ray.get_runtime_context().get_node_id(),
+            restored=restored,
+            checkpoint_every_s=checkpoint_every_s,
+            shared_data=shared_dataset,
+            probe=probe,
+        )
 
     trainable.__name__ = trainable.__qualname__ = "trial_" + re.sub(r"\W", "_", variant.key)
     return trainable
 
 
-def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples: int,
-               smoke: bool, resume: bool, resume_errored: bool = False):
+def make_tuner(
+    phase: Phase,
+    spec: SweepSpec,
+    *,
+    param_space: dict,
+    num_samples: int,
+    smoke: bool,
+    resume: bool,
+    resume_errored: bool = False,
+):
     asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
-        variant_trainable(phase.variant, objective=spec.objective.metric, smoke=smoke,
-                          checkpoint_every_s=spec.checkpoint_every_s,
-                          probe=asha),  # per-epoch probes only where ASHA reads them
+        variant_trainable(
+            phase.variant,
+            objective=spec.objective.metric,
+            smoke=smoke,
+            checkpoint_every_s=spec.checkpoint_every_s,
+            probe=asha,
+        ),  # per-epoch probes only where ASHA reads them
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     param_space, search_alg = phase_space(phase, spec, param_space)
@@ -123,30 +148,49 @@ def make_tuner(phase: Phase, spec: SweepSpec, *, param_space: dict, num_samples:
             logging.getLogger("harness").warning(
                 "%s/%s is torn (a write cut short) or has no whole state beside it: renamed "
                 "to %s%s; the state before it is restored, or the experiment starts again",
-                phase.path, name, name, TORN_SUFFIX)
+                phase.path,
+                name,
+                name,
+                TORN_SUFFIX,
+            )
     if resume and tune.Tuner.can_restore(phase.path):
         # The same param space as the first run's (Tune refuses any other); the searcher's
         # state, trials and their results come back from the experiment's saved state.
-        return tune.Tuner.restore(phase.path, trainable, resume_unfinished=True,
-                                  resume_errored=resume_errored, restart_errored=False,
-                                  param_space=param_space)
+        return tune.Tuner.restore(
+            phase.path,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=resume_errored,
+            restart_errored=False,
+            param_space=param_space,
+        )
     scheduler = FIFOScheduler()
     if asha:
         # rungs in epochs of the probe, not in reports (progress saves are reports too)
-        scheduler = ASHAScheduler(time_attr="progress_step", max_t=100_000,
-                                  grace_period=spec.search.grace_period, reduction_factor=3)
+        scheduler = ASHAScheduler(
+            time_attr="progress_step",
+            max_t=100_000,
+            grace_period=spec.search.grace_period,
+            reduction_factor=3,
+        )
     root, _, name = phase.path.rpartition("/")
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=search_alg,
-            scheduler=scheduler, num_samples=num_samples,
+            metric=spec.objective.metric,
+            mode=spec.objective.mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=root, verbose=0, callbacks=[DriverCallback()],
+            name=name,
+            storage_path=root,
+            verbose=0,
+            callbacks=[DriverCallback()],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures, fail_fast=False),
             # the latest is all a restart needs (the final one holds the trial's artifacts)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -164,7 +208,8 @@ def phase_space(phase: Phase, spec: SweepSpec, param_space: dict):
         return param_space, ProgressOptuna(phase.variant, seed=spec.search.seed)
     keys, variant = list(param_space), phase.variant
     resolved = tune.sample_from(
-        lambda trial: with_resolved(variant, {k: trial.config[k] for k in keys})[RESOLVED_KEY])
+        lambda trial: with_resolved(variant, {k: trial.config[k] for k in keys})[RESOLVED_KEY]
+    )
     return {**param_space, RESOLVED_KEY: resolved}, None
 
 
@@ -201,15 +246,30 @@ def variant_samples(variant: Variant) -> int:
     return variant.trials if search_space(variant) else 1
 
 
-def run_phase(ctx: PhaseContext, phase: Phase, spec: SweepSpec, *, param_space: dict,
-              num_samples: int, smoke: bool, resume: bool):
+def run_phase(
+    ctx: PhaseContext,
+    phase: Phase,
+    spec: SweepSpec,
+    *,
+    param_space: dict,
+    num_samples: int,
+    smoke: bool,
+    resume: bool,
+):
     """Run one experiment to its end, its callbacks writing to `ctx`; Tune's result grid."""
     token = _serving.set(ctx)
     # trials a failed write to the storage interrupted: Tune may have saved them as errored
     rerun = resume and ctx.tracker.any_interrupted(ctx.key(""), INTERRUPTED_TAG)
     try:
-        grid = make_tuner(phase, spec, param_space=param_space, num_samples=num_samples,
-                          smoke=smoke, resume=resume, resume_errored=rerun).fit()
+        grid = make_tuner(
+            phase,
+            spec,
+            param_space=param_space,
+            num_samples=num_samples,
+            smoke=smoke,
+            resume=resume,
+            resume_errored=rerun,
+        ).fit()
     except Exception as exc:  # Tune wraps what a callback raised in its own TuneError
         fault = cause_of_type(exc, StorageFault)
         if fault is not None:

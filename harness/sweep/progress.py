@@ -38,6 +38,7 @@ class SweepProgress:
             t.add_column(col, justify="right" if col not in ("dataset", "variant") else "left")
         for v in self.variants.values():
             best = "-" if v.best is None else f"{v.best:.4f}"
-            t.add_row(v.dataset, v.label, str(v.done), str(v.running), str(v.failed),
-                      str(v.planned), best)
+            t.add_row(
+                v.dataset, v.label, str(v.done), str(v.running), str(v.failed), str(v.planned), best
+            )
         return t

@@ -16,10 +16,9 @@ from typing import Any
 
 import ray
 
-from harness.spec.schema import DatasetSpec
 from harness.errors import HarnessInputError
+from harness.spec.schema import DatasetSpec
 from harness.sweep.shared_data import cache_name, dataset_key, from_arrays, to_arrays
-
 
 # Ray's switch for a single-machine node (its default on macOS and Windows): the node takes the
 # loopback address, so the GCS, raylet, object manager, workers and agents all listen on
@@ -46,8 +45,12 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
     down again and the sweep refuses to run (an internal error: Ray changed underneath us)."""
     if ray.is_initialized():
         return False
-    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                 configure_logging=True)
+    quiet = dict(
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+    )
     try:
         if address and not is_loopback_address(address):
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -60,8 +63,12 @@ def start_ray(address: str | None, cpus: float | None = None) -> bool:
                 # "local": always a new instance of our own, never a Ray someone else
                 # started on this machine (found through /tmp/ray: seen with two test
                 # workers, one sweep joining the other's cluster and failing)
-                ray.init(address="local", num_cpus=int(cpus or os.cpu_count() or 1),
-                         _system_config=LOCAL_RAY_CONFIG, **quiet)
+                ray.init(
+                    address="local",
+                    num_cpus=int(cpus or os.cpu_count() or 1),
+                    _system_config=LOCAL_RAY_CONFIG,
+                    **quiet,
+                )
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise HarnessInputError(
             f"cannot join the Ray cluster at {address!r} ({exc}). Check that `ray status` works "
@@ -158,7 +165,7 @@ def live_processes() -> list[tuple[int, list[str]]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z":
             out.append((int(entry.name), fields))
     return out
@@ -239,7 +246,8 @@ def start_caches() -> list:
             name=cache_name(node["NodeID"]),
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
         ).remote()
-        for node in ray.nodes() if node.get("Alive")
+        for node in ray.nodes()
+        if node.get("Alive")
     ]
 
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.spec.schema import DatasetSpec
 from harness.datasets import DatasetSplits
+from harness.spec.schema import DatasetSpec
 
 TENSORS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
@@ -40,9 +40,14 @@ def dataset_key(ds: DatasetSpec) -> str:
 
 def to_arrays(data: DatasetSplits) -> dict[str, Any]:
     out = {k: np.ascontiguousarray(getattr(data, k).numpy()) for k in TENSORS}
-    out["meta"] = {"name": data.name, "num_classes": data.num_classes, "bounds": data.bounds,
-                   "default_eps": data.default_eps, "n_train_full": data.n_train_full,
-                   "params": data.params}
+    out["meta"] = {
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "bounds": data.bounds,
+        "default_eps": data.default_eps,
+        "n_train_full": data.n_train_full,
+        "params": data.params,
+    }
     return out
 
 

@@ -24,7 +24,8 @@ INTERRUPTED_TAG = "harness.interrupted"
 # uses to persist checkpoints: "[errno 28] No space left on device").
 _FULL_OR_READ_ONLY = re.compile(
     r"\[errno (28|30|122)\]|No space left on device|Read-only file system|Disk quota exceeded",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 class StorageFault(HarnessInputError):
@@ -52,8 +53,9 @@ def check_writable(root: str, sweep: str) -> None:
             out.flush()
             os.fsync(out.fileno())
     except OSError as exc:
-        raise StorageFault(unwritable_message(str(folder), exc.strerror or str(exc)),
-                           field="--storage") from None
+        raise StorageFault(
+            unwritable_message(str(folder), exc.strerror or str(exc)), field="--storage"
+        ) from None
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
@@ -64,8 +66,7 @@ def fault_in(trace: str, root: str) -> str | None:
     access (else None): at any path for a full or read-only disk, and under `root` for a
     permission error."""
     for line in trace.splitlines():
-        if _FULL_OR_READ_ONLY.search(line) or (
-                f"[Errno {errno.EACCES}]" in line and root in line):
+        if _FULL_OR_READ_ONLY.search(line) or (f"[Errno {errno.EACCES}]" in line and root in line):
             return line.strip()[:500]
     return None
 
@@ -83,7 +84,8 @@ def unwritable_message(folder: str, reason: str) -> str:
 # Tune's saved state of one experiment: one file of each kind per driver session, named by
 # the session's start time, overwritten as the session goes on.
 _STATE_FILE = re.compile(
-    r"^(experiment_state|search_gen_state|basic-variant-state|searcher-state)-(.+)\.(json|pkl)$")
+    r"^(experiment_state|search_gen_state|basic-variant-state|searcher-state)-(.+)\.(json|pkl)$"
+)
 TORN_SUFFIX = ".torn"
 
 
@@ -136,8 +138,9 @@ def set_aside_torn_state(experiment: str) -> list[str]:
     # Tune's own way on, restarting the experiment inside the restored one, ran one trial of
     # a four-trial search here. Without its set-up file the experiment starts afresh instead.
     tuner = folder / "tuner.pkl"
-    whole = any(p.name.startswith("experiment_state") and p.suffix == ".json"
-                for p in folder.iterdir())
+    whole = any(
+        p.name.startswith("experiment_state") and p.suffix == ".json" for p in folder.iterdir()
+    )
     if tuner.exists() and (not whole or not complete(tuner)):
         tuner.rename(tuner.with_name(tuner.name + TORN_SUFFIX))
         moved.append(tuner.name)

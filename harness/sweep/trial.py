@@ -4,28 +4,42 @@ hands in how to report, so this is plain Python that a test or script can call d
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from harness import faults
 from harness.protocol.checkpoint import TrialCheckpoint, save_file
-from harness.spec.plan import Variant, trial_spec
 from harness.results.record import (
-    GRID_ARTIFACT, LEARNED_ARTIFACT, SPEC_ARTIFACT, TrialRecord, learned_meta, model_artifact,
+    GRID_ARTIFACT,
+    LEARNED_ARTIFACT,
+    SPEC_ARTIFACT,
+    TrialRecord,
+    learned_meta,
+    model_artifact,
 )
+from harness.spec.plan import Variant, trial_spec
 
 # report(metrics, artifacts_dir or None): Tune's report (with a checkpoint of the folder)
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
 
-def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str, smoke: bool,
-                    report: Report, threads: int = 1, node: str = "",
-                    restored: dict[str, Any] | None = None,
-                    checkpoint_every_s: float | None = None,
-                    shared_data: Callable[[Any], Any] | None = None,
-                    probe: bool = True) -> TrialRecord:
+def run_sweep_trial(
+    config: dict[str, Any],
+    *,
+    variant: Variant,
+    objective: str,
+    smoke: bool,
+    report: Report,
+    threads: int = 1,
+    node: str = "",
+    restored: dict[str, Any] | None = None,
+    checkpoint_every_s: float | None = None,
+    shared_data: Callable[[Any], Any] | None = None,
+    probe: bool = True,
+) -> TrialRecord:
     """Run the spec the trial's config carries (resolved once, by the driver's searcher:
     `plan.with_resolved`), report progress while
     it runs and, at the end, its metrics with its record (`harness.results.record`) and artifacts.
@@ -55,15 +69,25 @@ def run_sweep_trial(config: dict[str, Any], *, variant: Variant, objective: str,
             save_file(sections, Path(tmp))
             report({"progress_saved": float(len(sections))}, Path(tmp))
 
-    store = TrialCheckpoint(restored, persist if checkpoint_every_s is not None else None,
-                            every_s=checkpoint_every_s or 0.0)
+    store = TrialCheckpoint(
+        restored,
+        persist if checkpoint_every_s is not None else None,
+        every_s=checkpoint_every_s or 0.0,
+    )
     data = shared_data(spec.dataset) if shared_data is not None else None
-    result = run_trial(spec, smoke=smoke, log=progress, probe_epochs=probe, checkpoint=store,
-                       data=data)
+    result = run_trial(
+        spec, smoke=smoke, log=progress, probe_epochs=probe, checkpoint=store, data=data
+    )
     tree = spec.model_dump(mode="json")
-    record = TrialRecord.from_result(result, tree, device=str(pick_device(spec.device)),
-                                     ray_node=node, variant=variant.label, smoke=smoke,
-                                     resumed_from=",".join(sorted(restored or {})))
+    record = TrialRecord.from_result(
+        result,
+        tree,
+        device=str(pick_device(spec.device)),
+        ray_node=node,
+        variant=variant.label,
+        smoke=smoke,
+        resumed_from=",".join(sorted(restored or {})),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         write_artifacts(Path(tmp), tree, result)
         report({**record.metrics, "record": record.to_json()}, Path(tmp))
@@ -81,8 +105,10 @@ def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
     if result.learned is not None:
         learned = result.learned
         (root / LEARNED_ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
-                   root / LEARNED_ARTIFACT)
+        torch.save(
+            {"x": learned.x.cpu(), "y": learned.y.cpu(), "meta": learned_meta(tree, result)},
+            root / LEARNED_ARTIFACT,
+        )
         if learned.x.dim() == 4:
             from harness.results.images import save_grid
 

@@ -16,6 +16,7 @@ from harness.errors import HarnessInputError
 from harness.results.record import SPEC_ARTIFACT
 from harness.tracking.store import connect, require_existing_store
 
+
 @dataclass(frozen=True)
 class RunData:
     """One run as plain data, what `harness.board.leaderboard` works on (it never sees mlflow)."""
@@ -50,14 +51,18 @@ def recorded_spec(uri: str | None, run_id: str) -> dict[str, Any]:
     client = connect(require_existing_store(uri))
     _trial_run(client, run_id)
     if SPEC_ARTIFACT not in {f.path for f in client.list_artifacts(run_id)}:
-        raise HarnessInputError(f"run {run_id!r} has no {SPEC_ARTIFACT} artifact, so there is "
-                                "no recorded spec to re-run.", field="--from-run")
+        raise HarnessInputError(
+            f"run {run_id!r} has no {SPEC_ARTIFACT} artifact, so there is "
+            "no recorded spec to re-run.",
+            field="--from-run",
+        )
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(client.download_artifacts(run_id, SPEC_ARTIFACT, tmp)).read_text("utf-8")
     tree = read_yaml(text)
     if not isinstance(tree, dict):
-        raise HarnessInputError(f"the {SPEC_ARTIFACT} of run {run_id!r} is not a mapping.",
-                                field="--from-run")
+        raise HarnessInputError(
+            f"the {SPEC_ARTIFACT} of run {run_id!r} is not a mapping.", field="--from-run"
+        )
     return tree
 
 
@@ -65,19 +70,27 @@ def _trial_run(client: MlflowClient, run_id: str) -> RunData:
     try:
         run = _to_data(client.get_run(run_id))
     except MlflowException:
-        raise HarnessInputError(f"no run {run_id!r} in the store; give the run id of a trial "
-                                "(a child run of a sweep).", field="--from-run") from None
+        raise HarnessInputError(
+            f"no run {run_id!r} in the store; give the run id of a trial (a child run of a sweep).",
+            field="--from-run",
+        ) from None
     if run.tags.get("harness.role") == "sweep":
-        raise HarnessInputError(f"run {run_id!r} is a sweep's parent run; give the run id of "
-                                "one of its trials.", field="--from-run")
+        raise HarnessInputError(
+            f"run {run_id!r} is a sweep's parent run; give the run id of one of its trials.",
+            field="--from-run",
+        )
     return run
 
 
 def _to_data(run: Any) -> RunData:
     return RunData(
-        run_id=run.info.run_id, experiment_id=run.info.experiment_id, status=run.info.status,
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        status=run.info.status,
         start_time=run.info.start_time or 0,
-        tags=dict(run.data.tags), params=dict(run.data.params), metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
     )
 
 
@@ -102,12 +115,14 @@ def _sweep_parent(client: MlflowClient, run_id: str) -> RunData:
     except MlflowException:
         raise HarnessInputError(
             f"no run {run_id!r} in the store; give the run id of a sweep's parent run "
-            "(its row named after the sweep in `harness ui`).", field="--sweep",
+            "(its row named after the sweep in `harness ui`).",
+            field="--sweep",
         ) from None
     if run.tags.get("harness.role") != "sweep":
         raise HarnessInputError(
             f"run {run_id!r} is not a sweep's parent run (tag harness.role=sweep); "
-            "give the parent run id, or use --experiment NAME.", field="--sweep",
+            "give the parent run id, or use --experiment NAME.",
+            field="--sweep",
         )
     return run
 
@@ -151,9 +166,11 @@ def _only_sweep_experiment(client: MlflowClient) -> str:
     if len(found) == 1:
         return next(iter(found.values()))
     if not found:
-        raise HarnessInputError("the store holds no sweep; run `harness sweep SPEC` first.",
-                                field="--experiment")
+        raise HarnessInputError(
+            "the store holds no sweep; run `harness sweep SPEC` first.", field="--experiment"
+        )
     raise HarnessInputError(
         f"the store holds several sweeps ({', '.join(sorted(found))}); pick one with "
-        "--experiment NAME or --sweep RUN_ID.", field="--experiment",
+        "--experiment NAME or --sweep RUN_ID.",
+        field="--experiment",
     )

@@ -41,7 +41,6 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO lines about sto
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
@@ -100,10 +99,13 @@ def connect(uri: str | None = None) -> MlflowClient:
     except Exception as exc:  # any transport or store error means we cannot record anything
         detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
         raise HarnessInputError(
-            masked(f"cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
-                   f"{detail}). Start the server (`mlflow server --host 127.0.0.1 --port "
-                   "5000`), fix the URI, or leave --tracking-uri out to use sqlite:///mlflow.db "
-                   "in this directory.", uri),
+            masked(
+                f"cannot reach the MLflow tracking store {uri!r} ({type(exc).__name__}: "
+                f"{detail}). Start the server (`mlflow server --host 127.0.0.1 --port "
+                "5000`), fix the URI, or leave --tracking-uri out to use sqlite:///mlflow.db "
+                "in this directory.",
+                uri,
+            ),
             field="--tracking-uri",
         ) from None
     return client
@@ -129,33 +131,41 @@ def check_sqlite_store(uri: str) -> None:
         raise HarnessInputError(
             f"cannot read the tracking store {str(path)[:300]!r} ({exc.strerror}). Fix its "
             "permissions or point --tracking-uri (or $MLFLOW_TRACKING_URI) at another store.",
-            field="--tracking-uri") from None
+            field="--tracking-uri",
+        ) from None
     shown = str(path)[:300]
     if head != SQLITE_MAGIC:
         raise HarnessInputError(
             f"{shown!r} is not a SQLite database (corrupt, or another kind of file), so it "
             "cannot be an MLflow tracking store. Point --tracking-uri (or $MLFLOW_TRACKING_URI) "
             "at the right store, or move the file away and a new store is made there; "
-            "nothing was changed.", field="--tracking-uri")
+            "nothing was changed.",
+            field="--tracking-uri",
+        )
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                                timeout=10)) as db:
-            tables = {row[0] for row in db.execute(
-                "select name from sqlite_master where type = 'table'")}
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        ) as db:
+            tables = {
+                row[0] for row in db.execute("select name from sqlite_master where type = 'table'")
+            }
     except sqlite3.Error as exc:
         raise HarnessInputError(
             f"{shown!r} is a damaged SQLite database ({exc}); MLflow cannot read runs from it. "
             "Restore it from a copy, or point --tracking-uri (or $MLFLOW_TRACKING_URI) at "
-            "another store; nothing was changed.", field="--tracking-uri") from None
+            "another store; nothing was changed.",
+            field="--tracking-uri",
+        ) from None
     if tables and "experiments" not in tables:
         listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise HarnessInputError(
             f"{shown!r} is a SQLite database of something else (tables: {listed}), not an "
             "MLflow tracking store; MLflow would add its tables to it. Point --tracking-uri "
             "(or $MLFLOW_TRACKING_URI) at an MLflow store or a new file; nothing was changed.",
-            field="--tracking-uri")
+            field="--tracking-uri",
+        )
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -163,13 +173,21 @@ def unavailable(exc: BaseException) -> bool:
     restarting, behind a failing proxy), as opposed to a request it refused."""
     import requests
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        ConnectionError, TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return True
     if isinstance(exc, MlflowException):
         text = str(exc)
         if text.startswith("API request to") and (
-            "failed with exception" in text or "failed with timeout" in text
+            "failed with exception" in text
+            or "failed with timeout" in text
             or any(f"failed with error code {code}" in text for code in (502, 503, 504))
         ):
             return True
@@ -194,9 +212,9 @@ def require_existing_store(uri: str | None) -> str:
 def local_store_path(uri: str) -> Path | None:
     """The file or directory behind a local store URI; None for servers and databases."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        return Path(uri[len("sqlite:///") :].split("?", 1)[0])
     if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
+        return Path(uri[len("file://") :])
     if "://" not in uri and uri:
         return Path(uri)
     return None

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the store's settings)
 
 from harness.results.record import SPEC_ARTIFACT
 from harness.tracking.outbox import Outbox
 from harness.tracking.provenance import git_tags, version_tags
 from harness.tracking.store import MlflowClient, artifact_location, unavailable
-
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the store's settings)
-
 
 MAX_PARAM_LEN = 500  # older MLflow servers reject longer param values
 
@@ -34,14 +34,24 @@ class Tracker:
 
     RETRY_S = 15.0
 
-    def __init__(self, client: MlflowClient, sweep: str, parent_run_id: str | None = None,
-                 outbox: str | Path | None = None):
+    def __init__(
+        self,
+        client: MlflowClient,
+        sweep: str,
+        parent_run_id: str | None = None,
+        outbox: str | Path | None = None,
+    ):
         self._lock = threading.RLock()
         self.client = client
         self.sweep = sweep
         exp = client.get_experiment_by_name(sweep)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(
-            sweep, artifact_location=artifact_location(client.tracking_uri, sweep))
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else client.create_experiment(
+                sweep, artifact_location=artifact_location(client.tracking_uri, sweep)
+            )
+        )
         self.parent_run_id = parent_run_id or self._new_parent()
         self._runs: dict[str, str] = {}  # trial key -> run_id
         self._waiting: set[str] = set()  # placeholders of runs not made yet
@@ -54,7 +64,9 @@ class Tracker:
 
     def _new_parent(self) -> str:
         run = self.client.create_run(
-            self.experiment_id, run_name=self.sweep, tags={"harness.role": "sweep", "sweep": self.sweep}
+            self.experiment_id,
+            run_name=self.sweep,
+            tags={"harness.role": "sweep", "sweep": self.sweep},
         )
         return run.info.run_id
 
@@ -83,17 +95,33 @@ class Tracker:
                 return known
             placeholder = f"trial:{key}"
             params = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
-            made = self._write({"op": "open", "trial": key, "params": params,
-                                "tags": {k: str(v) for k, v in tags.items()}})
+            made = self._write(
+                {
+                    "op": "open",
+                    "trial": key,
+                    "params": params,
+                    "tags": {k: str(v) for k, v in tags.items()},
+                }
+            )
             if made is None:
                 self._waiting.add(placeholder)
             return made or placeholder
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
-        numeric = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._write({"op": "metrics", "run": run_id, "metrics": numeric, "step": step,
-                     "time": int(time.time() * 1000)})
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self._write(
+            {
+                "op": "metrics",
+                "run": run_id,
+                "metrics": numeric,
+                "step": step,
+                "time": int(time.time() * 1000),
+            }
+        )
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
         self._write({"op": "text", "run": run_id, "text": text, "name": name})
@@ -118,13 +146,16 @@ class Tracker:
             runs = self.client.search_runs(
                 [self.experiment_id],
                 filter_string=f"tags.`{tag}` != '' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-                max_results=10_000)
+                max_results=10_000,
+            )
         except Exception as exc:  # noqa: BLE001 (classified just below)
             if unavailable(exc):
                 return False
             raise
-        return any(r.info.status == "KILLED" and r.data.tags.get("trial_key", "").startswith(prefix)
-                   for r in runs)
+        return any(
+            r.info.status == "KILLED" and r.data.tags.get("trial_key", "").startswith(prefix)
+            for r in runs
+        )
 
     def finish_sweep(self, ok: bool = True) -> int:
         """End the parent run and send what the outbox holds; returns the writes still kept
@@ -234,10 +265,16 @@ class Tracker:
             # the trial may carry a new Tune id (one that Tune's saved state had not kept)
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         else:
-            all_tags = {"trial_id": key, **self._common, **tags, "trial_key": key,
-                        "mlflow.parentRunId": self.parent_run_id}
-            run_id = self.client.create_run(self.experiment_id, run_name=all_tags["trial_id"],
-                                            tags=all_tags).info.run_id
+            all_tags = {
+                "trial_id": key,
+                **self._common,
+                **tags,
+                "trial_key": key,
+                "mlflow.parentRunId": self.parent_run_id,
+            }
+            run_id = self.client.create_run(
+                self.experiment_id, run_name=all_tags["trial_id"], tags=all_tags
+            ).info.run_id
         items = [Param(k, v) for k, v in sorted(params.items())]  # same values: re-logging is fine
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self.client.log_batch(run_id, params=items[i : i + 100])
@@ -266,7 +303,9 @@ def find_sweep_parent(client: MlflowClient, sweep: str) -> str | None:
     if exp is None:
         return None
     runs = client.search_runs(
-        [exp.experiment_id], filter_string="tags.`harness.role` = 'sweep'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        [exp.experiment_id],
+        filter_string="tags.`harness.role` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0].info.run_id if runs else None
