@@ -48,3 +48,62 @@ def _find_checkout_methods() -> None:
 
 
 _find_checkout_methods()
+
+
+# Modules that moved into sub-packages (the 0.1 layout -> this one). A script or plugin that
+# imports an old name gets the module itself (one object under both names, so isinstance
+# checks and registries agree), with a DeprecationWarning naming its new place.
+MOVED = {
+    "attacks": "protocol.attacks",
+    "autoattack": "protocol.autoattack",
+    "checkpoint": "protocol.checkpoint",
+    "config": "spec.schema",
+    "evaluate": "protocol.evaluate",
+    "images": "results.images",
+    "leaderboard": "board.leaderboard",
+    "masking": "protocol.masking",
+    "models": "protocol.models",
+    "plan": "spec.plan",
+    "plots": "board.plots",
+    "progress": "sweep.progress",
+    "provenance": "tracking.provenance",
+    "ray_node": "sweep.ray_node",
+    "record": "results.record",
+    "report": "board.report",
+    "runs": "tracking.reader",
+    "shared_data": "sweep.shared_data",
+    "train": "protocol.train",
+    "trial": "sweep.trial",
+    "untrusted": "datasets.untrusted",
+}
+# harness.sweep, harness.tracking and harness.estimate are packages now; what the old modules
+# held is in their `driver`, `writer` and `cost`.
+
+
+class _MovedModules:
+    """Finds `harness.<old name>` of a moved module (MOVED) as the module at its new place."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        old = fullname.removeprefix("harness.")
+        if fullname == old or old not in MOVED:
+            return None
+        from importlib.machinery import ModuleSpec
+
+        return ModuleSpec(fullname, self)
+
+    def create_module(self, spec):
+        import importlib
+        import warnings
+
+        new = "harness." + MOVED[spec.name.removeprefix("harness.")]
+        warnings.warn(
+            f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=2
+        )
+        return importlib.import_module(new)
+
+    def exec_module(self, module):
+        pass  # it ran under its new name
+
+
+if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):
+    _sys.meta_path.append(_MovedModules())

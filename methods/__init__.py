@@ -13,6 +13,7 @@ import importlib
 import os
 import pkgutil
 
+from harness.datasets import DatasetSplits
 from harness.methods._plugins import load_entry_points, load_env_plugins
 from harness.methods.base import (
     METHODS,
@@ -22,8 +23,17 @@ from harness.methods.base import (
     MethodConfig,
     MethodContext,
     ModelMethod,
+    PerClass,
     make_method,
     register_method,
+)
+from harness.protocol.attacks import Threat, accuracy, fgsm, pgd, robust_accuracy
+from harness.protocol.train import (
+    LossStep,
+    TrainConfig,
+    WorkMeter,
+    natural_loss,
+    soft_cross_entropy,
 )
 
 for _mod in pkgutil.iter_modules(__path__):
@@ -35,14 +45,27 @@ for _mod in pkgutil.iter_modules(__path__):
 load_entry_points()
 load_env_plugins(os.environ.get("HARNESS_PLUGINS", ""))
 
+# What a plugin needs, in one place (the method contract is in `base`'s docstring).
 __all__ = [
     "METHODS",
     "DatasetMethod",
+    "DatasetSplits",
     "LearnedDataset",
+    "LossStep",
     "Method",
     "MethodConfig",
     "MethodContext",
     "ModelMethod",
+    "PerClass",
+    "Threat",
+    "TrainConfig",
+    "WorkMeter",
+    "accuracy",
+    "fgsm",
     "make_method",
+    "natural_loss",
+    "pgd",
     "register_method",
+    "robust_accuracy",
+    "soft_cross_entropy",
 ]

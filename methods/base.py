@@ -1,4 +1,5 @@
-"""What a method is, and what the harness hands it.
+"""What a method is, and what the harness hands it: the contract every method, built in or
+a plugin, keeps (tests/test_method_contract.py checks it for every registered method).
 
 Two kinds:
 - `ModelMethod` produces trained models. It gives the harness a per-batch `loss_step`; the
@@ -6,9 +7,30 @@ Two kinds:
 - `DatasetMethod` produces a labelled dataset (`learn`). The harness scores it by *naturally*
   training fresh models of several architectures and seeds on it.
 
-Each method declares a typed `Config` (pydantic, unknown keys rejected) whose defaults are
-commented with units and the paper's values, and `smoke` overrides that shrink its budget
-to seconds for `--smoke` runs.
+What a method receives: its typed `Config` (pydantic, unknown keys rejected; every field has
+a default, commented with units and the paper's value) and, per trial, a `MethodContext`:
+the data splits (inputs in [0, 1]; it learns from `x_train`/`x_val` only, never the test
+split), the spec's threat and training recipe, the device, a `torch.Generator` and the
+trial's seed, the evaluation architectures, a work meter, a log function and a checkpoint
+stage.
+
+What it may call: `ctx.build(arch)` for every network it makes (its forward passes are then
+counted as the method's learning work, in `ctx.meter`); the attacks and losses re-exported by
+`harness.methods` (`pgd`, `natural_loss`, ...); `ctx.log(metrics, step)` for progress, with
+`outer_loss` logged once per learning step so that `planned_steps()` steps make a progress bar;
+`ctx.resume.offer(make)` at boundaries where it could go on after a restart (`make()` returns
+plain values and tensors; `ctx.resume.saved()` is what a restarted trial gets back, or None).
+
+What it must not do: draw from PyTorch's global random state (use `ctx.generator`, or seed a
+`torch.Generator` from it: the same seed must give the same result), score itself (the
+harness evaluates every method by one protocol), or read the test split.
+
+What it returns: `learn` a `LearnedDataset` (finite inputs within the data's bounds, labels
+as class ids or (N, C) probabilities; the harness refuses NaN or infinite values);
+`loss_step` a function `(model, x, y) -> loss` the training loop calls on each batch (it may
+attack `x`, and may change the recipe through `train_config`).
+
+`smoke` holds config overrides that shrink the budget to seconds for `--smoke` runs.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ import os
 from pathlib import Path
 
 from harness.methods.base import ModelMethod, register_method
-from harness.protocol.train import natural_loss
+from harness.methods import natural_loss
 
 
 @register_method("filler")

@@ -134,7 +134,7 @@ def test_an_installed_layout_finds_its_own_methods(tmp_path):
 
 PLAIN = '''
 from harness.methods import ModelMethod
-from harness.protocol.train import natural_loss
+from harness.methods import natural_loss
 
 
 class Plain(ModelMethod):
@@ -150,7 +150,7 @@ def helper():
 
 DECORATED = '''
 from harness.methods import ModelMethod, register_method
-from harness.protocol.train import natural_loss
+from harness.methods import natural_loss
 
 
 @register_method("{name}")

@@ -279,7 +279,7 @@ from pathlib import Path
 from harness.methods.base import (
     DatasetMethod, LearnedDataset, ModelMethod, MethodConfig, register_method,
 )
-from harness.protocol.train import natural_loss
+from harness.methods import natural_loss
 
 MARKER = Path(__file__).with_name("attempted")
 
