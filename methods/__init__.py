@@ -17,6 +17,7 @@ from harness.datasets import DatasetSplits
 from harness.methods._plugins import load_entry_points, load_env_plugins
 from harness.methods.base import (
     METHODS,
+    STEP_METRIC,
     DatasetMethod,
     LearnedDataset,
     Method,
@@ -48,6 +49,7 @@ load_env_plugins(os.environ.get("HARNESS_PLUGINS", ""))
 # What a plugin needs, in one place (the method contract is in `base`'s docstring).
 __all__ = [
     "METHODS",
+    "STEP_METRIC",
     "DatasetMethod",
     "DatasetSplits",
     "LearnedDataset",

@@ -16,8 +16,10 @@ stage.
 
 What it may call: `ctx.build(arch)` for every network it makes (its forward passes are then
 counted as the method's learning work, in `ctx.meter`); the attacks and losses re-exported by
-`harness.methods` (`pgd`, `natural_loss`, ...); `ctx.log(metrics, step)` for progress, with
-`outer_loss` logged once per learning step so that `planned_steps()` steps make a progress bar;
+`harness.methods` (`pgd`, `natural_loss`, ...); `ctx.log_step(step, loss)` once per learning step (of `planned_steps()`: a progress bar and
+the cost estimate count these), `ctx.log(metrics, step)` for other progress;
+`ctx.meter.alike(range(...))` for a loop whose items cost alike (a per-class loop), which a
+cost estimate then runs for its first item only;
 `ctx.resume.offer(make)` at boundaries where it could go on after a restart (`make()` returns
 plain values and tensors; `ctx.resume.saved()` is what a restarted trial gets back, or None).
 
@@ -52,6 +54,10 @@ from harness.protocol.train import Augment, LossStep, TrainConfig, WorkMeter
 from harness.registry import Registry
 
 LogFn = Callable[[dict[str, float], int], None]
+
+# The metric a dataset method logs once per learning step (`MethodContext.log_step`): progress
+# bars and the cost estimate count steps by it.
+STEP_METRIC = "outer_loss"
 
 
 class MethodConfig(BaseModel):
@@ -95,6 +101,11 @@ class MethodContext:
     # where a long `learn` saves its state between steps and finds it after a restart
     # (`harness.protocol.checkpoint.Stage`; by default nothing is saved)
     resume: Stage = field(default_factory=lambda: Stage(TrialCheckpoint(), "learning"))
+
+    def log_step(self, step: int, loss: float, **metrics: float) -> None:
+        """One learning step done (of `Method.planned_steps`), with its loss and any other
+        progress metrics: what progress bars and the cost estimate count."""
+        self.log({STEP_METRIC: float(loss), **metrics}, step)
 
     def build(self, arch: str, seed: int | None = None, *, metered: bool = True) -> nn.Module:
         """A fresh network of `arch` for this data, initialised from `seed` (or the generator),

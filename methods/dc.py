@@ -33,7 +33,6 @@ from harness.methods.base import (
     PerClass,
     register_method,
 )
-from harness.protocol.train import count_cut
 
 # (outer_loop, inner_loop) by ipc, from the authors' code (`get_loops`); other ipc values
 # take the entry of the nearest listed ipc.
@@ -68,7 +67,7 @@ class DCLoop:
         params = [p for p in net.parameters() if p.requires_grad]
         syn = self.set.x()
         loss = syn.new_zeros(())
-        for c in count_cut(range(self.ctx.data.num_classes), self.ctx.meter):
+        for c in self.ctx.meter.alike(range(self.ctx.data.num_classes)):
             x_real = self.real.batch(c, self.cfg.batch_real)
             x_syn = syn[class_slice(c, self.cfg.ipc)]
             if self.aug is not None:
@@ -173,7 +172,7 @@ class DC(DatasetMethod):
         arch = self.cfg.arch or ctx.archs[0]
         first = load_set_state(ctx.resume.saved(), loop.set, loop.opt, ctx)  # a restarted trial
         for it in range(first, self.cfg.iterations):
-            ctx.log({"outer_loss": loop.iteration(arch)}, it)
+            ctx.log_step(it, loop.iteration(arch))
             if it + 1 < self.cfg.iterations:
                 ctx.resume.offer(lambda: set_state(loop.set, loop.opt, ctx, it + 1))
         info = {

@@ -30,7 +30,6 @@ from harness.methods.base import (
     PerClass,
     register_method,
 )
-from harness.protocol.train import count_cut
 
 
 def mean_embedding_gap(net: nn.Module, x_real: torch.Tensor, x_syn: torch.Tensor) -> torch.Tensor:
@@ -93,7 +92,7 @@ class DM(DatasetMethod):
             (syn.z.grad,) = torch.autograd.grad(loss, syn.z)
             opt.step()
             syn.project_()
-            ctx.log({"outer_loss": float(loss.detach()) / ctx.data.num_classes}, it)
+            ctx.log_step(it, float(loss.detach()) / ctx.data.num_classes)
             if it + 1 < cfg.iterations:
                 ctx.resume.offer(lambda: set_state(syn, opt, ctx, it + 1))
         info = {"ipc": cfg.ipc, "arch": arch, "dsa": aug is not None}
@@ -115,7 +114,7 @@ class DM(DatasetMethod):
         # DM never calls the head: the feature passes are its work (the net is watched on its
         # input layer already; this also counts parameter-free features, as `linear`'s).
         with ctx.meter.attach(net.features):
-            for c in count_cut(range(ctx.data.num_classes), ctx.meter):
+            for c in ctx.meter.alike(range(ctx.data.num_classes)):
                 x_real = real.batch(c, self.cfg.batch_real)
                 x_syn = x_syn_all[class_slice(c, self.cfg.ipc)]
                 if aug is not None:

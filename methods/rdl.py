@@ -544,7 +544,7 @@ class _Learner:
                     f"rdl outer loss is {loss} at step {step}; lower method.outer_lr or method.inner_lr"
                 )
             net_steps = float(self.state.steps) if self.state is not None else 0.0
-            self.ctx.log({"outer_loss": loss, "net_steps": net_steps}, step)
+            self.ctx.log_step(step, loss, net_steps=net_steps)
             if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
                 self.probe(step + 1)
             if (step + 1) % cfg.reinit_every == 0 and step + 1 < cfg.outer_steps:

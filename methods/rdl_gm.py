@@ -28,7 +28,6 @@ from harness.methods.base import (
     register_method,
 )
 from harness.protocol.attacks import pgd
-from harness.protocol.train import count_cut
 
 
 @register_method("rdl_gm")
@@ -132,7 +131,7 @@ class RobustGradientMatching(DatasetMethod):
                 raise FloatingPointError(
                     f"rdl_gm matching loss is {loss} at iteration {it}; lower outer_lr"
                 )
-            ctx.log({"outer_loss": loss}, it)
+            ctx.log_step(it, loss)
             if cfg.probe_every and (it + 1) % cfg.probe_every == 0:
                 pnet = ctx.build(archs[0], seed=draw_seed(probe_gen))
                 clean, robust = robust_probe(
@@ -183,7 +182,7 @@ class RobustGradientMatching(DatasetMethod):
         """Sum over classes of the layer-wise distance between the natural gradient of S's
         class-c rows and the gradient of PGD examples of a real class-c batch; differentiable in xs."""
         loss = xs.new_zeros(())
-        for c in count_cut(range(len(syn_rows)), ctx.meter):
+        for c in ctx.meter.alike(range(len(syn_rows))):
             rows = syn_rows[c]
             x_adv, y_adv = self._adversarial_batch(ctx, net, real, c)
             net.train()  # gradients with batch statistics, as natural training computes them

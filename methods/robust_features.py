@@ -21,7 +21,7 @@ from harness.methods.base import (
 )
 from harness.methods.pgd_at import PGDAT
 from harness.protocol.attacks import pgd
-from harness.protocol.train import count_cut, train_model
+from harness.protocol.train import train_model
 
 
 def representation_gap(emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class RobustFeatures(DatasetMethod):
         x_t, y_t = init_synthetic_set(ctx.data, self.cfg.n_per_class, "real", ctx.generator)
         starts = ctx.data.x_train[self.start_indices(ctx, x_t.shape[0])]
         x_r, rel_err = self.match(ctx, model, starts, x_t)
-        ctx.log({"outer_loss": rel_err}, 0)
+        ctx.log_step(0, rel_err)
         info = {"arch": arch, "targets": int(x_t.shape[0]), "relative_match_error": rel_err}
         return LearnedDataset(x_r, y_t, info)
 
@@ -145,7 +145,7 @@ class RobustFeatures(DatasetMethod):
         cfg, out, errs = self.cfg, [], []
         rep = representation(model)
         with ctx.meter.attach(model.features):  # every matching pass runs the feature extractor
-            for i in count_cut(range(0, targets.shape[0], cfg.batch_size), ctx.meter):
+            for i in ctx.meter.alike(range(0, targets.shape[0], cfg.batch_size)):
                 x0 = starts[i : i + cfg.batch_size].to(ctx.device)
                 with torch.no_grad():
                     goal = rep(targets[i : i + cfg.batch_size].to(ctx.device))
@@ -164,6 +164,8 @@ class RobustFeatures(DatasetMethod):
                 with torch.no_grad():
                     errs.append((rep(x_r) - goal).norm(dim=1) / goal.norm(dim=1).clamp_min(1e-12))
                 out.append(x_r.cpu())
-        matched = sum(len(x) for x in out)  # fewer than all in a count-only estimate (`count_cut`):
+        matched = sum(
+            len(x) for x in out
+        )  # fewer than all in a count-only estimate (`WorkMeter.alike`):
         out.append(starts[matched:])  # the rest was charged; the set keeps its size
         return torch.cat(out), float(torch.cat(errs).mean())

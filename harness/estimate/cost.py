@@ -41,9 +41,10 @@ the second-order backward of dc and rdl_gm is not counted (a lower bound there).
 `count_only` (`--assume-tflops R`): the work is counted without being timed, with every
 network built as a stand-in of its arch (`STANDIN`: the smallest width and depth), a
 full training run inside a method's learning (robust_features' robust model) cut to its
-first batch, the rest charged at that batch's rate (`harness.protocol.train.COUNT_ONLY`), and loops
-whose items cost alike cut to their first item (`harness.protocol.train.count_cut`: the classes of a
-dc, dm or rdl_gm step, robust_features' matching batches), so that a GPU spec is counted on
+first batch, the rest charged at that batch's rate, and loops whose items cost alike cut to
+their first item (`WorkMeter.alike`: the classes of a dc, dm or rdl_gm step,
+robust_features' matching batches), both done by the learning's meter made with
+`count_only=True`, so that a GPU spec is counted on
 a CPU; the FLOPs stay those of the spec's networks, and time is the work over an assumed
 sustained rate R. The count equals the full calibration's (tested for the seven methods that
 learn or train adversarially): no learning loop, training budget or attack depends on the
@@ -300,14 +301,14 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
     from harness.methods import DatasetMethod, MethodContext, make_method
     from harness.protocol.evaluate import downstream_config, resolve_threat
-    from harness.protocol.train import COUNT_ONLY, WorkMeter, natural_loss, train_model
+    from harness.protocol.train import WorkMeter, natural_loss, train_model
     from harness.spec.resolve import resolve_archs
 
     threat = resolve_threat(spec, data)
     method = make_method(spec.method.name, spec.method.params())
     archs = resolve_archs(spec)
     est.n_train_full = data.n_train_full
-    meter = WorkMeter()
+    meter = WorkMeter(count_only=est.counted_only)
     settings = spec.eval.arch_settings
 
     def flops(arch: str) -> float:  # the spec's network, whatever was built to count
@@ -330,11 +331,7 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
         arch_settings=built,
     )
     if isinstance(method, DatasetMethod):
-        token = COUNT_ONLY.set(est.counted_only)
-        try:
-            size = _learn(method, ctx, est, flops)
-        finally:
-            COUNT_ONLY.reset(token)
+        size = _learn(method, ctx, est, flops)
         if size is None:
             return
         shape = (size, *data.input_shape)
@@ -400,12 +397,14 @@ def capped(n: int, cap: int | None) -> int:
 def _learn(method, ctx, est: Estimate, flops) -> int | None:
     """Time the learning (a few steps, scaled) and return the learned set's size; its FLOPs
     from the examples each arch saw (`flops(arch)` per example), scaled the same way."""
+    from harness.methods import STEP_METRIC
+
     planned = method.planned_steps()
     marks: list[tuple[float, int, WorkCount]] = []
     start = time.perf_counter()
 
     def log(metrics: dict[str, float], step: int) -> None:
-        if "outer_loss" in metrics:
+        if STEP_METRIC in metrics:
             marks.append((time.perf_counter(), ctx.meter.examples, ctx.meter.snapshot()))
             if planned and len(marks) > CALIBRATION_STEPS:
                 raise _Enough

@@ -26,6 +26,7 @@ from harness.datasets import (
     load_dataset,
 )
 from harness.methods import (
+    STEP_METRIC,
     DatasetMethod,
     LearnedDataset,
     Method,
@@ -311,7 +312,7 @@ def run_trial(
 
     def learning_log(metrics: dict[str, float], step: int) -> None:
         log(metrics, step)
-        if planned and "outer_loss" in metrics:  # one per learning step, by convention
+        if planned and STEP_METRIC in metrics:  # one per learning step
             progress("learning", min(step + 1, planned), planned)
 
     ctx = MethodContext(

@@ -20,7 +20,6 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -124,7 +123,10 @@ class WorkMeter:
     holds the part of it that went through with autograd off (no backward can follow, as
     DM's real batches under `torch.no_grad`), a third of a training pass's FLOPs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, count_only: bool = False) -> None:
+        # A count-only estimate's meter (`harness.estimate.cost`): `train_model` runs one batch
+        # and charges the rest of the run at its rate; `alike` loops run their first item.
+        self.count_only = count_only
         self.examples = 0
         self.by_arch: Counter[str | None] = Counter()
         self.forward_only: Counter[str | None] = Counter()
@@ -155,6 +157,29 @@ class WorkMeter:
         self.examples = int(saved["examples"])
         self.by_arch = Counter({k: int(v) for k, v in saved["by_arch"]})
         self.forward_only = Counter({k: int(v) for k, v in saved["forward_only"]})
+
+    def charge_rest(self, before: WorkCount, done: int, total: int) -> None:
+        """Charge `total - done` more units of work at the rate of the `done` units counted
+        since `before` (a `snapshot()`), arch by arch, forward-only passes apart."""
+        spent = self.snapshot() - before
+        for arch, n in spent.by_arch.items():
+            fwd = spent.forward_only[arch]
+            self.add((n - fwd) * (total - done) // done, arch)
+            self.add(fwd * (total - done) // done, arch, forward_only=True)
+
+    def alike(self, items: range) -> Iterator[int]:
+        """`items`, for a loop whose items cost alike per unit (a condensation step's classes,
+        matching batches `range(0, n, batch)`: an item at i covers i up to the next one). A
+        count-only meter runs the first item alone and charges the whole range at its cost,
+        so a cost estimate need not run every class of a 200-class dataset."""
+        if not (self.count_only and len(items) > 1):
+            yield from items
+            return
+        total = items.stop - items.start
+        done = min(items.step, total)
+        before = self.snapshot()
+        yield items[0]
+        self.charge_rest(before, done, total)
 
     def snapshot(self) -> WorkCount:
         return WorkCount(Counter(self.by_arch), Counter(self.forward_only))
@@ -193,12 +218,6 @@ class WorkMeter:
         return self.examples / max(1, n_train_full)
 
 
-# Set by a count-only estimate (`harness.estimate.cost`): `train_model` runs its first batch, charges
-# the meter for the rest of the run at that batch's rate, and returns the model untrained;
-# loops whose items cost alike run their first item only (`count_cut`).
-COUNT_ONLY: ContextVar[bool] = ContextVar("COUNT_ONLY", default=False)
-
-
 @dataclass(frozen=True)
 class WorkCount:
     """A `WorkMeter`'s count at one moment: examples by arch, and the forward-only part."""
@@ -208,32 +227,6 @@ class WorkCount:
 
     def __sub__(self, other: WorkCount) -> WorkCount:
         return WorkCount(self.by_arch - other.by_arch, self.forward_only - other.forward_only)
-
-
-def charge_rest(meter: WorkMeter, before: WorkCount, done: int, total: int) -> None:
-    """Charge `meter` for `total - done` more units of work at the rate of the `done` units
-    it counted since `before` (its `snapshot()`), arch by arch, forward-only passes apart."""
-    spent = meter.snapshot() - before
-    for arch, n in spent.by_arch.items():
-        fwd = spent.forward_only[arch]
-        meter.add((n - fwd) * (total - done) // done, arch)
-        meter.add(fwd * (total - done) // done, arch, forward_only=True)
-
-
-def count_cut(items: range, meter: WorkMeter | None) -> Iterator[int]:
-    """`items`, or in a count-only estimate (`COUNT_ONLY`) its first item alone, the meter then
-    charged for the whole range at that item's cost per unit (an item at i covers i up to the
-    next item: a class of a per-class loop, or a batch of examples in `range(0, n, batch)`).
-    For loops whose work per unit does not depend on the item: a condensation step's classes
-    (equal when every class has `ipc` rows and at least the real batch), matching batches."""
-    if not (COUNT_ONLY.get() and meter is not None and len(items) > 1):
-        yield from items
-        return
-    total = items.stop - items.start
-    done = min(items.step, total)
-    before = meter.snapshot()
-    yield items[0]
-    charge_rest(meter, before, done, total)
 
 
 def input_layer(model: nn.Module) -> nn.Module:
@@ -430,7 +423,7 @@ def train_model(
             "examples": meter.examples if meter is not None else 0,
         }
 
-    counting = COUNT_ONLY.get() and meter is not None and saved is None
+    counting = meter is not None and meter.count_only and saved is None
     before_count = meter.snapshot() if counting else None
     with meter.attach(model) if meter else nullcontext():
         for epoch in range(first, cfg.epochs + 1):
@@ -446,7 +439,7 @@ def train_model(
                 opt.step()
                 sched.step()
                 if counting:  # one batch done: charge the rest of the run at its rate
-                    charge_rest(meter, before_count, len(idx), cfg.epochs * x.shape[0])
+                    meter.charge_rest(before_count, len(idx), cfg.epochs * x.shape[0])
                     model.eval()
                     return TrainStats(
                         seconds=time.perf_counter() - start,
