@@ -98,13 +98,36 @@ def load_entry_points() -> None:
 
 def load_entry_point(ep: metadata.EntryPoint) -> None:
     """Register one entry point's method (`module:Class`) or import its module (`module`)."""
+    fault = entry_point_fault(ep)
+    value = ENTRY_POINT_VALUE.fullmatch(ep.value)
+    if (
+        not value
+        or not dotted_name(value["module"])
+        or (value["attr"] is not None and not dotted_name(value["attr"]))
+    ):
+        raise fault("is not of the form 'module' or 'module:Class' (dotted Python names)", None)
+    if value["attr"] is None:  # a module whose @register_method decorators do the registering
+        load_method_module(value["module"], fault)
+        return
+    if not METHOD_NAME.fullmatch(ep.name):
+        raise fault(
+            f"names the method {ep.name!r}, which is not a method name",
+            "rename the entry point: a method name starts with a letter and holds only "
+            "letters, digits, '_' and '-'",
+        )
+    obj = method_class(value["module"], value["attr"], fault)
+    register_entry_point(ep.name, obj, fault)
+
+
+def entry_point_fault(ep: metadata.EntryPoint):
+    """`fault(why, fix)`: the bad-input error for this entry point, naming its distribution
+    (whoever runs the harness may not be the plugin's author: uninstalling always works)."""
     dist = getattr(ep, "dist", None)  # set by entry_points(); absent on a bare EntryPoint
     dist_name = dist.metadata["Name"] if dist is not None else None
     owner = f"distribution {dist_name} {dist.version}" if dist_name else "a distribution"
     uninstall = f" (pip uninstall {dist_name})" if dist_name else ""
 
     def fault(why: str, fix: str | None) -> HarnessInputError:
-        # whoever runs the harness may not be the plugin's author: uninstalling always works
         fix = (
             f"{fix}, or uninstall the distribution"
             if fix
@@ -115,34 +138,23 @@ def load_entry_point(ep: metadata.EntryPoint) -> None:
             f"{ENTRY_POINT_GROUP}) of {owner} {why}; {fix}{uninstall}."
         )
 
-    value = ENTRY_POINT_VALUE.fullmatch(ep.value)
-    if (
-        not value
-        or not dotted_name(value["module"])
-        or (value["attr"] is not None and not dotted_name(value["attr"]))
-    ):
-        raise fault("is not of the form 'module' or 'module:Class' (dotted Python names)", None)
-    module_name, attr = value["module"], value["attr"]
+    return fault
 
-    if attr is None:  # a module whose @register_method decorators do the registering
-        known, fresh = set(METHODS.names()), module_name not in sys.modules
-        import_plugin(module_name, fault, None)
-        if fresh and set(METHODS.names()) == known:
-            raise fault(
-                "registered no method",
-                "decorate its method classes with "
-                "@register_method, or point the entry point at one class "
-                "('module:Class')",
-            )
-        return
 
-    if not METHOD_NAME.fullmatch(ep.name):
+def load_method_module(module_name: str, fault) -> None:
+    """Import a plugin module that registers its methods itself; it must register one."""
+    known, fresh = set(METHODS.names()), module_name not in sys.modules
+    import_plugin(module_name, fault, None)
+    if fresh and set(METHODS.names()) == known:
         raise fault(
-            f"names the method {ep.name!r}, which is not a method name",
-            "rename the "
-            "entry point: a method name starts with a letter and holds only letters, "
-            "digits, '_' and '-'",
+            "registered no method",
+            "decorate its method classes with @register_method, or point the entry point "
+            "at one class ('module:Class')",
         )
+
+
+def method_class(module_name: str, attr: str, fault) -> type:
+    """The class `module:attr` names; it must be a method class."""
     obj: Any = import_plugin(module_name, fault, None)
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -156,28 +168,32 @@ def load_entry_point(ep: metadata.EntryPoint) -> None:
         what = f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
         raise fault(
             f"points at {what}, not a method",
-            "point it at a subclass of "
-            "harness.methods.ModelMethod or DatasetMethod (or at a module whose "
-            "methods are registered with @register_method)",
+            "point it at a subclass of harness.methods.ModelMethod or DatasetMethod (or at "
+            "a module whose methods are registered with @register_method)",
         )
+    return obj
 
-    if ep.name in METHODS and METHODS.get(ep.name) is obj:
+
+def register_entry_point(name: str, obj: type, fault) -> None:
+    """Register `obj` as method `name`, unless it already is; a name taken by another
+    method, or a class registered under another name, is refused."""
+    if name in METHODS and METHODS.get(name) is obj:
         return  # its own @register_method already registered it under this name
     if obj.name in METHODS and METHODS.get(obj.name) is obj:
         raise fault(
-            f"names the method {ep.name!r}, but its class is registered as "
+            f"names the method {name!r}, but its class is registered as "
             f"{obj.name!r} by @register_method",
             "use one name for both",
         )
-    if ep.name in METHODS:
-        other = METHODS.get(ep.name)
+    if name in METHODS:
+        other = METHODS.get(name)
         whose = (
             "a built-in method"
             if other.__module__.startswith("harness.methods.")
             else f"{other.__module__}.{other.__qualname__}"
         )
         raise fault(
-            f"names the method {ep.name!r}, which is already taken by {whose}",
+            f"names the method {name!r}, which is already taken by {whose}",
             "give the entry point another name",
         )
-    register_method(ep.name)(obj)
+    register_method(name)(obj)

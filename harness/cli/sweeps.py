@@ -189,9 +189,16 @@ def sweep(
         # every few seconds, so finished trials are safe.
         err_console.print(f"interrupted: continue with `harness sweep {spec_path} --resume`")
         os._exit(130)  # the abandoned variant threads hold no state worth waiting for
-    uri = store.resolve_uri(tracking_uri)
+    report_outcome(outcome, spec.name, spec_path, store.resolve_uri(tracking_uri))
+
+
+def report_outcome(outcome, name: str, spec_path: str, uri: str) -> None:
+    """Where the sweep's results are, and its leaderboard (or, if the tracking store went
+    away, where its records wait)."""
+    from harness.tracking import store
+
     click.echo(
-        f"sweep {spec.name!r} done: parent run {outcome.parent_run_id}, "
+        f"sweep {name!r} done: parent run {outcome.parent_run_id}, "
         f"{outcome.failed} failed trials; Ray results in {outcome.storage}"
     )
     if outcome.unsent:

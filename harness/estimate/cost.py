@@ -299,94 +299,113 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False, loa
 
 def _calibrate(spec, data, device, est: Estimate) -> None:
     """Time the variant's learning, training and attacks (see the module docstring)."""
-    from harness.methods import DatasetMethod, MethodContext, make_method
-    from harness.protocol.evaluate import downstream_config, resolve_threat
-    from harness.protocol.train import WorkMeter, natural_loss, train_model
-    from harness.spec.resolve import resolve_archs
+    from harness.protocol.evaluate import resolve_threat
 
     threat = resolve_threat(spec, data)
-    method = make_method(spec.method.name, spec.method.params())
-    archs = resolve_archs(spec)
     est.n_train_full = data.n_train_full
-    meter = WorkMeter(count_only=est.counted_only)
     settings = spec.eval.arch_settings
 
     def flops(arch: str) -> float:  # the spec's network, whatever was built to count
         return forward_flops(arch, data, settings.get(arch, {}))
 
-    built = settings
-    if est.counted_only:
-        from harness.protocol.models import MODELS
+    ctx = _context(spec, data, device, threat, counted_only=est.counted_only)
+    material = _material(spec, data, ctx, est, flops)
+    if material is None:
+        return
+    for arch in ctx.archs:
+        _calibrate_arch(arch, spec, data, device, ctx, threat, material, est, flops)
+    if spec.threat.autoattack != "off":
+        est.note = "AutoAttack counted as a range (every image falls to APGD-CE .. survives all)"
 
-        built = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
-    ctx = MethodContext(
+
+def _context(spec, data, device, threat, *, counted_only: bool):
+    """The method's context, as a trial makes it; a count-only one builds stand-in networks
+    (`STANDIN`) and counts with a count-only meter."""
+    from harness.methods import MethodContext
+    from harness.protocol.models import MODELS
+    from harness.protocol.train import WorkMeter
+    from harness.spec.resolve import resolve_archs
+
+    settings = spec.eval.arch_settings
+    if counted_only:
+        settings = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
+    return MethodContext(
         data=data,
         threat=threat,
         train=spec.train.config(),
         device=device,
         generator=torch.Generator().manual_seed(spec.seed),
         seed=spec.seed,
-        archs=archs,
-        meter=meter,
-        arch_settings=built,
+        archs=resolve_archs(spec),
+        meter=WorkMeter(count_only=counted_only),
+        arch_settings=settings,
     )
-    if isinstance(method, DatasetMethod):
-        size = _learn(method, ctx, est, flops)
-        if size is None:
-            return
-        shape = (size, *data.input_shape)
-        x = (
-            torch.rand(shape) * (data.bounds[1] - data.bounds[0]) + data.bounds[0]
-            if data.bounds
-            else torch.randn(shape)
-        )
-        y = torch.randint(0, data.num_classes, (size,))
-        # dc and dm train their evaluation models with DSA exactly when `dsa` is on and
-        # the data are images (methods/_augment.maybe_augment): the longer default budget.
-        augmented = bool(getattr(method.config_for(data.name), "dsa", False)) and data.is_image
-        cfg = downstream_config(spec, size, data.n_train_full, augmented=augmented)
-        loss_step = natural_loss
-    else:
-        x, y = data.x_train, data.y_train
-        cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
+
+
+def _material(spec, data, ctx, est: Estimate, flops):
+    """(x, y, recipe, loss step) the variant's models train on: for a dataset method, a set
+    of random inputs the size of its learned one, after its learning is timed; None when
+    that size is known only at the end."""
+    from harness.methods import DatasetMethod, make_method
+    from harness.protocol.evaluate import downstream_config
+    from harness.protocol.train import natural_loss
+
+    method = make_method(spec.method.name, spec.method.params())
+    if not isinstance(method, DatasetMethod):
+        return data.x_train, data.y_train, method.train_config(ctx.train), method.loss_step(ctx)
+    size = _learn(method, ctx, est, flops)
+    if size is None:
+        return None
+    shape = (size, *data.input_shape)
+    lo, hi = data.bounds or (None, None)
+    x = torch.rand(shape) * (hi - lo) + lo if data.bounds else torch.randn(shape)
+    y = torch.randint(0, data.num_classes, (size,))
+    # dc and dm train their evaluation models with DSA exactly when `dsa` is on and
+    # the data are images (methods/_augment.maybe_augment): the longer default budget.
+    augmented = bool(getattr(method.config_for(data.name), "dsa", False)) and data.is_image
+    return x, y, downstream_config(spec, size, data.n_train_full, augmented=augmented), natural_loss
+
+
+def _calibrate_arch(arch, spec, data, device, ctx, threat, material, est: Estimate, flops):
+    """One arch's models: a short training run timed and scaled to the recipe, and the
+    attacks' passes (timed PGD steps; AutoAttack as a range)."""
+    from harness.protocol.train import WorkMeter, train_model
+
+    x, y, cfg, loss_step = material
     models = spec.eval.models_per_arch
     aa_images = capped(len(data.x_test), spec.eval.max_test)
     n_attacked = aa_images + capped(len(data.x_val), spec.eval.max_val)
-    for arch in archs:
-        batch = min(cfg.batch_size, len(x))
-        rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        sample = rows[: batch * CALIBRATION_BATCHES]
-        net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
-        short = replace(cfg, epochs=1)
-        stats = train_model(
-            net,
-            x[sample],
-            y[sample],
-            short,
-            device=device,
-            generator=torch.Generator().manual_seed(0),
-            loss_step=loss_step,
-            meter=m,
-        )
-        per_example = (m.examples / len(sample), stats.seconds / len(sample))
-        n_epochs = cfg.epochs * len(x)
-        est.train_examples += models * n_epochs * per_example[0]
-        est.train_seconds += models * n_epochs * per_example[1]
-        est.train_flops += models * n_epochs * per_example[0] * flops(arch) * PASS_FLOPS
-        if est.counted_only:
-            pgd_passes, pgd_s = pgd_steps(threat), 0.0
-        else:
-            pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
-            _attack_step(net, data, device)  # a full attack batch, for peak memory
-        passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
-        est.attack_examples += models * passes
-        est.attack_flops += models * passes * flops(arch) * ATTACK_PASS_FLOPS
-        est.attack_seconds += models * passes * pgd_s
-        low = n_attacked * pgd_passes + aa_images * AA_PASSES_LOW[spec.threat.autoattack]
-        est.attack_seconds_low += models * low * pgd_s
-        est.attack_flops_low += models * low * flops(arch) * ATTACK_PASS_FLOPS
-    if spec.threat.autoattack != "off":
-        est.note = "AutoAttack counted as a range (every image falls to APGD-CE .. survives all)"
+    batch = min(cfg.batch_size, len(x))
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    sample = rows[: batch * CALIBRATION_BATCHES]
+    net, m = ctx.build(arch, seed=0, metered=False), WorkMeter()
+    stats = train_model(
+        net,
+        x[sample],
+        y[sample],
+        replace(cfg, epochs=1),
+        device=device,
+        generator=torch.Generator().manual_seed(0),
+        loss_step=loss_step,
+        meter=m,
+    )
+    per_example = (m.examples / len(sample), stats.seconds / len(sample))
+    n_epochs = cfg.epochs * len(x)
+    est.train_examples += models * n_epochs * per_example[0]
+    est.train_seconds += models * n_epochs * per_example[1]
+    est.train_flops += models * n_epochs * per_example[0] * flops(arch) * PASS_FLOPS
+    if est.counted_only:
+        pgd_passes, pgd_s = pgd_steps(threat), 0.0
+    else:
+        pgd_passes, pgd_s = _time_pgd(net, data, threat, device)
+        _attack_step(net, data, device)  # a full attack batch, for peak memory
+    passes = n_attacked * pgd_passes + aa_images * AA_PASSES[spec.threat.autoattack]
+    low = n_attacked * pgd_passes + aa_images * AA_PASSES_LOW[spec.threat.autoattack]
+    est.attack_examples += models * passes
+    est.attack_flops += models * passes * flops(arch) * ATTACK_PASS_FLOPS
+    est.attack_seconds += models * passes * pgd_s
+    est.attack_seconds_low += models * low * pgd_s
+    est.attack_flops_low += models * low * flops(arch) * ATTACK_PASS_FLOPS
 
 
 def capped(n: int, cap: int | None) -> int:

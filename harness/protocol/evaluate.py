@@ -297,124 +297,194 @@ def run_trial(
     where the trial saves its progress and, after a restart, what it goes on from
     (`harness.protocol.checkpoint`; the result is the same as an uninterrupted run's). `data`: the
     spec's dataset, already loaded (a sweep's node-shared copy, `harness.sweep.shared_data`)."""
-    checkpoint = checkpoint or TrialCheckpoint()
-    log = log or (lambda metrics, step: None)
-    progress = progress or (lambda phase, done, total: None)
-    spec = resolve_spec(spec)
-    device = pick_device(spec.device)
-    method = method or make_method(spec.method.name, spec.method.params())
-    archs = resolve_archs(spec)
-    data = data if data is not None else load_data(spec.dataset)
-    threat = resolve_threat(spec, data)
-    generator = torch.Generator().manual_seed(spec.seed)
-    learn_meter = WorkMeter()
-    planned = method.planned_steps()
-
-    def learning_log(metrics: dict[str, float], step: int) -> None:
-        log(metrics, step)
-        if planned and STEP_METRIC in metrics:  # one per learning step
-            progress("learning", min(step + 1, planned), planned)
-
-    ctx = MethodContext(
-        data=data,
-        threat=threat,
-        train=spec.train.config(),
-        device=device,
-        generator=generator,
-        seed=spec.seed,
-        archs=archs,
-        meter=learn_meter,
-        log=learning_log,
-        smoke=smoke,
-        arch_settings=spec.eval.arch_settings,
-    )
-
-    learned: LearnedDataset | None = None
-    learn_seconds = 0.0
-    if isinstance(method, DatasetMethod):
-        learned, learn_seconds = learn_once(method, ctx, checkpoint)
-        train_x, train_y = learned.x.detach().cpu(), learned.y.detach().cpu()
-        cfg = downstream_config(
-            spec, len(learned), data.n_train_full, augmented=learned.augment is not None
-        )
-        loss_step = natural_loss
-    else:
-        assert isinstance(method, ModelMethod)
-        train_x, train_y = data.x_train, data.y_train
-        cfg, loss_step = method.train_config(ctx.train), method.loss_step(ctx)
-
-    done = checkpoint.get("models") or {"scores": [], "weights": {}}
-    models = [ModelScore(**m) for m in done["scores"]]
-    weights: dict[str, dict] = dict(done["weights"])
-    if models:  # the method's random stream as it was after the last model finished
-        generator.set_state(done["generator"])
-    probe = epoch_probe(data, threat, device, log) if probe_epochs and learned is None else None
-    early_stop = spec.train.early_stop and learned is None  # a recipe of model-producing methods
-    select = early_stop_selector(data, threat, device) if early_stop else None
-    for arch in archs:
-        for k in range(spec.eval.models_per_arch):
-            model_seed = derived_seed(spec.seed * 1000 + k)
-            if any(m.arch == arch and m.seed == model_seed for m in models):
-                continue  # trained and scored before a restart
-            meter = WorkMeter()
-            model = ctx.build(arch, seed=model_seed, metered=False)
-            stats = train_model(
-                model,
-                train_x,
-                train_y,
-                cfg,
-                generator=torch.Generator().manual_seed(model_seed),
-                device=device,
-                loss_step=loss_step,
-                meter=meter,
-                on_epoch=probe if not models else None,
-                select=select,
-                augment=learned.augment if learned is not None else None,
-                resume=ResumePoint(checkpoint, f"{arch}/{k}", generators=(generator,)),
-            )
-            scores = score_model(model, data, threat, spec, seed=model_seed, device=device)
-            models.append(
-                ModelScore(
-                    arch=arch,
-                    seed=model_seed,
-                    train_seconds=stats.seconds,
-                    train_work_epochs=meter.epochs(data.n_train_full),
-                    kept_epoch=stats.kept_epoch,
-                    **scores,
-                )
-            )
-            weights.setdefault(arch, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-            checkpoint.put(
-                "models",
-                {
-                    "scores": [asdict(m) for m in models],
-                    "weights": weights,
-                    "generator": generator.get_state(),
-                },
-                drop=("training",),
-            )
-            progress("models", len(models), len(archs) * spec.eval.models_per_arch)
-            log(
-                {
-                    f"arch.{arch}.{key}": v
-                    for key, v in scores.items()
-                    if isinstance(v, (int, float))
-                },
-                len(models),
-            )
-    result = summarise(
+    trial = Trial.start(
         spec,
-        method,
+        method=method,
         data=data,
-        threat=threat,
+        smoke=smoke,
+        log=log or (lambda metrics, step: None),
+        progress=progress or (lambda phase, done, total: None),
+        checkpoint=checkpoint or TrialCheckpoint(),
+    )
+    material = trial.training_material()
+    models, weights = trial.train_and_score(material, probe_epochs=probe_epochs)
+    result = summarise(
+        trial.spec,
+        trial.method,
+        data=trial.data,
+        threat=trial.threat,
         models=models,
-        learned=learned,
-        learn_seconds=learn_seconds,
-        learn_meter=learn_meter,
-        size=len(train_x),
+        learned=material.learned,
+        learn_seconds=material.learn_seconds,
+        learn_meter=trial.ctx.meter,
+        size=len(material.x),
     )
     result.weights = weights
     return result
+
+
+@dataclass
+class Material:
+    """What the downstream models train on: the learned set or the original data, with the
+    recipe and per-batch loss that go with it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    cfg: TrainConfig
+    loss_step: Any
+    learned: LearnedDataset | None = None
+    learn_seconds: float = 0.0
+
+
+@dataclass
+class Trial:
+    """One trial's resolved pieces, decided once (`start`), and its two stages."""
+
+    spec: RunSpec
+    method: Method
+    data: DatasetSplits
+    threat: Threat
+    archs: list[str]
+    device: torch.device
+    ctx: MethodContext
+    log: LogFn
+    progress: ProgressFn
+    checkpoint: TrialCheckpoint
+
+    @classmethod
+    def start(cls, spec: RunSpec, *, method, data, smoke, log, progress, checkpoint) -> Trial:
+        spec = resolve_spec(spec)
+        device = pick_device(spec.device)
+        method = method or make_method(spec.method.name, spec.method.params())
+        data = data if data is not None else load_data(spec.dataset)
+        threat, archs = resolve_threat(spec, data), resolve_archs(spec)
+        planned = method.planned_steps()
+
+        def learning_log(metrics: dict[str, float], step: int) -> None:
+            log(metrics, step)
+            if planned and STEP_METRIC in metrics:  # one per learning step
+                progress("learning", min(step + 1, planned), planned)
+
+        ctx = MethodContext(
+            data=data,
+            threat=threat,
+            train=spec.train.config(),
+            device=device,
+            generator=torch.Generator().manual_seed(spec.seed),
+            seed=spec.seed,
+            archs=archs,
+            meter=WorkMeter(),
+            log=learning_log,
+            smoke=smoke,
+            arch_settings=spec.eval.arch_settings,
+        )
+        return cls(spec, method, data, threat, archs, device, ctx, log, progress, checkpoint)
+
+    def training_material(self) -> Material:
+        """A dataset method's learned set (learned now, or as a restarted trial saved it)
+        trained on naturally, or a model method's recipe on the original data."""
+        if isinstance(self.method, DatasetMethod):
+            learned, seconds = learn_once(self.method, self.ctx, self.checkpoint)
+            cfg = downstream_config(
+                self.spec,
+                len(learned),
+                self.data.n_train_full,
+                augmented=learned.augment is not None,
+            )
+            return Material(
+                learned.x.detach().cpu(),
+                learned.y.detach().cpu(),
+                cfg,
+                natural_loss,
+                learned,
+                seconds,
+            )
+        assert isinstance(self.method, ModelMethod)
+        return Material(
+            self.data.x_train,
+            self.data.y_train,
+            self.method.train_config(self.ctx.train),
+            self.method.loss_step(self.ctx),
+        )
+
+    def train_and_score(self, material: Material, *, probe_epochs: bool):
+        """Every downstream model (`eval.models_per_arch` per arch), trained and scored, the
+        ones a restarted trial had finished taken as saved; (scores, first weights per arch)."""
+        done = self.checkpoint.get("models") or {"scores": [], "weights": {}}
+        models = [ModelScore(**m) for m in done["scores"]]
+        weights: dict[str, dict] = dict(done["weights"])
+        if models:  # the method's random stream as it was after the last model finished
+            self.ctx.generator.set_state(done["generator"])
+        data, threat, device = self.data, self.threat, self.device
+        model_method = material.learned is None
+        probe = (
+            epoch_probe(data, threat, device, self.log) if probe_epochs and model_method else None
+        )
+        early_stop = self.spec.train.early_stop and model_method  # a model-method recipe
+        select = early_stop_selector(data, threat, device) if early_stop else None
+        total = len(self.archs) * self.spec.eval.models_per_arch
+        for arch in self.archs:
+            for k in range(self.spec.eval.models_per_arch):
+                seed = derived_seed(self.spec.seed * 1000 + k)
+                if any(m.arch == arch and m.seed == seed for m in models):
+                    continue  # trained and scored before a restart
+                score, state, scores = self.one_model(
+                    material, arch, k, seed, on_epoch=probe if not models else None, select=select
+                )
+                models.append(score)
+                weights.setdefault(arch, state)
+                self.checkpoint.put(
+                    "models",
+                    {
+                        "scores": [asdict(m) for m in models],
+                        "weights": weights,
+                        "generator": self.ctx.generator.get_state(),
+                    },
+                    drop=("training",),
+                )
+                self.progress("models", len(models), total)
+                self.log(
+                    {
+                        f"arch.{arch}.{key}": v
+                        for key, v in scores.items()
+                        if isinstance(v, (int, float))
+                    },
+                    len(models),
+                )
+        return models, weights
+
+    def one_model(self, material: Material, arch: str, k: int, seed: int, *, on_epoch, select):
+        """Train and score the k-th model of `arch`: its score, weights and raw scores."""
+        meter = WorkMeter()
+        model = self.ctx.build(arch, seed=seed, metered=False)
+        learned = material.learned
+        stats = train_model(
+            model,
+            material.x,
+            material.y,
+            material.cfg,
+            device=self.device,
+            generator=torch.Generator().manual_seed(seed),
+            loss_step=material.loss_step,
+            meter=meter,
+            on_epoch=on_epoch,
+            select=select,
+            augment=learned.augment if learned is not None else None,
+            resume=ResumePoint(self.checkpoint, f"{arch}/{k}", generators=(self.ctx.generator,)),
+        )
+        scores = score_model(
+            model, self.data, self.threat, self.spec, seed=seed, device=self.device
+        )
+        score = ModelScore(
+            arch=arch,
+            seed=seed,
+            train_seconds=stats.seconds,
+            train_work_epochs=meter.epochs(self.data.n_train_full),
+            kept_epoch=stats.kept_epoch,
+            **scores,
+        )
+        state = {key: v.detach().cpu() for key, v in model.state_dict().items()}
+        return score, state, scores
 
 
 def load_data(ds: DatasetSpec) -> DatasetSplits:

@@ -24,7 +24,7 @@ A flag is a warning, not a verdict: it says which number to distrust and why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class MaskingReport:
     large_eps_acc: float
     zero_grad_fraction: float
     output_change: float  # largest logit change between two passes, relative to the logits
-    flags: tuple[str, ...]
+    flags: tuple[str, ...] = ()
 
 
 def noise_accuracy(model, x, y, threat: Threat, bounds: Bounds, generator) -> float:
@@ -140,7 +140,30 @@ def check(
     else:
         pgd_sub = robust_accuracy(model, x, y, threat.attack(bounds=bounds, generator=generator))
 
-    def one_step(m, xb, yb):  # FGSM; for L2, its one-step counterpart
+    fgsm_acc = robust_accuracy(model, x, y, one_step_attack(threat, bounds))
+    noise_acc = noise_accuracy(model, x, y, threat, bounds, generator)
+    big = Threat(threat.norm, large_radius(threat, bounds), steps=max(threat.steps, 20))
+    large_acc = robust_accuracy(model, x, y, big.attack(bounds=bounds, generator=generator))
+    zero_frac = zero_gradient_fraction(model, x, y)
+
+    report = MaskingReport(
+        noise_acc=noise_acc,
+        fgsm_acc=fgsm_acc,
+        pgd_acc=pgd_sub,
+        large_eps_acc=large_acc,
+        zero_grad_fraction=zero_frac,
+        output_change=change,
+    )
+    return replace(
+        report, flags=raised_flags(report, pgd_acc=pgd_acc, autoattack_acc=autoattack_acc)
+    )
+
+
+def one_step_attack(threat: Threat, bounds: Bounds):
+    """FGSM at the threat's radius; for L2, its one-step counterpart (one PGD step of size
+    eps from the clean input)."""
+
+    def attack(m, xb, yb):
         if threat.norm == "linf":
             return fgsm(m, xb, yb, threat.eps, bounds=bounds)
         return pgd(
@@ -155,31 +178,24 @@ def check(
             bounds=bounds,
         )
 
-    fgsm_acc = robust_accuracy(model, x, y, one_step)
-    noise_acc = noise_accuracy(model, x, y, threat, bounds, generator)
-    big = Threat(threat.norm, large_radius(threat, bounds), steps=max(threat.steps, 20))
-    large_acc = robust_accuracy(model, x, y, big.attack(bounds=bounds, generator=generator))
-    zero_frac = zero_gradient_fraction(model, x, y)
+    return attack
 
+
+def raised_flags(
+    r: MaskingReport, *, pgd_acc: float, autoattack_acc: float | None
+) -> tuple[str, ...]:
+    """The flags a report's figures raise (see the module docstring for each)."""
     flags = []
-    if pgd_sub > noise_acc + TOLERANCE:
+    if r.pgd_acc > r.noise_acc + TOLERANCE:
         flags.append("noise_beats_pgd")
-    if pgd_sub > fgsm_acc + TOLERANCE:
+    if r.pgd_acc > r.fgsm_acc + TOLERANCE:
         flags.append("fgsm_beats_pgd")
     if autoattack_acc is not None and autoattack_acc < pgd_acc - AA_GAP:
         flags.append("aa_far_below_pgd")
-    if zero_frac > ZERO_GRAD_FRACTION:
+    if r.zero_grad_fraction > ZERO_GRAD_FRACTION:
         flags.append("zero_input_grad")
-    if large_acc > LARGE_EPS_MAX_ACC:
+    if r.large_eps_acc > LARGE_EPS_MAX_ACC:
         flags.append("no_zero_at_large_eps")
-    if change > RANDOM_OUTPUT_RTOL:
+    if r.output_change > RANDOM_OUTPUT_RTOL:
         flags.append("randomized_output")
-    return MaskingReport(
-        noise_acc=noise_acc,
-        fgsm_acc=fgsm_acc,
-        pgd_acc=pgd_sub,
-        large_eps_acc=large_acc,
-        zero_grad_fraction=zero_frac,
-        output_change=change,
-        flags=tuple(flags),
-    )
+    return tuple(flags)

@@ -378,94 +378,140 @@ def train_model(
     """
     if augment is not None and cfg.augment != "none":
         raise ValueError(f"two augmentations given: cfg.augment={cfg.augment!r} and a callable")
-    augment = augment or resolve_augment(cfg.augment, x)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    x, y = to_device(x, device), y.to(device)
-    batch = min(cfg.batch_size, x.shape[0])
-    steps_per_epoch = math.ceil(x.shape[0] / batch)
-    total = cfg.epochs * steps_per_epoch
-    opt = make_optimizer(model.parameters(), cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.schedule, s, total))
-    best = BestEpoch()
-    start = time.perf_counter()
-    last = float("nan")
-    first, before = 1, 0.0  # the epoch to start from, seconds spent before a restart
+    run = _Run(
+        model,
+        to_device(x, device),
+        y.to(device),
+        cfg,
+        generator=generator,
+        device=device,
+        augment=augment or resolve_augment(cfg.augment, x),
+        resume=resume,
+    )
     saved = resume.saved() if resume else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        resume.restore_generators(saved["generators"], generator)
+    first = run.restore(saved, meter) if saved is not None else 1
+    counting = meter is not None and meter.count_only and saved is None
+    with meter.attach(model) if meter else nullcontext():
+        for epoch in range(first, cfg.epochs + 1):
+            if counting:  # one batch, the rest of the run charged at its rate
+                return run.count_only(meter, loss_step)
+            run.epoch(epoch, loss_step)
+            model.eval()
+            with meter.paused() if meter else nullcontext():
+                if select is not None:
+                    run.best.offer(epoch, select(epoch, model), model)
+                if on_epoch is not None:
+                    on_epoch(epoch, model)
+            if resume is not None and epoch < cfg.epochs:
+                resume.offer(lambda: run.state(epoch, meter))
+    return run.finish()
+
+
+class _Run:
+    """The state of one `train_model` run: the optimiser, its schedule, the best epoch so far,
+    the last loss and the seconds spent (with those before a restart)."""
+
+    def __init__(self, model, x, y, cfg: TrainConfig, *, generator, device, augment, resume):
+        self.model, self.x, self.y, self.cfg = model, x, y, cfg
+        self.generator, self.device, self.augment, self.resume = generator, device, augment, resume
+        model.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.batch = min(cfg.batch_size, x.shape[0])
+        self.steps_per_epoch = math.ceil(x.shape[0] / self.batch)
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.opt = make_optimizer(model.parameters(), cfg)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(cfg.schedule, s, self.total)
+        )
+        self.best = BestEpoch()
+        self.start, self.before, self.last = time.perf_counter(), 0.0, float("nan")
+
+    def batches(self, epoch_order: torch.Tensor):
+        for i in range(self.steps_per_epoch):
+            idx = epoch_order[i * self.batch : (i + 1) * self.batch]
+            xb = self.x[idx] if self.augment is None else self.augment(self.x[idx], self.generator)
+            yield xb, self.y[idx]
+
+    def step(self, loss_step: LossStep, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device):
+            loss = loss_step(self.model, xb, yb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return loss
+
+    def order(self) -> torch.Tensor:
+        return torch.randperm(self.x.shape[0], generator=self.generator).to(self.device)
+
+    def epoch(self, epoch: int, loss_step: LossStep) -> None:
+        self.model.train()
+        for xb, yb in self.batches(self.order()):
+            loss = self.step(loss_step, xb, yb)
+        self.last = float(loss.detach())
+        if not math.isfinite(self.last):
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {self.last}); lower the learning rate"
+            )
+
+    def count_only(self, meter: WorkMeter, loss_step: LossStep) -> TrainStats:
+        """A count-only estimate's run: its first batch, the rest charged at that rate."""
+        before = meter.snapshot()
+        self.model.train()
+        xb, yb = next(self.batches(self.order()))
+        loss = self.step(loss_step, xb, yb)
+        meter.charge_rest(before, len(xb), self.cfg.epochs * self.x.shape[0])
+        self.model.eval()
+        return TrainStats(
+            seconds=time.perf_counter() - self.start,
+            steps=self.total,
+            final_loss=float(loss.detach()),
+            kept_epoch=self.cfg.epochs,
+        )
+
+    def restore(self, saved: dict[str, Any], meter: WorkMeter | None) -> int:
+        """Go back to a restarted run's saved epoch; returns the epoch to go on from."""
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.resume.restore_generators(saved["generators"], self.generator)
+        best = self.best
         best.epoch, best.score, best.state = (
             saved["best_epoch"],
             saved["best_score"],
             saved["best_state"],
         )
-        last, before, first = saved["loss"], saved["seconds"], saved["epoch"] + 1
+        self.last, self.before = saved["loss"], saved["seconds"]
         if meter is not None:
             meter.examples = saved["examples"]
+        return saved["epoch"] + 1
 
-    def state(epoch: int) -> dict[str, Any]:
+    def state(self, epoch: int, meter: WorkMeter | None) -> dict[str, Any]:
+        best = self.best
         return {
-            "tag": resume.tag,
+            "tag": self.resume.tag,
             "epoch": epoch,
-            "loss": last,
-            "seconds": before + time.perf_counter() - start,
-            "model": _copy(model.state_dict()),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "generators": resume.generator_states(generator),
+            "loss": self.last,
+            "seconds": self.before + time.perf_counter() - self.start,
+            "model": _copy(self.model.state_dict()),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "generators": self.resume.generator_states(self.generator),
             "best_epoch": best.epoch,
             "best_score": best.score,
             "best_state": best.state,
             "examples": meter.examples if meter is not None else 0,
         }
 
-    counting = meter is not None and meter.count_only and saved is None
-    before_count = meter.snapshot() if counting else None
-    with meter.attach(model) if meter else nullcontext():
-        for epoch in range(first, cfg.epochs + 1):
-            model.train()
-            order = torch.randperm(x.shape[0], generator=generator).to(device)
-            for i in range(steps_per_epoch):
-                idx = order[i * batch : (i + 1) * batch]
-                xb = x[idx] if augment is None else augment(x[idx], generator)
-                with autocast(device):
-                    loss = loss_step(model, xb, y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if counting:  # one batch done: charge the rest of the run at its rate
-                    meter.charge_rest(before_count, len(idx), cfg.epochs * x.shape[0])
-                    model.eval()
-                    return TrainStats(
-                        seconds=time.perf_counter() - start,
-                        steps=total,
-                        final_loss=float(loss.detach()),
-                        kept_epoch=cfg.epochs,
-                    )
-            last = float(loss.detach())
-            if not math.isfinite(last):
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch} (loss {last}); lower the learning rate"
-                )
-            model.eval()
-            with meter.paused() if meter else nullcontext():
-                if select is not None:
-                    best.offer(epoch, select(epoch, model), model)
-                if on_epoch is not None:
-                    on_epoch(epoch, model)
-            if resume is not None and epoch < cfg.epochs:
-                resume.offer(lambda: state(epoch))
-    best.restore(model)
-    model.eval()
-    return TrainStats(
-        seconds=before + time.perf_counter() - start,
-        steps=total,
-        final_loss=last,
-        kept_epoch=best.epoch if best.state is not None else cfg.epochs,
-        kept_score=best.score if best.state is not None else None,
-    )
+    def finish(self) -> TrainStats:
+        self.best.restore(self.model)
+        self.model.eval()
+        kept = self.best.state is not None
+        return TrainStats(
+            seconds=self.before + time.perf_counter() - self.start,
+            steps=self.total,
+            final_loss=self.last,
+            kept_epoch=self.best.epoch if kept else self.cfg.epochs,
+            kept_score=self.best.score if kept else None,
+        )

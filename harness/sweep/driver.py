@@ -95,25 +95,10 @@ def run_sweep(
     )
     if not resume or not existing:
         tracker.log_spec(spec_text)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    local = not ray.is_initialized()  # a Ray this call starts is this call's to stop
-    try:  # start_ray inside: a Ctrl-C while Ray is still starting stops it too
-        start_ray(address, cpus=None)
-        caches = start_caches()  # one dataset copy per node, shared by its trials
-        try:
-            failed = run_variants(
-                spec, phases, tracker, smoke=smoke, resume=resume, console=console
-            )
-        finally:
-            for cache in caches:
-                with contextlib.suppress(Exception):  # gone already, or Ray is going down
-                    ray.kill(cache)
-    finally:
-        if local:
-            stop_ray()
+    failed = on_ray(
+        address,
+        lambda: run_variants(spec, phases, tracker, smoke=smoke, resume=resume, console=console),
+    )
     unsent = tracker.finish_sweep(ok=True)
     faults.point("sweep_end")
     return SweepOutcome(
@@ -125,6 +110,29 @@ def run_sweep(
         unsent=unsent,
         outbox=str(tracker.outbox.root) if tracker.outbox else "",
     )
+
+
+def on_ray(address: str | None, work):
+    """`work()` on Ray (a local one started here, or the cluster at `address`) with one
+    dataset cache per node; a Ray started here is shut down on every way out: done, an
+    error, Ctrl-C (also one that comes while Ray is still starting)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    local = not ray.is_initialized()  # a Ray this call starts is this call's to stop
+    try:
+        start_ray(address, cpus=None)
+        caches = start_caches()  # one dataset copy per node, shared by its trials
+        try:
+            return work()
+        finally:
+            for cache in caches:
+                with contextlib.suppress(Exception):  # gone already, or Ray is going down
+                    ray.kill(cache)
+    finally:
+        if local:
+            stop_ray()
 
 
 def outbox_path(root: str, sweep: str) -> str:

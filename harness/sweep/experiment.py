@@ -131,6 +131,8 @@ def make_tuner(
     resume: bool,
     resume_errored: bool = False,
 ):
+    """The phase's Tuner: restored from its saved state on `--resume` (torn state files set
+    aside first), else a new one."""
     asha = phase.name == "search" and spec.search.asha
     trainable = tune.with_resources(
         variant_trainable(
@@ -138,21 +140,13 @@ def make_tuner(
             objective=spec.objective.metric,
             smoke=smoke,
             checkpoint_every_s=spec.checkpoint_every_s,
-            probe=asha,
-        ),  # per-epoch probes only where ASHA reads them
+            probe=asha,  # per-epoch probes only where ASHA reads them
+        ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     param_space, search_alg = phase_space(phase, spec, param_space)
     if resume:
-        for name in set_aside_torn_state(phase.path):
-            logging.getLogger("harness").warning(
-                "%s/%s is torn (a write cut short) or has no whole state beside it: renamed "
-                "to %s%s; the state before it is restored, or the experiment starts again",
-                phase.path,
-                name,
-                name,
-                TORN_SUFFIX,
-            )
+        set_aside_torn(phase.path)
     if resume and tune.Tuner.can_restore(phase.path):
         # The same param space as the first run's (Tune refuses any other); the searcher's
         # state, trials and their results come back from the experiment's saved state.
@@ -164,15 +158,6 @@ def make_tuner(
             restart_errored=False,
             param_space=param_space,
         )
-    scheduler = FIFOScheduler()
-    if asha:
-        # rungs in epochs of the probe, not in reports (progress saves are reports too)
-        scheduler = ASHAScheduler(
-            time_attr="progress_step",
-            max_t=100_000,
-            grace_period=spec.search.grace_period,
-            reduction_factor=3,
-        )
     root, _, name = phase.path.rpartition("/")
     return tune.Tuner(
         trainable,
@@ -181,7 +166,7 @@ def make_tuner(
             metric=spec.objective.metric,
             mode=spec.objective.mode,
             search_alg=search_alg,
-            scheduler=scheduler,
+            scheduler=scheduler(spec, asha),
             num_samples=num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             trial_dirname_creator=trial_dirname,
@@ -195,6 +180,31 @@ def make_tuner(
             # the latest is all a restart needs (the final one holds the trial's artifacts)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
+    )
+
+
+def set_aside_torn(path: str) -> None:
+    for name in set_aside_torn_state(path):
+        logging.getLogger("harness").warning(
+            "%s/%s is torn (a write cut short) or has no whole state beside it: renamed "
+            "to %s%s; the state before it is restored, or the experiment starts again",
+            path,
+            name,
+            name,
+            TORN_SUFFIX,
+        )
+
+
+def scheduler(spec: SweepSpec, asha: bool):
+    """ASHA on the per-epoch probe where the spec asks for it, else first in, first out."""
+    if not asha:
+        return FIFOScheduler()
+    # rungs in epochs of the probe, not in reports (progress saves are reports too)
+    return ASHAScheduler(
+        time_attr="progress_step",
+        max_t=100_000,
+        grace_period=spec.search.grace_period,
+        reduction_factor=3,
     )
 
 

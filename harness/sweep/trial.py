@@ -58,25 +58,19 @@ def run_sweep_trial(
     spec = trial_spec(config)
     faults.context = (spec.method.name, variant.key)  # where fault injection may kill it
 
-    def progress(metrics: dict[str, float], step: int) -> None:
-        probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
-        if probe is not None and objective == "val_robust_acc":  # what ASHA stops on
-            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            report({**numeric, objective: float(probe), "progress_step": step}, None)
-
-    def persist(sections: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_file(sections, Path(tmp))
-            report({"progress_saved": float(len(sections))}, Path(tmp))
-
     store = TrialCheckpoint(
         restored,
-        persist if checkpoint_every_s is not None else None,
+        progress_saver(report) if checkpoint_every_s is not None else None,
         every_s=checkpoint_every_s or 0.0,
     )
     data = shared_data(spec.dataset) if shared_data is not None else None
     result = run_trial(
-        spec, smoke=smoke, log=progress, probe_epochs=probe, checkpoint=store, data=data
+        spec,
+        smoke=smoke,
+        log=probe_reporter(report, objective),
+        probe_epochs=probe,
+        checkpoint=store,
+        data=data,
     )
     tree = spec.model_dump(mode="json")
     record = TrialRecord.from_result(
@@ -92,6 +86,30 @@ def run_sweep_trial(
         write_artifacts(Path(tmp), tree, result)
         report({**record.metrics, "record": record.to_json()}, Path(tmp))
     return record
+
+
+def probe_reporter(report: Report, objective: str):
+    """The trial's log: a validation probe (per epoch, or a learning probe) is reported to
+    Tune under the objective's name, with the step ASHA counts rungs in."""
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        probe = metrics.get("val_robust_acc", metrics.get("probe_robust_acc"))
+        if probe is not None and objective == "val_robust_acc":  # what ASHA stops on
+            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            report({**numeric, objective: float(probe), "progress_step": step}, None)
+
+    return log
+
+
+def progress_saver(report: Report):
+    """How the trial's checkpoint persists: a folder holding `progress.pt`, reported to Tune."""
+
+    def persist(sections: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(sections, Path(tmp))
+            report({"progress_saved": float(len(sections))}, Path(tmp))
+
+    return persist
 
 
 def write_artifacts(root: Path, tree: dict[str, Any], result) -> None:
