@@ -31,7 +31,6 @@ from torch import nn
 from harness.errors import HarnessInputError
 from harness.methods import DatasetMethod, LearnedDataset, MethodContext
 from harness.protocol.evaluate import (
-    TrialResult,
     resolve_threat,
     run_trial,
 )
@@ -39,6 +38,7 @@ from harness.protocol.evaluate import (
     score_model as _score_model,
 )
 from harness.results.record import LEARNED_ARTIFACT, model_artifact
+from harness.results.scores import TrialResult
 from harness.spec.resolve import resolve_spec, smoke_assignments
 from harness.spec.schema import RunSpec, apply_overrides, build_run_spec, load_yaml
 

@@ -134,7 +134,7 @@ def test_every_progress_metric_arrives_from_a_running_trial():
 def finished_result(tree: dict):
     """A TrialResult as `run_trial` returns it for a dataset method (numbers made up)."""
     from harness.methods import LearnedDataset
-    from harness.protocol.evaluate import ArchSummary, TrialResult
+    from harness.results.scores import ArchScore, TrialResult
 
     learned = LearnedDataset(
         torch.rand(4, 1, 28, 28),
@@ -160,7 +160,7 @@ def finished_result(tree: dict):
         train_work_epochs=0.5,
         work_epochs=40.5,
         dataset_size=100,
-        per_arch=[ArchSummary("convnet", 2, 0.8, 0.01, 0.5, 0.02, None, None)],
+        per_arch=[ArchScore("convnet", 2, 0.8, 0.5, None, clean_acc_std=0.01, robust_acc_std=0.02)],
         models=[],
         learned=learned,
     )

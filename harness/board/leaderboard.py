@@ -1,7 +1,7 @@
 """Leaderboard: a sweep's trial runs -> one typed record per row -> md, csv, json or html.
 
 RobustBench style: the leaderboard is data. `build_records` is a pure function from plain run
-data (`harness.tracking.reader.RunData`, or anything with the same attributes) to `Record`s;
+data (`harness.tracking.reader.RunData`, or anything with the same attributes) to `BoardRow`s;
 `harness.board.report.render` (which imports this module, never the other way) is a pure
 function from records to text.
 
@@ -41,7 +41,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.errors import HarnessInputError
-from harness.results.record import RunLike, TrialRecord
+from harness.results.record import RunLike, TrialRecord, is_sweep_parent
+from harness.results.scores import ArchScore
 
 SELECTION_METRIC = "val_robust_acc"
 REQUIRED_METRICS = ("clean_acc", "robust_acc", SELECTION_METRIC)
@@ -53,19 +54,7 @@ AA_ORDER = {"standard": 0, "fast": 1, "off": 2}  # other values after these, by 
 
 
 @dataclass(frozen=True)
-class ArchScore:
-    """One evaluation architecture of a row: means over the row's pooled runs."""
-
-    arch: str
-    n: int  # models scored, summed over runs
-    clean_acc: float | None
-    robust_acc: float | None
-    robust_acc_std: float | None  # over runs; None for one run
-    autoattack_acc: float | None
-
-
-@dataclass(frozen=True)
-class Record:
+class BoardRow:
     """One leaderboard row: a variant's selected configuration in a group (see the module
     docstring). Accuracies are means over the pooled runs; `*_ci95` is the half-width of the
     95% t interval over runs, None for n=1."""
@@ -127,14 +116,14 @@ class Summary:
 # ---------------------------------------------------------------------------- selection
 
 
-def build_records(runs: Iterable[RunLike | TrialRecord]) -> list[Record]:
+def build_records(runs: Iterable[RunLike | TrialRecord]) -> list[BoardRow]:
     """All rows, sorted by group and rank, from stored runs (read as `TrialRecord`s) or
     records."""
     cells: dict[tuple, list[TrialRecord]] = defaultdict(list)
     for run in runs:
         if isinstance(run, TrialRecord):
             trial = run
-        elif run.tags.get("harness.role") == "sweep":
+        elif is_sweep_parent(run.tags):
             continue
         else:
             trial = TrialRecord.from_mlflow(run)
@@ -212,7 +201,7 @@ def configuration(run: TrialRecord) -> dict[str, str]:
     return {k: v for k, v in run.params.items() if k != "seed" and not k.endswith(".seed")}
 
 
-def variant_row(key: tuple, runs: list[TrialRecord]) -> Record | None:
+def variant_row(key: tuple, runs: list[TrialRecord]) -> BoardRow | None:
     good = [r for r in runs if usable(r)]
     search = sorted((r for r in good if (r.phase or "search") == "search"), key=selection_key)
     if not search:
@@ -231,7 +220,7 @@ def make_record(
     repeats: list[TrialRecord],
     search: list[TrialRecord],
     failed: int,
-) -> Record:
+) -> BoardRow:
     dataset, norm, eps, aa_version, variant = key
     pooled = repeats or [best]
     stats = {k: summary(pooled, k) for k in SCORES}
@@ -240,7 +229,7 @@ def make_record(
     score, score_by = (aa, "autoattack") if by_aa else (robust, "pgd")
     train_work = mean_of(pooled, "train_work_epochs")
     models = models_pooled(pooled)
-    return Record(
+    return BoardRow(
         sweep=best.sweep,
         dataset=dataset,
         threat_norm=norm,
@@ -356,22 +345,23 @@ def arch_score(runs: list[TrialRecord], arch: str) -> ArchScore:
     def over_runs(key: str) -> Summary:
         return summary_of([v for a in results if (v := getattr(a, key)) is not None])
 
-    robust = over_runs("robust_acc")
-    n = sum(a.n for a in results if a.n is not None)
+    clean, robust, aa = (over_runs(k) for k in ("clean_acc", "robust_acc", "autoattack_acc"))
     return ArchScore(
         arch,
-        n,
-        over_runs("clean_acc").mean,
-        robust.mean,
-        robust.std,
-        over_runs("autoattack_acc").mean,
+        sum(a.n for a in results if a.n is not None),
+        clean_acc=clean.mean,
+        robust_acc=robust.mean,
+        autoattack_acc=aa.mean,
+        clean_acc_std=clean.std,
+        robust_acc_std=robust.std,
+        autoattack_acc_std=aa.std,
     )
 
 
-def rank_rows(rows: list[Record]) -> list[Record]:
+def rank_rows(rows: list[BoardRow]) -> list[BoardRow]:
     """Sort by group, then score (ties: clean accuracy, then name); number ranks per group."""
 
-    def order(r: Record) -> tuple:
+    def order(r: BoardRow) -> tuple:
         return (
             r.dataset,
             r.threat_norm,
@@ -382,7 +372,7 @@ def rank_rows(rows: list[Record]) -> list[Record]:
             r.variant,
         )
 
-    out: list[Record] = []
+    out: list[BoardRow] = []
     for row in sorted(rows, key=order):
         same = bool(out) and group_of(out[-1]) == group_of(row)
         out.append(replace(row, rank=out[-1].rank + 1 if same else 1))
@@ -393,13 +383,13 @@ def aa_order(version: str) -> tuple[int, str]:
     return AA_ORDER.get(version, len(AA_ORDER)), version
 
 
-def group_of(row: Record) -> tuple[str, str, float | None, str]:
+def group_of(row: BoardRow) -> tuple[str, str, float | None, str]:
     return row.dataset, row.threat_norm, row.threat_eps, row.autoattack_version
 
 
-def groups(records: list[Record]) -> dict[tuple, list[Record]]:
+def groups(records: list[BoardRow]) -> dict[tuple, list[BoardRow]]:
     """Records by (dataset, threat norm, threat eps, AutoAttack version), in the order given."""
-    out: dict[tuple, list[Record]] = {}
+    out: dict[tuple, list[BoardRow]] = {}
     for r in records:
         out.setdefault(group_of(r), []).append(r)
     return out
@@ -410,7 +400,7 @@ def groups(records: list[Record]) -> dict[tuple, list[Record]]:
 
 def load_records(
     tracking_uri: str | None = None, experiment: str | None = None, sweep_run_id: str | None = None
-) -> list[Record]:
+) -> list[BoardRow]:
     """Records of one sweep in the store (see `harness.tracking.reader.load_trial_runs`)."""
     from harness.tracking.reader import load_trial_runs
 

@@ -11,7 +11,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from harness.board.leaderboard import Record
+from harness.board.leaderboard import BoardRow
 
 DPI = 110
 
@@ -22,7 +22,7 @@ class Plot:
     png_base64: str
 
 
-def group_plots(rows: list[Record]) -> list[Plot]:
+def group_plots(rows: list[BoardRow]) -> list[Plot]:
     """The three plots of one group; the heatmap only when per-architecture scores exist."""
     plots = [
         Plot("Robust vs clean accuracy (Pareto front marked)", to_png(accuracy_figure(rows))),
@@ -53,7 +53,7 @@ def new_figure(width: float = 6.0, height: float = 4.2):
     return fig, fig.add_subplot()
 
 
-def score_label(rows: list[Record]) -> str:
+def score_label(rows: list[BoardRow]) -> str:
     kinds = {r.score_by for r in rows}
     if kinds == {"autoattack"}:
         return "AutoAttack robust accuracy"
@@ -71,7 +71,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted((i for i in range(len(points)) if not dominated(i)), key=lambda i: points[i])
 
 
-def label_points(ax, rows: list[Record], xs: list[float]) -> None:
+def label_points(ax, rows: list[BoardRow], xs: list[float]) -> None:
     """One label per distinct point: variants that coincide share it."""
     names: dict[tuple[float, float], list[str]] = {}
     for row, x in zip(rows, xs):
@@ -87,7 +87,7 @@ def clamp_to_accuracy(limits: tuple[float, float]) -> tuple[float, float]:
     return max(limits[0], -0.02), min(limits[1], 1.02)
 
 
-def accuracy_figure(rows: list[Record]):
+def accuracy_figure(rows: list[BoardRow]):
     fig, ax = new_figure()
     points = [(r.clean_acc, r.score) for r in rows]
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", zorder=3)
@@ -113,7 +113,7 @@ def accuracy_figure(rows: list[Record]):
     return fig
 
 
-def cost_figure(rows: list[Record]):
+def cost_figure(rows: list[BoardRow]):
     fig, ax = new_figure()
     shown = [r for r in rows if r.train_work_epochs and r.train_work_epochs > 0]
     xs = [r.train_work_epochs for r in shown]
@@ -137,7 +137,7 @@ def cost_figure(rows: list[Record]):
     return fig
 
 
-def transfer_figure(rows: list[Record]):
+def transfer_figure(rows: list[BoardRow]):
     archs = sorted({a.arch for r in rows for a in r.per_arch})
     grid = [[arch_value(r, a) for a in archs] for r in rows]
     fig, ax = new_figure(max(4.0, 1.2 * len(archs) + 2.5), max(2.5, 0.45 * len(rows) + 1.5))
@@ -167,5 +167,5 @@ def transfer_figure(rows: list[Record]):
     return fig
 
 
-def arch_value(row: Record, arch: str) -> float | None:
+def arch_value(row: BoardRow, arch: str) -> float | None:
     return next((a.robust_acc for a in row.per_arch if a.arch == arch), None)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from harness.board.leaderboard import Record, groups
+from harness.board.leaderboard import BoardRow, groups
 from harness.errors import HarnessInputError
 from harness.spec.schema import format_eps
 
@@ -54,8 +54,8 @@ FLAG_TEXT = {
 }
 
 
-def render(records: list[Record], fmt: str, title: str = "Leaderboard") -> str:
-    renderers: dict[str, Callable[[list[Record], str], str]] = {
+def render(records: list[BoardRow], fmt: str, title: str = "Leaderboard") -> str:
+    renderers: dict[str, Callable[[list[BoardRow], str], str]] = {
         "md": render_md,
         "csv": render_csv,
         "json": render_json,
@@ -76,8 +76,8 @@ class Column:
     key: str
     header: str
     numeric: bool
-    text: Callable[[Record], str]
-    sort: Callable[[Record], object]
+    text: Callable[[BoardRow], str]
+    sort: Callable[[BoardRow], object]
 
 
 def num3(value: float | None) -> str:
@@ -99,7 +99,7 @@ def acc(mean: float | None, ci95: float | None, n: int) -> str:
     return f"{mean:.3f} ± {ci95:.3f} (n={n})"
 
 
-def search_score(record: Record) -> float | None:
+def search_score(record: BoardRow) -> float | None:
     """The selected search run's test score on the row's ranking metric."""
     if record.score_by == "autoattack":
         return record.search_autoattack_acc
@@ -110,7 +110,7 @@ def cost(seconds: float | None, epochs: float | None) -> str:
     return f"{num(seconds)} s / {num(epochs)} ep"
 
 
-def tuned(record: Record) -> str:
+def tuned(record: BoardRow) -> str:
     return ", ".join(f"{k}={short(v)}" for k, v in record.config.items())
 
 
@@ -209,7 +209,7 @@ SMOKE_NOTE = (
 )
 
 
-def flag_numbers(rows: list[Record]) -> dict[str, int]:
+def flag_numbers(rows: list[BoardRow]) -> dict[str, int]:
     """Footnote number of each flag code in a group: known codes first, in FLAG_TEXT order."""
     known = list(FLAG_TEXT)
     codes = sorted(
@@ -219,13 +219,13 @@ def flag_numbers(rows: list[Record]) -> dict[str, int]:
     return {code: i for i, code in enumerate(codes, 1)}
 
 
-def markers(record: Record, numbers: dict[str, int]) -> str:
+def markers(record: BoardRow, numbers: dict[str, int]) -> str:
     marks = ["†"] if record.scores_from == "search" else []
     marks += ["§"] if record.smoke else []
     return " ".join(marks + [f"⚠{i}" for i in sorted(numbers[c] for c in record.flags)])
 
 
-def cells(record: Record, numbers: dict[str, int]) -> list[str]:
+def cells(record: BoardRow, numbers: dict[str, int]) -> list[str]:
     """A row's cell texts; the method cell carries the row's footnote markers."""
     texts = [c.text(record) for c in COLUMNS]
     mark = markers(record, numbers)
@@ -235,7 +235,7 @@ def cells(record: Record, numbers: dict[str, int]) -> list[str]:
     return texts
 
 
-def pooling_note(rows: list[Record]) -> str:
+def pooling_note(rows: list[BoardRow]) -> str:
     return (
         "Models pooled per accuracy (runs × models per run): "
         + "; ".join(f"{r.variant} {pooled_models(r)}" for r in rows)
@@ -243,7 +243,7 @@ def pooling_note(rows: list[Record]) -> str:
     )
 
 
-def pooled_models(r: Record) -> str:
+def pooled_models(r: BoardRow) -> str:
     if r.models_per_run is not None:
         return f"{r.n} × {r.models_per_run} = {r.models}"
     if r.models is not None:
@@ -251,7 +251,7 @@ def pooled_models(r: Record) -> str:
     return f"{r.n} run(s), models per run not logged"
 
 
-def break_even_note(rows: list[Record]) -> str:
+def break_even_note(rows: list[BoardRow]) -> str:
     """When learning a set once pays: against the best-ranked method that learns nothing (an
     adversarial training, as a rule), the number of downstream models after which learning
     the set once plus training each model on it costs fewer work epochs than training each
@@ -278,7 +278,7 @@ def break_even_note(rows: list[Record]) -> str:
     )
 
 
-def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
+def footnotes(rows: list[BoardRow], numbers: dict[str, int]) -> list[str]:
     notes = ["† " + SEARCH_ONLY_NOTE] if any(r.scores_from == "search" for r in rows) else []
     if any(r.smoke for r in rows):
         notes.append("§ " + SMOKE_NOTE)
@@ -291,7 +291,7 @@ def footnotes(rows: list[Record], numbers: dict[str, int]) -> list[str]:
 # ----------------------------------------------------------------------------- md, csv, json
 
 
-def render_md(records: list[Record], title: str) -> str:
+def render_md(records: list[BoardRow], title: str) -> str:
     lines = [f"# {title}", "", RANKING_NOTE, ""]
     for key, rows in groups(records).items():
         lines += [
@@ -314,7 +314,7 @@ def md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def flat_row(record: Record, archs: list[str]) -> dict[str, object]:
+def flat_row(record: BoardRow, archs: list[str]) -> dict[str, object]:
     row = {k: v for k, v in asdict(record).items() if k not in NESTED}
     row["run_ids"] = ";".join(record.run_ids)
     row["config"] = json.dumps(record.config, sort_keys=True)
@@ -326,7 +326,7 @@ def flat_row(record: Record, archs: list[str]) -> dict[str, object]:
     return row
 
 
-def render_csv(records: list[Record], title: str) -> str:
+def render_csv(records: list[BoardRow], title: str) -> str:
     archs = sorted({a.arch for r in records for a in r.per_arch})
     rows = [flat_row(r, archs) for r in records]
     buf = io.StringIO()
@@ -337,7 +337,7 @@ def render_csv(records: list[Record], title: str) -> str:
     return buf.getvalue()
 
 
-def render_json(records: list[Record], title: str) -> str:
+def render_json(records: list[BoardRow], title: str) -> str:
     return json.dumps({"records": [asdict(r) for r in records]}, indent=2, allow_nan=False) + "\n"
 
 
@@ -407,11 +407,11 @@ def sort_attr(value: object) -> str:
     return repr(float(value)) if isinstance(value, (int, float)) else str(value)
 
 
-def html_table(rows: list[Record], numbers: dict[str, int]) -> str:
+def html_table(rows: list[BoardRow], numbers: dict[str, int]) -> str:
     def cls(c: Column) -> str:
         return "num" if c.numeric else "text"
 
-    def row(r: Record) -> str:
+    def row(r: BoardRow) -> str:
         return (
             "<tr>"
             + "".join(
@@ -432,7 +432,7 @@ def html_table(rows: list[Record], numbers: dict[str, int]) -> str:
     )
 
 
-def html_section(key: tuple, rows: list[Record]) -> str:
+def html_section(key: tuple, rows: list[BoardRow]) -> str:
     from harness.board.plots import group_plots
 
     figures = "".join(
@@ -452,7 +452,7 @@ def html_section(key: tuple, rows: list[Record]) -> str:
     )
 
 
-def render_html(records: list[Record], title: str) -> str:
+def render_html(records: list[BoardRow], title: str) -> str:
     sections = "".join(html_section(key, rows) for key, rows in groups(records).items())
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -37,7 +37,7 @@ def print_plan(spec, plan) -> None:
     dwidth = max(len(r["dataset"]) for r in rows)
     for r in rows:
         searched = ", ".join(f"{k}: {v}" for k, v in r["searched"].items()) or "nothing searched"
-        trials = r["trials"] if r["searched"] else 1
+        trials = r["trials"]
         click.echo(
             f"  {r['dataset']:{dwidth}s}  {r['variant']:{width}s}  {trials:3d} trials "
             f"+ {r['repeats']} repeats  ({searched})"
@@ -49,7 +49,7 @@ def print_plan(spec, plan) -> None:
                     shown, width=100, initial_indent="      settings: ", subsequent_indent=" " * 16
                 )
             )
-    total = sum((r["trials"] if r["searched"] else 1) + r["repeats"] for r in rows)
+    total = sum(r["trials"] + r["repeats"] for r in rows)
     budgets = {r["trials"] for r in rows if r["searched"]}
     click.echo(
         f"{total} trials in all; resources per trial: cpu {spec.resources.cpu}, "

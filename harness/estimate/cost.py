@@ -199,13 +199,12 @@ def work_key(variant) -> str:
     import json
 
     from harness.spec.plan import resolve_trial
-    from harness.spec.resolve import resolve_spec
 
-    spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
+    spec = resolve_trial(variant, variant.first_values())
     dumped = spec.model_dump(mode="json")
     dumped["threat"] = {k: v for k, v in dumped["threat"].items() if k not in ("eps", "alpha")}
     return json.dumps(
-        [dumped, variant.trials if variant.dims else 1, variant.repeats],
+        [dumped, variant.searched_trials, variant.repeats],
         sort_keys=True,
         default=str,
     )
@@ -267,16 +266,15 @@ def estimate_variant(variant, *, threads: int = 1, count_only: bool = False, loa
     from harness.protocol.evaluate import load_data
     from harness.protocol.train import pick_device
     from harness.spec.plan import resolve_trial
-    from harness.spec.resolve import resolve_spec
 
-    searched = variant.trials if variant.dims else 1
+    searched = variant.searched_trials
     est = Estimate(
         variant.label,
         f"{variant.dataset} {variant.threat}".strip(),
         searched + variant.repeats,
         counted_only=count_only,
     )
-    spec = resolve_spec(resolve_trial(variant, {p: d.example() for p, d in variant.dims.items()}))
+    spec = resolve_trial(variant, variant.first_values())
     try:
         data = (load or load_data)(spec.dataset)
     except Exception as exc:  # noqa: BLE001 (no data here: say so, the plan is still valid)

@@ -15,7 +15,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -48,79 +48,11 @@ from harness.protocol.train import (
     pick_device,
     train_model,
 )
-from harness.results.record import METRIC
+from harness.results.scores import ArchScore, ModelScore, TrialResult
 from harness.spec.resolve import resolve_archs, resolve_spec
 from harness.spec.schema import DatasetSpec, RunSpec, derived_seed
 
 LogFn = Callable[[dict[str, float], int], None]
-
-
-@dataclass
-class ModelScore:
-    """Scores of one trained model."""
-
-    arch: str
-    seed: int
-    clean_acc: float
-    robust_acc: float
-    autoattack_acc: float | None
-    val_clean_acc: float
-    val_robust_acc: float
-    val_autoattack_acc: float | None
-    train_seconds: float
-    train_work_epochs: float
-    kept_epoch: int  # epoch whose weights were scored (< the last when early-stopped)
-    masking_flags: list[str] = field(default_factory=list)  # see harness.protocol.masking
-
-
-@dataclass
-class ArchSummary:
-    arch: str
-    n: int
-    clean_acc: float
-    clean_acc_std: float
-    robust_acc: float
-    robust_acc_std: float
-    autoattack_acc: float | None
-    autoattack_acc_std: float | None
-
-
-@dataclass
-class TrialResult:
-    """One trial's outcome; `to_json()` is the `harness run --json` contract. Fields with
-    `metadata=METRIC` are the trial's metrics in MLflow and the leaderboard (harness.results.record)."""
-
-    method: str
-    kind: str
-    dataset: str
-    seed: int
-    threat: dict[str, Any]
-    clean_acc: float = field(metadata=METRIC)
-    robust_acc: float = field(metadata=METRIC)
-    autoattack_acc: float | None = field(metadata=METRIC)
-    val_clean_acc: float = field(metadata=METRIC)
-    val_robust_acc: float = field(metadata=METRIC)
-    val_autoattack_acc: float | None = field(metadata=METRIC)
-    masking_flags: list[
-        str
-    ]  # every gradient-masking flag raised on any model (harness.protocol.masking)
-    # one-time dataset learning (0 for model-producing methods)
-    learn_seconds: float = field(metadata=METRIC)
-    train_seconds: float = field(metadata=METRIC)  # mean per trained model
-    learn_work_epochs: float = field(metadata=METRIC)
-    train_work_epochs: float = field(metadata=METRIC)  # mean per trained model
-    # learn + one model: the cost of the first robust model
-    work_epochs: float = field(metadata=METRIC)
-    dataset_size: int = field(metadata=METRIC)  # examples the models were trained on
-    per_arch: list[ArchSummary]
-    models: list[ModelScore]
-    learned: LearnedDataset | None = field(default=None, repr=False)
-    weights: dict[str, dict] = field(
-        default_factory=dict, repr=False
-    )  # arch -> first model's state
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -560,7 +492,18 @@ def summarise(
         robust = mean_std([m.robust_acc for m in ms])
         aa_vals = [m.autoattack_acc for m in ms]
         aa = mean_std(aa_vals) if None not in aa_vals else (None, None)
-        per_arch.append(ArchSummary(arch, len(ms), *clean, *robust, *aa))
+        per_arch.append(
+            ArchScore(
+                arch,
+                len(ms),
+                clean_acc=clean[0],
+                robust_acc=robust[0],
+                autoattack_acc=aa[0],
+                clean_acc_std=clean[1],
+                robust_acc_std=robust[1],
+                autoattack_acc_std=aa[1],
+            )
+        )
     learn_work = learn_meter.epochs(data.n_train_full)
     train_work = avg("train_work_epochs")
     return TrialResult(

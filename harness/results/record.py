@@ -10,18 +10,20 @@ In MLflow a record is:
 - params: the trial's resolved RunSpec (every default filled in, the method's effective
   settings included) flattened to dotted keys, plus `method` and `dataset`;
 - metrics: the `TrialResult` fields marked as metrics (`METRIC` in their field metadata), and
-  per architecture `arch.<name>.<clean_acc|robust_acc|autoattack_acc|n>`;
+  per architecture `arch.<name>.<clean_acc|robust_acc|autoattack_acc|n>` and the three
+  accuracies' `_std` over the trial's models;
 - tags: `method`, `dataset`, `variant`, `phase`, `sweep`, `trial_id`, `objective`,
   `objective_mode`, `device`, `ray_node`, `masking_flags` (comma-separated codes), `error`,
-  `stopped_early`, `resumed_from` (the saved progress a restarted trial went on from), `smoke` ("true" for --smoke budgets), and `info.<key>` for what the
-  method says about its learned set;
+  `stopped_early`, `resumed_from` (the saved progress a restarted trial went on from),
+  `smoke` ("true" for --smoke budgets), and `info.<key>` for what the method says about its
+  learned set;
 - artifacts (also what `harness run --output DIR` keeps): `spec.yaml` (the resolved RunSpec),
   `dataset/learned.pt` (a learned set: `x`, `y` and `meta`, see `learned_meta`),
   `dataset/grid.png` (images only) and `model/<arch>.pt` (the first model's weights per
   architecture); a sweep's parent run keeps the sweep spec as given under the same
   `spec.yaml`. Writers and readers take these names from here (`SPEC_ARTIFACT`, ...).
 
-Adding a metric is one change in one place: a field of `harness.protocol.evaluate.TrialResult` with
+Adding a metric is one change in one place: a field of `harness.results.scores.TrialResult` with
 `metadata=METRIC` (its value computed there). It then reaches Tune, MLflow and the
 leaderboard's records by itself.
 """
@@ -31,17 +33,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-METRIC = {"metric": True}  # field metadata of the TrialResult fields that are metrics
+from harness.results.scores import ArchScore
+
 ARCH_PREFIX = "arch."
-ARCH_METRICS = ("clean_acc", "robust_acc", "autoattack_acc", "n")
+ARCH_METRICS = (
+    "clean_acc",
+    "robust_acc",
+    "autoattack_acc",
+    "n",
+    "clean_acc_std",
+    "robust_acc_std",
+    "autoattack_acc_std",
+)
 # What the driver logs of a trial's progress reports, while it runs. A trial reports progress
 # only where it has a validation probe (`harness.sweep.trial`: what ASHA stops on), so these are the
 # probe's keys; a method's per-step `outer_loss` never reaches the driver.
 PROGRESS_METRICS = ("epoch", "probe_robust_acc")
 FLAGS_TAG = "masking_flags"
+# A sweep's parent run carries ROLE_TAG=SWEEP_ROLE; its trials are child runs without it.
+ROLE_TAG = "harness.role"
+SWEEP_ROLE = "sweep"
+SWEEP_PARENTS = f"tags.`{ROLE_TAG}` = '{SWEEP_ROLE}'"  # the MLflow search filter for them
+
+
+def is_sweep_parent(tags: dict[str, str]) -> bool:
+    return tags.get(ROLE_TAG) == SWEEP_ROLE
+
+
 INFO_PREFIX = "info."
 IDENTITY_TAGS = (
     "method",
@@ -77,17 +98,6 @@ class RunLike(Protocol):
 
 
 @dataclass(frozen=True)
-class ArchResult:
-    """One evaluation architecture of a trial: means over its models."""
-
-    arch: str
-    n: int | None
-    clean_acc: float | None
-    robust_acc: float | None
-    autoattack_acc: float | None
-
-
-@dataclass(frozen=True)
 class TrialRecord:
     """What one trial ran, where, how it scored and what it cost (see the module docstring)."""
 
@@ -95,7 +105,7 @@ class TrialRecord:
     dataset: str
     params: dict[str, str]  # the resolved RunSpec, flattened; MLflow keeps params as text
     metrics: dict[str, float]  # finite values only
-    per_arch: tuple[ArchResult, ...] = ()
+    per_arch: tuple[ArchScore, ...] = ()
     masking_flags: tuple[str, ...] = ()
     info: dict[str, str] = field(default_factory=dict)
     variant: str = ""
@@ -131,7 +141,7 @@ class TrialRecord:
                 if value is not None:
                     metrics[f.name] = value
         per_arch = tuple(
-            ArchResult(a.arch, a.n, a.clean_acc, a.robust_acc, a.autoattack_acc)
+            replace(a, **{k: finite(getattr(a, k)) for k in ARCH_METRICS if k != "n"})
             for a in result.per_arch
         )
         learned = getattr(result, "learned", None)
@@ -153,7 +163,7 @@ class TrialRecord:
     @classmethod
     def from_json(cls, text: str) -> TrialRecord:
         raw = json.loads(text)
-        raw["per_arch"] = tuple(ArchResult(**a) for a in raw.get("per_arch", ()))
+        raw["per_arch"] = tuple(ArchScore(**a) for a in raw.get("per_arch", ()))
         raw["masking_flags"] = tuple(raw.get("masking_flags", ()))
         return cls(**raw)
 
@@ -254,7 +264,7 @@ def spec_params(tree: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in flatten(tree).items()}
 
 
-def arch_results(metrics: dict[str, float]) -> tuple[ArchResult, ...]:
+def arch_results(metrics: dict[str, float]) -> tuple[ArchScore, ...]:
     """`arch.<name>.<metric>` metrics as per-architecture results, architectures by name."""
     values: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
@@ -263,12 +273,10 @@ def arch_results(metrics: dict[str, float]) -> tuple[ArchResult, ...]:
             if arch and name in ARCH_METRICS:
                 values.setdefault(arch, {})[name] = finite(value)
     return tuple(
-        ArchResult(
+        ArchScore(
             arch,
-            None if v.get("n") is None else int(v["n"]),
-            v.get("clean_acc"),
-            v.get("robust_acc"),
-            v.get("autoattack_acc"),
+            **{k: v.get(k) for k in ARCH_METRICS if k != "n"},
+            n=None if v.get("n") is None else int(v["n"]),
         )
         for arch, v in sorted(values.items())
     )

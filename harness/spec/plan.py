@@ -54,6 +54,16 @@ class Variant:
         where = f"{self.dataset}.{self.threat}" if self.threat else self.dataset
         self.key = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{where}.{self.label}").strip("-")
 
+    @property
+    def searched_trials(self) -> int:
+        """Trials of the variant's search: its `trials` when something is searched, else one."""
+        return self.trials if self.dims else 1
+
+    def first_values(self) -> dict[str, Any]:
+        """Each searched setting at its first value (spec path -> value): the one trial that
+        stands for the variant where a single example is needed (checks, settings, estimate)."""
+        return {p: d.example() for p, d in self.dims.items()}
+
 
 def spec_path(key: str) -> str:
     """Space keys without a dot are the method's own settings."""
@@ -197,7 +207,7 @@ def check_variant(variant: Variant, where: str, space: dict[str, str]) -> None:
     once per value a searched setting can take (both ends of a range, every choice), the
     other searched settings at their first value. `space`: RunSpec path -> spec path of the
     settings the method's space sets, so that an error names the field as the spec has it."""
-    first = {p: d.example() for p, d in variant.dims.items()}
+    first = variant.first_values()
     samples = [first] + [{**first, p: v} for p, d in variant.dims.items() for v in d.extremes()]
     for values in samples:
         try:
@@ -277,7 +287,7 @@ def describe(plan: list[Variant]) -> list[dict[str, Any]]:
         {
             "dataset": f"{v.dataset} {v.threat}".strip(),
             "variant": v.label,
-            "trials": v.trials,
+            "trials": v.searched_trials,
             "repeats": v.repeats,
             "searched": {p: f"{d.kind}{d.values}" for p, d in v.dims.items()},
             "settings": effective_settings(v),
@@ -289,6 +299,5 @@ def describe(plan: list[Variant]) -> list[dict[str, Any]]:
 def effective_settings(variant: Variant) -> dict[str, Any]:
     """The method settings a trial of `variant` runs with, per-dataset defaults included
     (searched ones at their first value; `harness validate` shows them)."""
-    first = {p: d.example() for p, d in variant.dims.items()}
-    method = resolve_trial(variant, first).method.params()
+    method = resolve_trial(variant, variant.first_values()).method.params()
     return {k: method[k] for k in sorted(method)}

@@ -38,7 +38,6 @@ from harness.sweep.experiment import (
     experiment_path,
     run_phase,
     search_space,
-    variant_samples,
 )
 from harness.sweep.progress import SweepProgress, VariantProgress
 from harness.sweep.storage import check_writable, storage_root
@@ -211,7 +210,7 @@ def default_parallel_variants(
     else:
         slots = cluster.get("CPU", 1) / spec.resources.cpu
     per_variant = min(
-        (min(max(1, spec.search.max_concurrent), variant_samples(v)) for v in variants), default=1
+        (min(max(1, spec.search.max_concurrent), v.searched_trials) for v in variants), default=1
     )
     return max(1, min(16, math.ceil(slots / per_variant) + 1))
 
@@ -230,7 +229,7 @@ def run_variant(
     """A variant's Optuna search, then its repeats; returns its failed trials."""
     variant = search.variant
     space = search_space(variant)
-    samples = variant_samples(variant)
+    samples = variant.searched_trials
     progress.variants[variant.key].planned = samples + variant.repeats
     context = dict(
         tracker=tracker,

@@ -251,11 +251,6 @@ def best_config(grid, metric: str, mode: str) -> dict[str, Any] | None:
     return {k: v for k, v in best.config.items() if k != RESOLVED_KEY}
 
 
-def variant_samples(variant: Variant) -> int:
-    """Trials in a variant's search: its `trials` when something is searched, else one."""
-    return variant.trials if search_space(variant) else 1
-
-
 def run_phase(
     ctx: PhaseContext,
     phase: Phase,

@@ -13,7 +13,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessInputError
-from harness.results.record import SPEC_ARTIFACT
+from harness.results.record import (
+    ROLE_TAG,
+    SPEC_ARTIFACT,
+    SWEEP_PARENTS,
+    SWEEP_ROLE,
+    is_sweep_parent,
+)
 from harness.tracking.store import connect, require_existing_store
 
 
@@ -74,7 +80,7 @@ def _trial_run(client: MlflowClient, run_id: str) -> RunData:
             f"no run {run_id!r} in the store; give the run id of a trial (a child run of a sweep).",
             field="--from-run",
         ) from None
-    if run.tags.get("harness.role") == "sweep":
+    if is_sweep_parent(run.tags):
         raise HarnessInputError(
             f"run {run_id!r} is a sweep's parent run; give the run id of one of its trials.",
             field="--from-run",
@@ -106,7 +112,7 @@ def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str)
 
 
 def _is_trial(run: RunData) -> bool:
-    return run.tags.get("harness.role") != "sweep" and "mlflow.parentRunId" in run.tags
+    return not is_sweep_parent(run.tags) and "mlflow.parentRunId" in run.tags
 
 
 def _sweep_parent(client: MlflowClient, run_id: str) -> RunData:
@@ -118,9 +124,9 @@ def _sweep_parent(client: MlflowClient, run_id: str) -> RunData:
             "(its row named after the sweep in `harness ui`).",
             field="--sweep",
         ) from None
-    if run.tags.get("harness.role") != "sweep":
+    if not is_sweep_parent(run.tags):
         raise HarnessInputError(
-            f"run {run_id!r} is not a sweep's parent run (tag harness.role=sweep); "
+            f"run {run_id!r} is not a sweep's parent run (tag {ROLE_TAG}={SWEEP_ROLE}); "
             "give the parent run id, or use --experiment NAME.",
             field="--sweep",
         )
@@ -145,7 +151,7 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 def _sweep_experiments(client: MlflowClient) -> dict[str, str]:
     """Experiment name -> id, for experiments that hold at least one sweep parent run."""
     names = _experiment_names(client)
-    parents = _search(client, list(names), "tags.`harness.role` = 'sweep'") if names else []
+    parents = _search(client, list(names), SWEEP_PARENTS) if names else []
     return {names[p.experiment_id]: p.experiment_id for p in parents}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402 (after the store's settings)
 
-from harness.results.record import SPEC_ARTIFACT
+from harness.results.record import ROLE_TAG, SPEC_ARTIFACT, SWEEP_PARENTS, SWEEP_ROLE
 from harness.tracking.outbox import Outbox
 from harness.tracking.provenance import git_tags, version_tags
 from harness.tracking.store import MlflowClient, artifact_location, unavailable
@@ -66,7 +66,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.sweep,
-            tags={"harness.role": "sweep", "sweep": self.sweep},
+            tags={ROLE_TAG: SWEEP_ROLE, "sweep": self.sweep},
         )
         return run.info.run_id
 
@@ -304,7 +304,7 @@ def find_sweep_parent(client: MlflowClient, sweep: str) -> str | None:
         return None
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string="tags.`harness.role` = 'sweep'",
+        filter_string=SWEEP_PARENTS,
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
