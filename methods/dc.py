@@ -142,11 +142,8 @@ class DC(DatasetMethod):
     networks with BatchNorm use per-batch statistics (the code freezes BatchNorm to
     statistics of a real batch); ipc values outside the paper's table use the nearest entry.
 
-    Caveat, measured on 8x8 `digits` at ipc 1: ConvNet-3's last block instance-normalises a
-    2x2 map, its matching gradients are ~10x larger and erratic, and 20-60 iterations at
-    image lr 0.1 down to 0.001 never beat `random` (0.68); matching on `arch=mlp` (0.82) or
-    a depth-2 ConvNet (0.83) does. On the paper's 32x32 inputs the last block normalises an
-    8x8 map (not measured here).
+    Caveat: on 8x8 inputs ConvNet-3's last block normalises a 2x2 map and its matching is
+    erratic (docs/notes/dc.md); match on `arch: mlp` there.
     """
 
     class Config(MethodConfig):

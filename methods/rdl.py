@@ -140,21 +140,10 @@ class RobustDatasetLearning(DatasetMethod):
 
     The middle level uses the harness's downstream recipe (SGD lr 0.01, momentum 0.9, weight
     decay 5e-4: DC's evaluation protocol, Zhao et al. 2021), so S is learned for the training
-    it is scored by. What we measured on synthetic-robust (d = 100, Linf eps = 0.8):
-    - a fresh `linear` model has weights of about +-0.1 on each non-robust feature, worth ~5
-      logits to the attacker: more than the robust feature earns in hundreds of steps at lr
-      0.01. A robust S must make natural training *erase* its initialisation. The learned S
-      does it with large, label-independent variance in the non-robust features (an
-      input-noise regulariser, Bishop 1995) while the label lives in the robust feature; that
-      needs many more rows than features (ipc 50, 100 and 150 failed, 250 works);
-    - networks must live long: unrolls from young networks push S to erase initialisations,
-      unrolls from old ones push S to decorrelate the non-robust features from the label.
-      Re-initialising every 1-50 outer steps, or a 300-step natural burn-in before the first
-      unroll, gave no robust set, every 100-150 a weaker one; 300 and 1000 both worked;
-    - with a constant outer lr S keeps jittering (final robust accuracy 0.45-0.9 by seed);
-      cosine decay over 2000 steps reached 0.896 (= p, the optimum) for 6 of 6 seeds;
-    - a fixed K = 10 also reached 0.896 here: with long-lived networks the unrolls already
-      start from every stage of training. K stays random by default as a cheap hedge.
+    it is scored by. Why the networks live long and the lr decays: a robust S must make
+    natural training erase a fresh network's initial weights on the non-robust features, and
+    unrolls from networks of every age push it there; a constant lr leaves S jittering around
+    a robust set. The measurements behind each choice: docs/notes/rdl.md.
 
     Defaults: we could not find the paper's hyper-parameters, so these are our choices: ipc 50
     (DC's largest), 2000 outer steps of Adam lr 0.01 (1% of the [0, 1] pixel range per step),
@@ -207,28 +196,12 @@ class RobustDatasetLearning(DatasetMethod):
                 )
             return self
 
-    # Per-dataset defaults, used for every field the user leaves unset: partly tuned on the
-    # validation split, partly untuned priors; each entry says which fields are which.
+    # Per-dataset defaults, used for every field the user leaves unset. Each entry names the
+    # fields chosen on the validation split; the rest are untuned priors carried over from
+    # another recipe. The validation tables behind them: docs/notes/rdl.md.
     DATASET_DEFAULTS: ClassVar[dict[str, dict]] = {
-        # At the default d = 400 (eps 0.4), chosen on the validation split only
-        # (`harness sweep sweeps/rdl-synthetic-tuning.yaml`, data seed 1, seed 1; validation
-        # AutoAttack-fast, mean of fresh linear + mlp, 180 images), with the old d = 100
-        # recipe's ipc, Adam lr 0.1, 512-row batch and linear pool:
-        #   long-lived networks (reinit 300), unrolled 1..30 steps (the d = 100 recipe): 0.000
-        #   reinit 300, 100-step unroll, margin, soft labels: ipc 50 0.000, ipc 250 0.000
-        #   a fresh network every step, the 100-step run unrolled, margin, soft labels:
-        #       ipc 50 0.000, ipc 250 0.025, full size (1800 rows) 0.006
-        # So the digits recipe at ipc 250 is the default, and it is weak: the robust feature
-        # is 1 of 401 coordinates and a fresh linear model's random weights on the other 400
-        # are worth about as much to the attacker as the robust feature itself (issue 10).
-        # The d = 100 recipe (long-lived networks, see tests/test_rdl.py) reached the p limit
-        # there for linear models; no set made a naturally trained `mlp` robust at either d.
-        # Tuned on validation here: only ipc (50 or 250) and reinit_every (1 or 300).
-        # Untuned priors, carried over and never varied at d = 400: outer_lr 0.1, syn_batch
-        # 512 and the `linear` pool (the d = 100 recipe's; ipc 250 is that recipe's value too,
-        # kept because it beat 50 above), and the 100-step unroll, attack_steps 10, margin
-        # attack, soft labels and 600 outer steps (the digits recipe's, compared only as a
-        # whole against the d = 100 recipe's, never one by one).
+        # d = 400, eps 0.4 (`sweeps/rdl-synthetic-tuning.yaml`). Chosen on validation: ipc,
+        # reinit_every. Priors: the rest (the d = 100 and digits recipes'). Weak (issue 10).
         "synthetic-robust": {
             "ipc": 250,
             "syn_batch": 512,
@@ -242,26 +215,9 @@ class RobustDatasetLearning(DatasetMethod):
             "soft_labels": True,
             "outer_steps": 600,
         },
-        # The embedded 8x8 digits (Linf 0.2), scored by 100-1000 steps of natural training from
-        # a fresh network. The long-lived networks that synthetic-robust needs left the outer
-        # loss flat here (PGD accuracy 0.075-0.09 whatever the ipc, lr, or lifetime, the same
-        # band as dc/dm). What worked: unroll the whole downstream run, 100 steps from a fresh
-        # network every outer step (the exact hypergradient of what is scored; cheap on a
-        # `linear` pool), PGD-10 inside, and learned soft labels. It transfers to the MLP.
-        # The inner attack, soft labels and length were chosen on the validation split only
-        # (`harness sweep sweeps/rdl-digits-tuning.yaml`: split seed 1, seed 1, objective
-        # validation AutoAttack-fast accuracy, mean of fresh linear + mlp after 300 epochs;
-        # 144 validation images, so 0.007 is one image):
-        #   attack  soft  steps  val AA  val PGD      attack  soft  steps  val AA  val PGD
-        #   ce      no    300    0.069   0.111        margin  no    300    0.080   0.118
-        #   ce      no    600    0.087   0.118        margin  no    600    0.090   0.128
-        #   ce      yes   300    0.076   0.118        margin  yes   300    0.094   0.156
-        #   ce      yes   600    0.090   0.128        margin  yes   600    0.108   0.167
-        # The CW margin with soft labels wins at both lengths (a margin attack keeps S from
-        # fitting only cross-entropy PGD's blind spots). Tuned on validation: attack_loss,
-        # soft_labels and outer_steps only. Untuned priors, fixed before that sweep and never
-        # compared on validation: reinit_every 1 and the 100-step unroll (unroll_min/max),
-        # the `linear` pool, label_lr 0.05 and attack_steps 10; ipc 10 is the comparison size.
+        # 8x8 digits, Linf 0.2 (`sweeps/rdl-digits-tuning.yaml`): the whole 100-step downstream
+        # run unrolled from a fresh network. Chosen on validation: attack_loss, soft_labels,
+        # outer_steps. Priors: reinit_every, the unroll, the pool, label_lr, attack_steps.
         "digits": {
             "ipc": 10,
             "outer_steps": 600,
@@ -274,20 +230,9 @@ class RobustDatasetLearning(DatasetMethod):
             "label_lr": 0.05,
             "archs": ["linear"],
         },
-        # Fashion-MNIST at Linf 0.1 with a ConvNet-3 (width 32 on a CPU). The digits recipe
-        # (unroll a whole 100-step run from a fresh network) is ~50x dearer per step on a
-        # ConvNet; what worked instead is a middle level of 10 natural SGD steps unrolled from
-        # a network that lives 20 outer steps (so unrolls start from every stage of its
-        # training), PGD-10 on the CW margin, soft labels. Chosen on the validation split only
-        # (subset 1000/class, split seed 1; 500 validation images; fresh models trained 300
-        # epochs on the set; `benchmarks/rdl_fashion/unroll.py`), clean / AutoAttack-fast:
-        #   random real subset            ConvNet .756/.150  LeNet .686/.145  MLP .722/.185
-        #   pool convnet, lr .01, 450     ConvNet .730/.370  LeNet .618/.265  MLP .710/.115
-        #   pool convnet+lenet            ConvNet .730/.135  LeNet .588/.260  MLP .698/.075
-        #   pool convnet+mlp, lr .005     ConvNet .722/.305  LeNet .654/.260  MLP .708/.185
-        #   150 outer steps (convnet)     ConvNet .728/PGD .316 (450 steps: PGD .392)
-        # A second architecture in the pool halves the steps each gets and costs the ConvNet
-        # its robustness; the MLP gains nothing in any pool (issue 10's note has the rest).
+        # Fashion-MNIST, Linf 0.1, ConvNet-3 (`benchmarks/rdl_fashion/unroll.py`): 10-step
+        # unrolls from networks that live 20 outer steps. The validation table compares pools,
+        # outer lr and length; the unroll, lifetime, attack and soft labels came as a recipe.
         "fashion-mnist": {
             "ipc": 10,
             "outer_steps": 450,

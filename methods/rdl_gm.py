@@ -55,19 +55,9 @@ class RobustGradientMatching(DatasetMethod):
     of a young network carries no x1 direction to match. The unrolled `rdl` is the method for
     that dataset; `rdl_gm` is meant for image data, where the matching follows DC.
 
-    Measured on digits (ipc 10, Linf 0.2; fresh linear + mlp trained naturally for 300 epochs;
-    validation PGD / AutoAttack-fast, mean of seeds 0-2; benchmarks/rdl_gm_notes.md). The
-    network pool matters more than the budget. The default pool is the evaluation archs,
-    linear + mlp. At the demo budget (20 iterations, loops 5/10) that pool gave .002 / .000,
-    below a random subset (.030 / .008), and clean accuracy fell to .79-.84. With 100
-    iterations and DC's 10/50 loops it was worse: .000, clean .69 (seed 0). The damage comes
-    from the adversarial targets on the MLP. An mlp-only pool gave .003 with adversarial
-    targets and .031 with natural ones (eps 0, i.e. DC), both at seed 0. Its matching
-    gradients are ~10x the linear model's, so they dominate a mixed pool. `archs: [linear]`
-    gave .049 / .017 at the demo budget and .082 / .030 with 100 iterations and 10/50 loops.
-    A random subset gave .030 / .008 and `dc` at the demo budget .056 / .025. We found no
-    bug: a descent step lowers the matching loss (tests/test_rdl.py), and natural targets
-    give a DC-like set.
+    On digits the network pool matters more than the budget: adversarial targets on an MLP
+    dominate a mixed pool (its matching gradients are ~10x a linear model's) and the set falls
+    below a random subset; `archs: [linear]` beats both (measurements: docs/notes/rdl_gm.md).
 
     Defaults are DC's for ipc 10 (1000 iterations, 10 outer / 50 inner loops, SGD lr 0.1
     momentum 0.5 on the images, network lr 0.01, 256 real examples per class); the network's

@@ -78,13 +78,8 @@ class RobustFeatures(DatasetMethod):
     features have no parameters (`linear`) the centred logits are matched instead of the
     "embedding", which would be the input itself.
 
-    Measured on `synthetic-robust` (d 100, eps 0.8, linear): the label signal moves into
-    the robust feature (label correlation of x1 0.79 -> 0.83, of each non-robust feature
-    0.40 -> 0.004) and natural training on the set reaches clean ~ p = 0.9 (erm: 1.0), yet
-    its PGD accuracy stays 0.00 like erm's: the initial and finite-sample weights natural
-    training leaves on 100 uninformative features already exceed the robust margin at
-    Linf 2 * eta. With an `mlp`, PGD-AT on that dataset collapses to a constant classifier
-    (0.50) under the default recipe, so the robust model there is `linear`.
+    On `synthetic-robust` the label signal moves into the robust feature, yet natural training
+    on the set is no more robust than erm's (docs/notes/robust_features.md says why).
     """
 
     class Config(MethodConfig):
