@@ -162,6 +162,10 @@ class RobustDatasetLearning(DatasetMethod):
 
     class Config(MethodConfig):
         ipc: PerClass | None = 50  # examples per class; null: full-size mode
+        # The set's size from the data's shape instead: ceil(r * (D + 1) / classes) rows per
+        # class for D input features (a linear model's weights on a feature only move where
+        # the set's rows span it; docs/notes/rdl.md). Overrides ipc when given.
+        rows_per_feature: float | None = Field(None, gt=0)
         init: Literal["real", "noise"] = "real"  # real: class-balanced real examples
         outer_steps: int = Field(2000, ge=1)  # optimiser steps on S
         outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -183,7 +187,7 @@ class RobustDatasetLearning(DatasetMethod):
         attack_loss: Literal["ce", "margin"] = "ce"
         real_batch: int = Field(128, ge=1)  # real examples attacked per outer step
         # rows of S unrolled on per outer step (DC's batch); memory grows with syn_batch x K
-        syn_batch: int = Field(256, ge=1)
+        syn_batch: int | None = Field(256, ge=1)  # null: every row, every step
         probe_every: int = Field(250, ge=0)  # outer steps between robust probes (0: off)
         probe_steps: int = Field(300, ge=1)  # full-batch natural SGD steps of a probe network
         probe_val: int = Field(500, ge=1)  # validation examples a probe attacks
@@ -200,18 +204,25 @@ class RobustDatasetLearning(DatasetMethod):
     # fields chosen on the validation split; the rest are untuned priors carried over from
     # another recipe. The validation tables behind them: docs/notes/rdl.md.
     DATASET_DEFAULTS: ClassVar[dict[str, dict]] = {
-        # d = 400, eps 0.4 (`sweeps/rdl-synthetic-tuning.yaml`). Chosen on validation: ipc,
-        # reinit_every. Priors: the rest (the d = 100 and digits recipes'). Weak (issue 10).
+        # The abstraction model at any d and p (issue 21): a noise set sized by the features
+        # (rows_per_feature), every row in each unroll, long-lived networks (the d = 100
+        # recipe), soft labels, outer lr 1% of the features' std (which is ~1 for any d, p).
+        # Chosen on validation at (d, p) = (90, .99), (100, .95), (150, .95), (400, .9),
+        # (1000, .75): rows_per_feature (1.5, 2.5, 5: 2.5 fails where eps is large), init,
+        # outer_lr, soft_labels, outer_steps. Priors (the d = 100 recipe's): reinit_every,
+        # the unroll range, the attack, the `linear` pool.
         "synthetic-robust": {
-            "ipc": 250,
-            "syn_batch": 512,
-            "outer_lr": 0.1,
+            "ipc": None,
+            "rows_per_feature": 5.0,
+            "init": "noise",
+            "syn_batch": None,
+            "outer_lr": 0.01,
             "archs": ["linear"],
-            "reinit_every": 1,
-            "unroll_min": 100,
-            "unroll_max": 100,
-            "attack_steps": 10,
-            "attack_loss": "margin",
+            "reinit_every": 300,
+            "unroll_min": 1,
+            "unroll_max": 30,
+            "attack_steps": 3,
+            "attack_loss": "ce",
             "soft_labels": True,
             "outer_steps": 600,
         },
@@ -247,7 +258,10 @@ class RobustDatasetLearning(DatasetMethod):
     }
 
     # Fields tuned together: setting one of them keeps the dataset's value of the other out.
-    LINKED: ClassVar[tuple[frozenset, ...]] = (frozenset({"unroll_min", "unroll_max"}),)
+    LINKED: ClassVar[tuple[frozenset, ...]] = (
+        frozenset({"unroll_min", "unroll_max"}),
+        frozenset({"ipc", "rows_per_feature"}),  # the set's size, however it is given
+    )
 
     smoke: ClassVar[dict] = {
         "ipc": 2,
@@ -276,6 +290,19 @@ class RobustDatasetLearning(DatasetMethod):
         return _Learner(self.config_for(ctx.data.name), ctx).run()
 
 
+def set_size(cfg: RobustDatasetLearning.Config, data) -> int | None:
+    """Rows per class of the set S (None: the full-size mode): `rows_per_feature` times the
+    input's features plus one, split over the classes, when given; else `ipc`. A set drawn
+    from real examples is capped at the smallest class."""
+    if cfg.rows_per_feature is None:
+        return cfg.ipc
+    features = math.prod(data.x_train.shape[1:])
+    rows = math.ceil(cfg.rows_per_feature * (features + 1) / data.num_classes)
+    if cfg.init == "real":
+        rows = min(rows, int(torch.bincount(data.y_train, minlength=data.num_classes).min()))
+    return max(1, rows)
+
+
 class _Learner:
     """The state of one `rdl` run: S, its optimiser, the current network, the probes."""
 
@@ -286,7 +313,7 @@ class _Learner:
         # A generator of its own keeps probes from shifting the learning run's random stream.
         self.probe_gen = torch.Generator().manual_seed(draw_seed(ctx.generator))
         dev = ctx.device
-        x, y = init_synthetic_set(ctx.data, cfg.ipc, cfg.init, self.gen)
+        x, y = init_synthetic_set(ctx.data, set_size(cfg, ctx.data), cfg.init, self.gen)
         self.x, self.y = x.to(dev), y.to(dev)
         self.x_real, self.y_real = ctx.data.x_train.to(dev), ctx.data.y_train.to(dev)
         self.x_opt = RowOptimizer(
@@ -324,7 +351,7 @@ class _Learner:
 
     def _rows(self) -> torch.Tensor:
         n = self.x.shape[0]
-        if n <= self.cfg.syn_batch:
+        if self.cfg.syn_batch is None or n <= self.cfg.syn_batch:
             return torch.arange(n, device=self.x.device)
         return torch.randperm(n, generator=self.gen)[: self.cfg.syn_batch].to(self.x.device)
 
@@ -496,6 +523,7 @@ class _Learner:
                 self.ctx.resume.offer(lambda: self.state_dict(step + 1))
         info = {
             "ipc": cfg.ipc,
+            "rows_per_feature": cfg.rows_per_feature,
             "size": int(self.x.shape[0]),
             "outer_steps": cfg.outer_steps,
             "outer_lr": cfg.outer_lr,

@@ -460,3 +460,47 @@ def test_a_diverging_run_is_a_clear_exit_1_not_a_traceback():
     assert res.exit_code == 1, res.output
     assert "diverged" in res.output and "method.inner_lr" in res.output
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- the theory case
+
+# Settings of the abstraction model that no choice of rdl's defaults looked at (those were
+# chosen on validation at (d, p) = (90, .99), (100, .95), (150, .95), (400, .9), (1000, .75);
+# docs/notes/rdl.md). Both keep a positive attacked margin, 2p - 1 > eps = 8 / sqrt(d).
+UNSEEN_ABSTRACTIONS = [
+    # Not reached (measured: AutoAttack 0.26 against the goal's 0.77): at eps 0.76 the
+    # margin left to the robust feature is small and the set must erase a fresh network's
+    # initial weights almost wholly; the validation points nearest (eps 0.80, 0.84) reached p
+    # with another learning seed. Kept strict so a fix shows here (issue 21, docs/notes/rdl.md).
+    pytest.param(110, 0.96, marks=pytest.mark.xfail(strict=True, reason="issue 21: high eps")),
+    (300, 0.87),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("d", "p"), UNSEEN_ABSTRACTIONS)
+def test_default_rdl_makes_natural_linear_training_robust_near_p(d, p):
+    """Issue 21 item 1: with rdl's *default* settings, a `linear` model naturally trained on
+    the learned set (the harness's protocol, 300 epochs) keeps >= 0.8 p AutoAttack accuracy
+    on the test split, where the best robust linear classifier has about p; the same model
+    trained on the real data has none."""
+    from harness import api
+
+    assert 2 * p - 1 > 8 / d**0.5  # a positive attacked margin
+    tree = {
+        "dataset": {"name": "synthetic-robust", "d": d, "p": p, "n_train": 1000, "n_test": 500},
+        "threat": {"norm": "linf", "autoattack": "fast", "steps": 20},
+        # 300 epochs: the DC protocol the demo scores learned sets by, and rdl was chosen for
+        "eval": {
+            "archs": ["linear"],
+            "models_per_arch": 1,
+            "epochs": 300,
+            "max_test": 500,
+            "max_val": 200,
+        },
+        "seed": 3,
+    }
+    learned = api.run_spec({**tree, "method": {"name": "rdl", "probe_every": 0}})
+    assert learned.autoattack_acc >= 0.8 * p, learned.per_arch
+    natural = api.run_spec({**tree, "method": {"name": "erm"}})
+    assert natural.autoattack_acc <= 0.1
