@@ -150,7 +150,7 @@ class RobustDatasetLearning(DatasetMethod):
     K in 1..30 on 256 synthetic rows (DC's batch), a network lives 300 outer steps, PGD-3 on
     128 real examples per step (the attack only has to find the current weakness; the harness
     evaluates with PGD-20). `DATASET_DEFAULTS` holds per-dataset values for synthetic-robust
-    (ipc 250, lr 0.1, pool `linear`), digits (a full 100-step unroll from a fresh `linear`
+    (a noise set of 5 rows per input feature, unrolled whole, lr 0.01, soft labels), digits (a full 100-step unroll from a fresh `linear`
     network every outer step, PGD-10 on the CW margin inside, soft labels) and Fashion-MNIST;
     only some of them were tuned on validation, the rest are untuned priors carried over from
     another recipe (each entry's comment says which). The unroll keeps K

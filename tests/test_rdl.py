@@ -403,6 +403,21 @@ def test_dataset_defaults_fill_only_unset_fields_and_keep_ranges_whole():
     assert make_method("rdl", {}).config_for("mnist") == make_method("rdl", {}).cfg
 
 
+def test_set_size_follows_the_features_unless_an_ipc_is_given():
+    """rows_per_feature sizes the set from the input's shape (synthetic-robust's default);
+    an explicit ipc takes the size back whole; a set of real examples stays within a class."""
+    from harness.methods.rdl import set_size
+
+    data = load_dataset("synthetic-robust", params={"d": 60, "n_train": 300, "n_test": 50})
+    tuned = make_method("rdl", {}).config_for("synthetic-robust")
+    assert tuned.init == "noise" and tuned.rows_per_feature == 5.0
+    assert set_size(tuned, data) == -(-5 * (61 + 1) // 2)  # 61 inputs: x1 and 60 others
+    assert set_size(make_method("rdl", {"ipc": 7}).config_for("synthetic-robust"), data) == 7
+    real = make_method("rdl", {"rows_per_feature": 5.0, "init": "real"}).config_for("digits")
+    smallest = int(torch.bincount(data.y_train).min())
+    assert set_size(real, data) == smallest
+
+
 # --------------------------------------------------------------------------- divergence
 
 

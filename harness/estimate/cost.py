@@ -319,25 +319,15 @@ def _calibrate(spec, data, device, est: Estimate) -> None:
 def _context(spec, data, device, threat, *, counted_only: bool):
     """The method's context, as a trial makes it; a count-only one builds stand-in networks
     (`STANDIN`) and counts with a count-only meter."""
-    from harness.methods import MethodContext
+    from harness.protocol.evaluate import method_context
     from harness.protocol.models import MODELS
     from harness.protocol.train import WorkMeter
-    from harness.spec.resolve import resolve_archs
 
     settings = spec.eval.arch_settings
     if counted_only:
         settings = {a: standin_settings(a, settings.get(a, {})) for a in MODELS.names()}
-    return MethodContext(
-        data=data,
-        threat=threat,
-        train=spec.train.config(),
-        device=device,
-        generator=torch.Generator().manual_seed(spec.seed),
-        seed=spec.seed,
-        archs=resolve_archs(spec),
-        meter=WorkMeter(count_only=counted_only),
-        arch_settings=settings,
-    )
+    meter = WorkMeter(count_only=counted_only)
+    return method_context(spec, data, threat, device, meter, arch_settings=settings)
 
 
 def _material(spec, data, ctx, est: Estimate, flops):

@@ -289,7 +289,7 @@ class Trial:
         device = pick_device(spec.device)
         method = method or make_method(spec.method.name, spec.method.params())
         data = data if data is not None else load_data(spec.dataset)
-        threat, archs = resolve_threat(spec, data), resolve_archs(spec)
+        threat = resolve_threat(spec, data)
         planned = method.planned_steps()
 
         def learning_log(metrics: dict[str, float], step: int) -> None:
@@ -297,20 +297,8 @@ class Trial:
             if planned and STEP_METRIC in metrics:  # one per learning step
                 progress("learning", min(step + 1, planned), planned)
 
-        ctx = MethodContext(
-            data=data,
-            threat=threat,
-            train=spec.train.config(),
-            device=device,
-            generator=torch.Generator().manual_seed(spec.seed),
-            seed=spec.seed,
-            archs=archs,
-            meter=WorkMeter(),
-            log=learning_log,
-            smoke=smoke,
-            arch_settings=spec.eval.arch_settings,
-        )
-        return cls(spec, method, data, threat, archs, device, ctx, log, progress, checkpoint)
+        ctx = method_context(spec, data, threat, device, WorkMeter(), log=learning_log, smoke=smoke)
+        return cls(spec, method, data, threat, ctx.archs, device, ctx, log, progress, checkpoint)
 
     def training_material(self) -> Material:
         """A dataset method's learned set (learned now, or as a restarted trial saved it)
@@ -417,6 +405,30 @@ class Trial:
         )
         state = {key: v.detach().cpu() for key, v in model.state_dict().items()}
         return score, state, scores
+
+
+def method_context(
+    spec: RunSpec,
+    data: DatasetSplits,
+    threat: Threat,
+    device: torch.device,
+    meter: WorkMeter,
+    **extra: Any,
+) -> MethodContext:
+    """The context a trial hands its method for a resolved `spec`: the spec's training
+    recipe, architectures and arch settings, a generator seeded by its seed; `extra` fields
+    (log, smoke, arch_settings) as given."""
+    return MethodContext(
+        data=data,
+        threat=threat,
+        train=spec.train.config(),
+        device=device,
+        generator=torch.Generator().manual_seed(spec.seed),
+        seed=spec.seed,
+        archs=resolve_archs(spec),
+        meter=meter,
+        **{"arch_settings": spec.eval.arch_settings, **extra},
+    )
 
 
 def load_data(ds: DatasetSpec) -> DatasetSplits:
