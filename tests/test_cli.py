@@ -34,6 +34,7 @@ def test_run_json_contract_on_synthetic():
     ):
         assert key in out, key
     assert out["method"] == "erm" and out["dataset"] == "synthetic-robust"
+    assert out["smoke"] is True  # shrunken budgets: a check, not a result
     # --smoke runs the fast AutoAttack and says so; off leaves the key present but null.
     assert out["threat"]["autoattack"] == "fast" and 0.0 <= out["autoattack_acc"] <= 1.0
     assert out["autoattack_acc"] <= out["robust_acc"] + 0.05
@@ -53,6 +54,12 @@ def test_run_json_contract_on_synthetic():
     assert json.loads(off.stdout)["autoattack_acc"] is None
     assert all({"arch", "clean_acc", "robust_acc"} <= set(a) for a in out["per_arch"])
     assert 0.0 <= out["robust_acc"] <= 1.0 and 0.0 <= out["clean_acc"] <= 1.0
+
+
+def test_a_smoke_runs_table_says_it_is_not_a_result():
+    res = invoke("run", "--dataset", "synthetic-robust", "--method", "erm", "--smoke")
+    assert res.exit_code == 0, res.output
+    assert "SMOKE RUN, not a result" in res.output
 
 
 def test_the_largest_seed_runs_and_ordinary_seeds_keep_their_derived_seeds():
@@ -239,6 +246,17 @@ def test_validate_prints_the_plan(tmp_path):
     assert res.exit_code == 0, res.output
     assert "random[ipc=1]" in res.output and "random[ipc=10]" in res.output
     assert "valid" in res.output
+
+
+def test_validate_warns_of_missing_data_files_with_the_fetch_command(tmp_path):
+    spec = "name: ok\ndataset: {name: mnist, root: %s}\nmethods: {erm: {}}\n" % (tmp_path / "d")
+    res = invoke("validate", write(tmp_path, spec))
+    assert res.exit_code == 0, res.output  # the spec is valid; its data are not here yet
+    assert "valid" in res.output
+    assert "warning: the files of dataset 'mnist' are not under" in res.output
+    assert "dataset.download=true" in res.output  # how to get them
+    here = invoke("validate", write(tmp_path, GOOD_SPEC))  # embedded data: nothing to warn of
+    assert "warning" not in here.output
 
 
 @pytest.mark.parametrize("text,needle", BAD_SPECS, ids=[n for _, n in BAD_SPECS])

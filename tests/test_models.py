@@ -7,7 +7,14 @@ import torch
 from torch.func import functional_call, grad
 
 from harness.errors import HarnessInputError
-from harness.protocol.models import IMAGE_ARCHS, MODELS, Classifier, arch_params, build_model
+from harness.protocol.models import (
+    IMAGE_ARCHS,
+    MODELS,
+    AvgPool2x2,
+    Classifier,
+    arch_params,
+    build_model,
+)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (101,)]
 # Narrow widths keep the suite fast; the default sizes are checked once below.
@@ -98,6 +105,24 @@ def test_channels_last(arch):
     x = batch((3, 32, 32))
     out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, model(x.contiguous()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (32, 32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_avg_pool_2x2_is_avg_pool2d(size, channels_last):
+    """ConvNet's CPU pooling (a depthwise convolution) gives nn.AvgPool2d(2)'s values and
+    input gradients, odd sizes floored alike."""
+    x = torch.randn(4, 5, *size, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 5, size[0] // 2, size[1] // 2, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for pool in (AvgPool2x2(), torch.nn.AvgPool2d(2)):
+        xi = x.clone().requires_grad_(True)
+        y = pool(xi)
+        (gx,) = torch.autograd.grad(y, xi, g)
+        outs.append((y, gx))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
 
 
 def test_default_sizes_match_the_literature():

@@ -72,6 +72,60 @@ def test_unroll_is_differentiable_in_the_synthetic_inputs():
     assert grad.abs().sum() > 0
 
 
+def _learner(data, archs, **params):
+    from harness.methods.rdl import _Learner
+
+    defaults = {"ipc": 2, "unroll_min": 3, "unroll_max": 3, "attack_steps": 2, "real_batch": 8}
+    method = make_method("rdl", {**defaults, "probe_every": 0, "archs": archs, **params})
+    ctx = make_ctx(data, archs)
+    ctx.arch_settings.update({"convnet": {"width": 4}, "mlp": {"hidden": 16}})
+    return _Learner(method.config_for(data.name), ctx)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_networks_in_one_vmapped_call_give_the_loops_hypergradient(arch):
+    """Batched networks (torch.func.vmap over stacked parameters) and a loop over the same
+    networks, from the same random stream: the same outer losses, hypergradients, ends of
+    the unrolls and metered work."""
+    data = load_dataset("digits", subset=4)
+    learner = _learner(data, [arch], networks=3, soft_labels=True)
+    states = [learner._fresh_network() for _ in range(3)]
+    xs = learner.x.clone().requires_grad_(True)
+    logits = learner.label_logits.clone().requires_grad_(True)
+    xr, yr = learner._real_batch()
+    gen = learner.gen.get_state()
+    results, work = [], []
+    for groups in ([[0], [1], [2]], [[0, 1, 2]]):
+        learner.gen.set_state(gen)
+        before = learner.ctx.meter.examples
+        loss, grads, ends = 0.0, [0.0, 0.0], []
+        for group in groups:
+            members = [states[i] for i in group]
+            out = learner._hypergradient(members, [xs, logits], None, 3, xr, yr)
+            loss, grads, ends = loss + out[0], [a + b for a, b in zip(grads, out[1])], ends + out[2]
+        results.append((loss, grads, [p for p, _ in ends], [v for _, v in ends]))
+        work.append(learner.ctx.meter.examples - before)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
+    assert results[0][1][0].abs().sum() > 0  # the set does get a hypergradient
+    assert work[0] == work[1]
+    # The networks differ (their own seeds), so a mix-up of networks would show.
+    assert not torch.equal(results[0][2][0]["head.weight"], results[0][2][1]["head.weight"])
+
+
+def test_several_networks_per_step_cycle_the_pool_and_learn():
+    data = load_dataset("digits", subset=4)
+    learner = _learner(data, ["linear", "mlp"], networks=3, outer_steps=3, reinit_every=2)
+    before = learner.x.clone()
+    learner.outer_step(0)
+    assert [s.arch for s in learner.states] == ["linear", "mlp", "linear"]
+    learner.outer_step(1)
+    assert [s.steps for s in learner.states] == [6, 6, 6]  # continued, not re-initialised
+    learner.outer_step(2)  # a new generation: the pool goes on where it stopped
+    assert [s.arch for s in learner.states] == ["mlp", "linear", "mlp"]
+    assert [s.steps for s in learner.states] == [3, 3, 3]
+    assert not torch.equal(learner.x, before) and torch.isfinite(learner.x).all()
+
+
 def test_row_optimizer_moves_only_the_given_rows():
     target = torch.zeros(6, 3)
     opt = RowOptimizer(target.shape, kind="adam", lr=0.1)
@@ -454,7 +508,7 @@ def test_a_non_finite_hypergradient_leaves_the_set_untouched():
     learner.outer_step(0)  # the unroll overflows: its hypergradient is NaN
     assert learner.bad_steps == 1
     assert torch.equal(learner.x, before) and torch.isfinite(learner.x).all()
-    assert learner.state is None  # the exploded network is dropped, the next step starts afresh
+    assert learner.states == [None]  # the exploded network is dropped, the next step starts afresh
 
 
 def test_a_diverging_run_is_a_clear_exit_1_not_a_traceback():

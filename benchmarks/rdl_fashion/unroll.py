@@ -26,6 +26,10 @@ ap.add_argument("--out", default=None)
 ap.add_argument("--width", type=int, default=32)
 ap.add_argument("--archs", default="convnet", help="the learning pool, comma-separated")
 ap.add_argument("--ipc", type=int, default=10)
+ap.add_argument("--networks", type=int, default=1, help="networks per outer step (issue 21)")
+ap.add_argument("--seed", type=int, default=0, help="the learning run's seed")
+ap.add_argument("--eval-archs", default="convnet,mlp,lenet")
+ap.add_argument("--n-aa", type=int, default=200, help="validation images AutoAttack scores")
 a = ap.parse_args()
 torch.set_num_threads(2)
 data = load_dataset("fashion-mnist", subset=1000, split_seed=1)
@@ -34,8 +38,8 @@ ctx = MethodContext(
     threat=Threat("linf", 0.1),
     train=TrainConfig(),
     device=torch.device("cpu"),
-    generator=torch.Generator().manual_seed(0),
-    seed=0,
+    generator=torch.Generator().manual_seed(a.seed),
+    seed=a.seed,
     archs=["convnet"],
     meter=WorkMeter(),
     arch_settings={"convnet": {"width": a.width}},
@@ -55,6 +59,7 @@ m = make_method(
         "outer_lr": a.lr,
         "outer_steps": a.steps,
         "probe_every": 0,
+        "networks": a.networks,
     },
 )
 L = _Learner(m.config_for("fashion-mnist"), ctx)
@@ -67,7 +72,12 @@ res = {
     "args": vars(a),
     "learn_s": time.time() - t0,
     "learned": score_val(
-        data, L.x.detach(), L.labels().detach(), ["convnet", "mlp", "lenet"], width=a.width
+        data,
+        L.x.detach(),
+        L.labels().detach(),
+        a.eval_archs.split(","),
+        width=a.width,
+        n_aa=a.n_aa,
     ),
 }
 print(res, flush=True)

@@ -128,6 +128,8 @@ def validate(spec_path, assignments, smoke, estimate, tflops) -> None:
     if estimate or tflops is not None:
         print_estimate(spec, plan, tflops)
     click.echo(f"{spec_path}: valid")
+    for message in missing_data(spec):  # valid, but `harness sweep` would stop here
+        err_console.print(f"warning: {escape(message)}", highlight=False)
 
 
 @main.command(short_help="Run a sweep on Ray Tune + Optuna, tracked in MLflow.")
@@ -254,19 +256,27 @@ def check_fault_setting() -> None:
             ) from None
 
 
-def check_local_data(spec) -> None:
+def missing_data(spec) -> list[str]:
+    """One sentence per dataset of the spec whose files are not here and may not be
+    downloaded: where they were looked for and how to get them."""
     from harness.datasets import DATASETS, files_present, resolve_root
 
+    out = []
     for ds in spec.datasets():
         if not ds.download and not files_present(ds.name, ds.root):
             root = resolve_root(ds.root)
             hint = DATASETS.get(ds.name).fetch_hint.replace("<root>", str(root))
-            raise HarnessInputError(
+            out.append(
                 f"the files of dataset {ds.name!r} are not under {root} and the spec does not "
                 f"allow a download. To get them: {hint}; or set `download: true` in the spec's "
-                "dataset section, or point its `root` (or $HARNESS_DATA) at a copy.",
-                field="dataset.root",
+                "dataset section, or point its `root` (or $HARNESS_DATA) at a copy."
             )
+    return out
+
+
+def check_local_data(spec) -> None:
+    for message in missing_data(spec)[:1]:
+        raise HarnessInputError(message, field="dataset.root")
 
 
 def show_leaderboard(uri: str, experiment: str) -> None:

@@ -284,6 +284,10 @@ def print_result(result) -> None:
         f"val robust acc {result.val_robust_acc:.3f}; learn {result.learn_seconds:.1f}s, "
         f"train {result.train_seconds:.1f}s/model; work {result.work_epochs:.1f} epochs"
     )
+    if result.smoke:
+        from harness.board.report import SMOKE_NOTE
+
+        click.echo(f"SMOKE RUN, not a result: {SMOKE_NOTE}")
 
 
 @main.command(short_help="Score a labelled set made elsewhere (.pt with x, y).")

@@ -36,6 +36,7 @@ from harness.methods import (
 )
 from harness.methods._augment import DSATrainAugment
 from harness.protocol import masking
+from harness.protocol.allocator import keep_freed_memory
 from harness.protocol.attacks import Threat, accuracy, robust_accuracy
 from harness.protocol.autoattack import autoattack
 from harness.protocol.checkpoint import Stage, TrialCheckpoint
@@ -252,6 +253,7 @@ def run_trial(
         size=len(material.x),
     )
     result.weights = weights
+    result.smoke = smoke
     return result
 
 
@@ -287,6 +289,8 @@ class Trial:
     def start(cls, spec: RunSpec, *, method, data, smoke, log, progress, checkpoint) -> Trial:
         spec = resolve_spec(spec)
         device = pick_device(spec.device)
+        if device.type == "cpu":
+            keep_freed_memory()  # reuse freed CPU memory (harness.protocol.allocator)
         method = method or make_method(spec.method.name, spec.method.params())
         data = data if data is not None else load_data(spec.dataset)
         threat = resolve_threat(spec, data)

@@ -80,6 +80,8 @@ class TrialResult:
     models: list[ModelScore]
     learned: LearnedDataset | None = field(default=None, repr=False)
     weights: dict[str, dict] = field(default_factory=dict, repr=False)  # arch -> first model's
+    # --smoke's shrunken budgets: a check that the pipeline runs, not a result
+    smoke: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("learned", "weights")}
