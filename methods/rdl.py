@@ -83,12 +83,30 @@ def unroll_sgd(
     """`steps` full-batch natural SGD steps (momentum and weight decay as torch.optim.SGD) on
     (x, y) from `state`, keeping the graph so the result is differentiable in x and y."""
     params = {k: p.detach().requires_grad_(True) for k, p in state.params.items()}
-    velocity = dict(state.velocity)
-    for _ in range(steps):
+
+    def grad(params: Tensors) -> Tensors:
         loss = soft_cross_entropy(state.model(params, train=True)(x), y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-        for (k, p), g in zip(list(params.items()), grads):
-            velocity[k] = momentum * velocity[k] + g + weight_decay * p
+        return dict(zip(params, grads))
+
+    return sgd_steps(params, dict(state.velocity), grad, steps, lr, momentum, weight_decay)
+
+
+def sgd_steps(
+    params: Tensors,
+    velocity: Tensors,
+    grad: Callable[[Tensors], Tensors],
+    steps: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> tuple[Tensors, Tensors]:
+    """`steps` updates of torch.optim.SGD's rule (momentum, weight decay) out of place, so
+    the graph through them is kept; `grad(params)` gives the loss's gradient."""
+    for _ in range(steps):
+        grads = grad(params)
+        for k, p in list(params.items()):
+            velocity[k] = momentum * velocity[k] + grads[k] + weight_decay * p
             params[k] = p - lr * velocity[k]
     return params, velocity
 
@@ -143,14 +161,8 @@ def unroll_sgd_batched(
         return soft_cross_entropy(functional_call(net, (params, buffers), (x,)), y)
 
     grad = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None, None))
-    params = stack([s.params for s in states])
-    velocity = stack([s.velocity for s in states])
-    for _ in range(steps):
-        grads = grad(params, x, y)
-        for k, p in list(params.items()):
-            velocity[k] = momentum * velocity[k] + grads[k] + weight_decay * p
-            params[k] = p - lr * velocity[k]
-    return params, velocity
+    params, velocity = stack([s.params for s in states]), stack([s.velocity for s in states])
+    return sgd_steps(params, velocity, lambda p: grad(p, x, y), steps, lr, momentum, weight_decay)
 
 
 # A hypergradient through a long unroll can grow past 1e30 (GroupNorm on 2x2 maps, ConvNet-3
